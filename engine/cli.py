@@ -1,0 +1,228 @@
+"""``python -m engine``: the command line over the engine's door (``engine.api``).
+
+Subcommands: ``stylize``, ``info``, ``settings``, ``fetch-models``, ``bench``. Errors print one
+line ``error: ...`` and exit 1; bad arguments exit 2; a cancelled run (Ctrl-C) exits 130 and
+keeps its checkpoint for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import warnings
+
+from .errors import Cancelled, MeshError, PartstyleError
+
+EXIT_ERROR = 1
+EXIT_CANCELLED = 130
+SAMPLE_PREFIX = "sample:"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except Cancelled as exc:
+        hint = f"; resume with the same command plus --resume" if exc.checkpoint else ""
+        print(f"cancelled: {exc}{hint}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except PartstyleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import DEFAULT_PRESET, PRESETS
+
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Partstyle: text-guided mesh stylization.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stylize", help="stylize a mesh from a text prompt")
+    p.add_argument("mesh", help="a mesh file (obj, ply, glb, gltf, stl, off) or sample:NAME[@FACES], e.g. sample:lamp@20k")
+    p.add_argument("--prompt", required=True, help='the style, e.g. "a lamp made of gold"')
+    p.add_argument("--out", required=True, help="output folder (created; earlier results are replaced only on success)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help=f"settings preset (default {DEFAULT_PRESET})")
+    p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same result on the same machine)")
+    p.add_argument("--iterations", type=int, default=None, help="shortcut for --set optim.iterations=N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--models", default="tiny", help="tiny (built in, offline), default (real hub models) or a folder")
+    p.add_argument("--allow-download", action="store_true", help="let --models default download missing models")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set views.count=3 (see `python -m engine settings`)")
+    p.add_argument("--up-axis", choices=["y", "z"], default=None, help="the mesh's up axis (default y; Blender exports z)")
+    p.add_argument("--merge-vertices", action="store_true", help="weld vertices at equal positions on load (STL)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_stylize)
+
+    p = sub.add_parser("info", help="versions, devices and which models are present")
+    p.set_defaults(handler=cmd_info)
+
+    p = sub.add_parser("settings", help="list every setting with its value in a preset")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
+    p.set_defaults(handler=cmd_settings)
+
+    p = sub.add_parser("fetch-models", help="download the real models into the Hugging Face cache (needs network)")
+    p.add_argument("--models", default="default", help="which models to fetch (default)")
+    p.set_defaults(handler=cmd_fetch_models)
+
+    p = sub.add_parser("bench", help="print performance figures (see docs/performance.md)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (a smoke run)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def load_input_mesh(spec: str, *, merge_vertices: bool = False):
+    """A mesh from a file path or ``sample:NAME[@FACES]``."""
+    from .mesh import load_mesh
+    from .samples import parse_sample_spec, sample_mesh
+
+    if spec.startswith(SAMPLE_PREFIX):
+        name, faces = parse_sample_spec(spec[len(SAMPLE_PREFIX):])
+        return sample_mesh(name, faces)
+    if not os.path.exists(spec):
+        raise MeshError(f"{spec}: no such file (for a built-in mesh write sample:lamp, sample:chair or sample:mug).")
+    return load_mesh(spec, merge_vertices=merge_vertices)
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from .api import stylize
+    from .config import settings_for
+    from .events import CancelToken
+    from .export import write_result
+    from .models import ModelStore
+
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"run.seed={args.seed}")
+    if args.iterations is not None:
+        overrides.append(f"optim.iterations={args.iterations}")
+    if args.up_axis:
+        overrides.append(f"views.up_axis={args.up_axis}")
+    settings = settings_for(args.preset, overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mesh = load_input_mesh(args.mesh, merge_vertices=args.merge_vertices)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if not args.mesh.startswith(SAMPLE_PREFIX) and os.path.abspath(args.out) == os.path.abspath(args.mesh):
+        raise MeshError("--out names the input mesh itself; choose an output folder.")
+
+    store = ModelStore(args.models, allow_download=args.allow_download)
+    checkpoint = os.path.join(args.out, "checkpoint.pt")
+    cancel = CancelToken()
+    progress = ProgressPrinter(quiet=args.quiet)
+    previous = _install_interrupt(cancel)
+    try:
+        result = stylize(
+            mesh, args.prompt, settings=settings, models=store, device=args.device,
+            on_event=progress, cancel=cancel, checkpoint=checkpoint, resume=args.resume,
+        )
+    finally:
+        progress.close()
+        signal.signal(signal.SIGINT, previous)
+    paths = write_result(result, args.out, extra_record={"preset": args.preset, "input": args.mesh})
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}: {', '.join(paths)}")
+    return 0
+
+
+def _install_interrupt(cancel):
+    """First Ctrl-C asks the run to stop at the next iteration; a second one interrupts at once."""
+
+    def on_interrupt(signum, frame):
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+
+    try:
+        return signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        return signal.getsignal(signal.SIGINT)
+
+
+class ProgressPrinter:
+    """Turns engine events into a progress bar with ETA (tqdm) and one-line notices on stderr."""
+
+    def __init__(self, *, quiet: bool = False):
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        from .events import NoticeEvent, StageEvent, StepEvent
+
+        if isinstance(event, NoticeEvent):
+            self._write(f"notice: {event.message}")
+        elif isinstance(event, StageEvent) and not self.quiet:
+            self._write(f"{event.name}: {event.detail}" if event.detail else event.name)
+        elif isinstance(event, StepEvent) and not self.quiet:
+            if self.bar is None:
+                self.bar = tqdm(total=event.total, initial=event.step - 1, unit="it", dynamic_ncols=True, file=sys.stderr)
+            self.bar.set_postfix(loss=f"{event.losses.get('total', float('nan')):.4f}", refresh=False)
+            self.bar.update(event.step - self.bar.n)
+
+    def _write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import numpy
+    import torch
+    import transformers
+
+    from . import __version__
+    from .errors import ModelNotFound
+    from .models import DEFAULT_CLIP, hub_folder
+
+    print(f"partstyle {__version__}")
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {numpy.__version__}")
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    print(f"devices: cpu ({torch.get_num_threads()} threads)" + "".join(f", cuda:{i} {n}" for i, n in enumerate(cuda)))
+    print("models: tiny (built in): available")
+    try:
+        folder = hub_folder(DEFAULT_CLIP, allow_download=False)
+        print(f"models: default CLIP {DEFAULT_CLIP}: present at {folder}")
+    except ModelNotFound:
+        print(f"models: default CLIP {DEFAULT_CLIP}: missing (fetch with `python -m engine fetch-models`)")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from .config import settings_for
+
+    for key, value in settings_for(args.preset).flat().items():
+        print(f"{key} = {value}")
+    return 0
+
+
+def cmd_fetch_models(args: argparse.Namespace) -> int:
+    from .models import fetch_models
+
+    for folder in fetch_models(args.models):
+        print(f"present: {folder}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmarks
+
+    run_benchmarks(quick=args.quick, device=args.device, out=sys.stdout)
+    return 0

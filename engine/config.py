@@ -1,0 +1,295 @@
+"""Every setting of a run as typed dataclasses, the named presets, and ``key=value`` overrides.
+
+Settings are grouped in sections (``render``, ``views``, ``field``, ``guidance``, ``optim``,
+``run``); a setting's full key is ``section.name`` (``optim.iterations``). Defaults are the
+Text2Mesh (T2M) numbers of METHOD.md; presets change some of them. docs/settings.md documents
+each key and each preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields, replace
+from typing import Any, get_args, get_type_hints
+
+from .errors import SettingsError
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Rasterization and shading.
+
+    resolution: square image side in pixels for the guidance renders.
+    background: sRGB color behind the object (T2M and 3DStyleGLIP use white).
+    ambient, diffuse: shade = ambient + diffuse * |n . l| with face normals n and a light l at
+        the camera, so displacement changes shading and receives gradients.
+    fov_degrees: vertical field of view (T2M: 60).
+    camera_radius: camera distance from the origin in unit-frame units (T2M: ~2).
+    """
+
+    resolution: int = 224
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    ambient: float = 0.45
+    diffuse: float = 0.55
+    fov_degrees: float = 60.0
+    camera_radius: float = 2.0
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """Which views each iteration renders: one fixed front view plus jittered views around it.
+
+    Elevation ~ N(front, elevation_std^2), azimuth ~ N(front, azimuth_std^2) (T2M: pi/4, pi/2).
+    up_axis: the object frame's up axis, ``y`` (OBJ/glTF) or ``z`` (Blender, many STL files).
+    """
+
+    count: int = 5
+    front_elevation_degrees: float = 0.0
+    front_azimuth_degrees: float = 0.0
+    elevation_std_degrees: float = 45.0
+    azimuth_std_degrees: float = 90.0
+    up_axis: str = "y"
+
+
+@dataclass(frozen=True)
+class FieldSettings:
+    """The neural style field (METHOD section 4).
+
+    sigma: std of the random Fourier feature matrix (5 for most objects, 12 for detailed humans).
+    fourier_features: columns of the Fourier matrix (input width is 3 + 2 * this).
+    width, trunk_depth, head_depth: MLP shape (T2M: 256, 4, 2).
+    max_displacement: bound of |displacement| in unit-sphere radii (T2M: 0.1).
+    progressive_steps: iterations over which the Fourier frequencies open, lowest first (0: off).
+    """
+
+    sigma: float = 5.0
+    fourier_features: int = 256
+    width: int = 256
+    trunk_depth: int = 4
+    head_depth: int = 2
+    max_displacement: float = 0.1
+    progressive_steps: int = 0
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """CLIP losses (METHOD section 6). Counts are per rendered view.
+
+    global_augmentations: perspective-distorted copies of each whole view.
+    perspective_p, perspective_distortion: probability and strength of the distortion (T2M 0.8, 0.5).
+    local_crops: random crops per view at ``local_crop_area`` of the image area (T2M: 4 at 0.1).
+    geometry_crops: crops per view of a gray render (color ignored) that train displacement on its
+        own (T2M's geometry loss); 0 switches the geometry loss off.
+    geometry_weight: weight of the geometry loss in the total.
+    """
+
+    global_augmentations: int = 1
+    perspective_p: float = 0.8
+    perspective_distortion: float = 0.5
+    local_crops: int = 4
+    local_crop_area: float = 0.1
+    geometry_crops: int = 4
+    geometry_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """The optimizer and its schedule (METHOD section 8).
+
+    optimizer: ``adam`` (T2M) or ``adamw`` (3DStyleGLIP).
+    learning_rate, lr_decay, lr_decay_every: lr * decay every so many iterations (T2M 5e-4, 0.9, 100).
+    """
+
+    iterations: int = 1500
+    optimizer: str = "adam"
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    lr_decay: float = 0.9
+    lr_decay_every: int = 100
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Reproducibility, reporting and safety.
+
+    seed: seeds every random draw of the run (field init, views, augmentations).
+    preview_every: iterations between preview events (live preview in Blender); 0 disables.
+    checkpoint_every: iterations between resumable checkpoints when a checkpoint path is given.
+    nan_patience: consecutive non-finite steps tolerated (each skipped and the last good state
+        restored) before the run stops with an error.
+    """
+
+    seed: int = 0
+    preview_every: int = 25
+    checkpoint_every: int = 50
+    nan_patience: int = 5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of a run. Build with :func:`settings_for` to get a preset plus overrides."""
+
+    render: RenderSettings = dataclasses.field(default_factory=RenderSettings)
+    views: ViewSettings = dataclasses.field(default_factory=ViewSettings)
+    field: FieldSettings = dataclasses.field(default_factory=FieldSettings)
+    guidance: GuidanceSettings = dataclasses.field(default_factory=GuidanceSettings)
+    optim: OptimSettings = dataclasses.field(default_factory=OptimSettings)
+    run: RunSettings = dataclasses.field(default_factory=RunSettings)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict, JSON-serializable (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.name": value}`` for every setting."""
+        return {f"{s}.{k}": v for s, d in self.to_dict().items() for k, v in d.items()}
+
+
+# Presets change only what differs from the T2M defaults above; docs/settings.md explains them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Text2Mesh's GPU schedule: 1500 iterations, 5 views, 4 local and 4 geometry crops per view.
+    "faithful": {},
+    # CPU-friendly: 3 views, one crop of each kind per view, 300 iterations at a higher rate.
+    "fast": {
+        "views.count": 3,
+        "guidance.local_crops": 1,
+        "guidance.geometry_crops": 1,
+        "optim.iterations": 300,
+        "optim.learning_rate": 1e-3,
+        "optim.lr_decay_every": 50,
+    },
+    # A first look in under a minute on a laptop CPU: 2 views, no geometry loss, 60 iterations.
+    "preview": {
+        "views.count": 2,
+        "guidance.local_crops": 1,
+        "guidance.geometry_crops": 0,
+        "optim.iterations": 60,
+        "optim.learning_rate": 2e-3,
+        "optim.lr_decay_every": 20,
+        "run.preview_every": 5,
+    },
+}
+DEFAULT_PRESET = "fast"
+
+
+def settings_for(preset: str = DEFAULT_PRESET, overrides: dict[str, Any] | list[str] | None = None) -> Settings:
+    """The named preset with ``overrides`` applied.
+
+    ``overrides`` is a dict ``{"optim.iterations": 200}`` or a list of ``"key=value"`` strings
+    (values parsed by the setting's type). Unknown presets or keys raise :class:`SettingsError`
+    that names them and lists what exists.
+    """
+    if preset not in PRESETS:
+        raise SettingsError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}.")
+    settings = apply_overrides(Settings(), PRESETS[preset])
+    if overrides:
+        if isinstance(overrides, (list, tuple)):
+            overrides = parse_assignments(overrides)
+        settings = apply_overrides(settings, overrides)
+    return settings
+
+
+def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["optim.iterations=200", ...]`` -> ``{"optim.iterations": "200"}``."""
+    out: dict[str, str] = {}
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"'{text}' is not of the form key=value (e.g. optim.iterations=200).")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def apply_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """A copy of ``settings`` with ``{"section.name": value}`` applied; values may be strings."""
+    sections = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    for key, raw in overrides.items():
+        section_name, _, name = key.partition(".")
+        section = sections.get(section_name)
+        if section is None or not name:
+            raise SettingsError(
+                f"unknown setting '{key}'; settings are section.name with section one of: "
+                f"{', '.join(sections)} (see `python -m engine settings`)."
+            )
+        hints = get_type_hints(type(section))
+        if name not in hints:
+            known = ", ".join(f.name for f in fields(section))
+            raise SettingsError(f"unknown setting '{key}'; '{section_name}' has: {known}.")
+        sections[section_name] = replace(section, **{name: _coerce(key, raw, hints[name])})
+    result = replace(settings, **sections)
+    _validate(result)
+    return result
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    """Convert ``raw`` (often a string from the command line) to the setting's type."""
+    try:
+        if hint is bool:
+            if isinstance(raw, str):
+                if raw.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            return bool(raw)
+        if hint is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is str:
+            return str(raw)
+        if getattr(hint, "__origin__", None) is tuple:
+            values = json.loads(raw) if isinstance(raw, str) else list(raw)
+            item_types = get_args(hint)
+            if len(values) != len(item_types):
+                raise ValueError(raw)
+            return tuple(_coerce(key, v, t) for v, t in zip(values, item_types))
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise SettingsError(f"setting '{key}' expects {_type_name(hint)}, got {raw!r}.") from None
+    raise SettingsError(f"setting '{key}' has an unsupported type {hint!r}.")
+
+
+def _type_name(hint: Any) -> str:
+    if getattr(hint, "__origin__", None) is tuple:
+        return f"a JSON list of {len(get_args(hint))} numbers, e.g. [1, 1, 1]"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a text"}.get(hint, str(hint))
+
+
+def _validate(s: Settings) -> None:
+    """Range checks that name the key and the allowed values."""
+    checks = [
+        ("render.resolution", 16 <= s.render.resolution <= 4096, "between 16 and 4096"),
+        ("render.fov_degrees", 1.0 <= s.render.fov_degrees < 180.0, "between 1 and 180"),
+        ("render.camera_radius", s.render.camera_radius > 1.05, "greater than 1.05 (the mesh fills the unit sphere)"),
+        ("views.count", s.views.count >= 1, "at least 1"),
+        ("views.up_axis", s.views.up_axis in ("y", "z"), "'y' or 'z'"),
+        ("field.fourier_features", s.field.fourier_features >= 1, "at least 1"),
+        ("field.width", s.field.width >= 1, "at least 1"),
+        ("field.trunk_depth", s.field.trunk_depth >= 1, "at least 1"),
+        ("field.head_depth", s.field.head_depth >= 0, "0 or more"),
+        ("field.max_displacement", s.field.max_displacement >= 0.0, "0 or more"),
+        ("guidance.global_augmentations", s.guidance.global_augmentations >= 0, "0 or more"),
+        ("guidance.perspective_p", 0.0 <= s.guidance.perspective_p <= 1.0, "between 0 and 1"),
+        ("guidance.perspective_distortion", 0.0 <= s.guidance.perspective_distortion < 1.0, "in [0, 1)"),
+        ("guidance.local_crops", s.guidance.local_crops >= 0, "0 or more"),
+        ("guidance.local_crop_area", 0.0 < s.guidance.local_crop_area <= 1.0, "in (0, 1]"),
+        ("guidance.geometry_crops", s.guidance.geometry_crops >= 0, "0 or more"),
+        ("optim.iterations", s.optim.iterations >= 1, "at least 1"),
+        ("optim.optimizer", s.optim.optimizer in ("adam", "adamw"), "'adam' or 'adamw'"),
+        ("optim.learning_rate", s.optim.learning_rate > 0.0, "greater than 0"),
+        ("optim.lr_decay_every", s.optim.lr_decay_every >= 1, "at least 1"),
+        ("run.preview_every", s.run.preview_every >= 0, "0 or more"),
+        ("run.checkpoint_every", s.run.checkpoint_every >= 1, "at least 1"),
+        ("run.nan_patience", s.run.nan_patience >= 1, "at least 1"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            raise SettingsError(f"setting '{key}' must be {allowed}.")
+    if s.guidance.global_augmentations + s.guidance.local_crops == 0:
+        raise SettingsError(
+            "guidance.global_augmentations and guidance.local_crops are both 0: nothing would guide the colors; "
+            "set one of them to 1 or more."
+        )

@@ -1,0 +1,52 @@
+"""The engine's one error hierarchy.
+
+Every error the engine raises on purpose derives from :class:`PartstyleError`, and its message
+says what was wrong and what to do about it, so the command line and the Blender add-on can show
+it to the user as it is.
+"""
+
+from __future__ import annotations
+
+
+class PartstyleError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class MeshError(PartstyleError):
+    """The mesh cannot be used: unreadable file, empty, non-finite coordinates, bad indices."""
+
+
+class PromptError(PartstyleError):
+    """The text prompt cannot be parsed or is empty."""
+
+
+class SettingsError(PartstyleError):
+    """An unknown setting, a value of the wrong type, or an unknown preset."""
+
+
+class ModelNotFound(PartstyleError):
+    """A model is not available locally and downloading is not allowed (or failed)."""
+
+
+class ModelFormatError(PartstyleError):
+    """A model folder exists but holds no loadable safetensors weights or config."""
+
+
+class DeviceError(PartstyleError):
+    """The requested compute device does not exist on this machine."""
+
+
+class CheckpointError(PartstyleError):
+    """A checkpoint cannot be resumed: missing, corrupt, or from a different run."""
+
+
+class NumericalError(PartstyleError):
+    """Optimization produced non-finite values repeatedly, even after restoring a good state."""
+
+
+class Cancelled(PartstyleError):
+    """The run was cancelled by the user. ``checkpoint`` names the resumable state, if any."""
+
+    def __init__(self, message: str = "cancelled", checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint

@@ -1,0 +1,92 @@
+"""Image augmentations in torch: random crops and random perspective, sampled in one pass.
+
+Each augmented image is described by a sampling grid (output pixel -> source position, in
+``grid_sample``'s normalized [-1, 1] coordinates); a crop is an affine map and the perspective a
+homography, and their composition is one grid, so every augmented image costs one bilinear
+lookup into its source render. All random draws come from an explicit CPU generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def identity_grid(count: int, size: int, *, dtype=torch.float32) -> torch.Tensor:
+    """[count, size, size, 2] normalized (x, y) of the output pixel centres."""
+    coords = (torch.arange(size, dtype=dtype) + 0.5) / size * 2.0 - 1.0
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.stack((x, y), dim=-1).expand(count, size, size, 2)
+
+
+def perspective_grid(
+    count: int, size: int, *, p: float, distortion: float, generator: torch.Generator
+) -> torch.Tensor:
+    """[count, size, size, 2] grids; each is, with probability ``p``, a random perspective warp.
+
+    Like torchvision's RandomPerspective: each image corner moves inwards by up to
+    ``distortion`` of the half side, and the image is warped so that the corners land there.
+    """
+    grid = identity_grid(count, size, dtype=torch.float64).clone()
+    apply = torch.rand(count, generator=generator) < p
+    shifts = torch.rand(count, 4, 2, generator=generator, dtype=torch.float64) * distortion
+    if not bool(apply.any()) or distortion == 0.0:
+        return grid.float()
+    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    inward = -torch.sign(corners)  # direction to move each corner into the image
+    moved = corners + inward * shifts  # where each source corner lands in the output
+    homography = _homography(moved[apply], corners.expand(int(apply.sum()), 4, 2))  # output -> source
+    pts = grid[apply].reshape(int(apply.sum()), -1, 2)
+    ones = torch.ones(*pts.shape[:2], 1, dtype=torch.float64)
+    mapped = torch.cat((pts, ones), -1) @ homography.transpose(1, 2)
+    grid[apply] = (mapped[..., :2] / mapped[..., 2:]).reshape(-1, size, size, 2)
+    return grid.float()
+
+
+def crop_boxes(count: int, *, area: float, generator: torch.Generator) -> torch.Tensor:
+    """[count, 4] random crops (centre x, centre y, half width, half height), normalized coords.
+
+    Each covers ``area`` of the image with an aspect ratio log-uniform in [3/4, 4/3], inside it.
+    """
+    log_ratio = (torch.rand(count, generator=generator) * 2.0 - 1.0) * math.log(4.0 / 3.0)
+    ratio = torch.exp(log_ratio)
+    half_w = (torch.sqrt(area * ratio)).clamp(max=1.0)
+    half_h = (torch.sqrt(area / ratio)).clamp(max=1.0)
+    centre = (torch.rand(count, 2, generator=generator) * 2.0 - 1.0) * torch.stack((1.0 - half_w, 1.0 - half_h), -1)
+    return torch.cat((centre, half_w[:, None], half_h[:, None]), dim=-1)
+
+
+def resample(
+    images: torch.Tensor, source: torch.Tensor, grid: torch.Tensor, *, fill: float = 1.0
+) -> torch.Tensor:
+    """Sample augmented images.
+
+    Args:
+        images: [N, 3, H, W] source renders (differentiable).
+        source: [B] int64, which render each output samples.
+        grid: [B, S, S, 2] normalized source positions.
+        fill: value for positions outside the source (white, as the render background).
+    Returns:
+        [B, 3, S, S].
+    """
+    ones = torch.ones_like(images[:, :1])
+    picked = torch.cat((images, ones), dim=1)[source.to(images.device)]
+    sampled = F.grid_sample(picked, grid.to(images.device, images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    rgb, inside = sampled[:, :3], sampled[:, 3:]
+    return rgb + (1.0 - inside) * fill
+
+
+def _homography(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3] homographies mapping 4 points ``src`` [B, 4, 2] to ``dst`` [B, 4, 2]."""
+    b = src.shape[0]
+    x, y = src[..., 0], src[..., 1]
+    u, v = dst[..., 0], dst[..., 1]
+    zeros, ones = torch.zeros_like(x), torch.ones_like(x)
+    rows_u = torch.stack((x, y, ones, zeros, zeros, zeros, -u * x, -u * y), -1)
+    rows_v = torch.stack((zeros, zeros, zeros, x, y, ones, -v * x, -v * y), -1)
+    a = torch.cat((rows_u, rows_v), dim=1)  # [B, 8, 8]
+    rhs = torch.cat((u, v), dim=1).unsqueeze(-1)  # [B, 8, 1]
+    h = torch.linalg.solve(a, rhs).squeeze(-1)
+    return torch.cat((h, torch.ones(b, 1, dtype=h.dtype)), dim=1).view(b, 3, 3)

@@ -1,0 +1,228 @@
+"""The triangle mesh value, its validation, loading, and the unit-sphere normalization.
+
+Frames:
+- *object frame*: the coordinates as the user's file (or Blender object) holds them, in the
+  user's units. Every result the engine returns is in this frame.
+- *unit frame*: the object frame moved to its centre and divided by its largest radius, so the
+  mesh fits the unit sphere. Cameras, the style field and displacement limits live here.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .errors import MeshError
+
+MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
+
+
+class MeshWarning(UserWarning):
+    """Something was repaired on load (degenerate faces dropped, ...); the run goes on."""
+
+
+@dataclass(frozen=True, eq=False)
+class Mesh:
+    """A validated triangle mesh.
+
+    Attributes:
+        vertices: [V, 3] float32, object frame.
+        faces: [F, 3] int64, indices into ``vertices``, counter-clockwise seen from outside.
+        labels: optional [V] int64 ground-truth part index per vertex (procedural samples),
+            -1 where a vertex belongs to no named part.
+        label_names: names of the parts that ``labels`` index.
+        name: a human-readable name (file stem or sample name), used in records only.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    labels: np.ndarray | None = None
+    label_names: tuple[str, ...] = ()
+    name: str = "mesh"
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.vertices.shape[0])
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    @cached_property
+    def vertex_normals(self) -> np.ndarray:
+        """[V, 3] float32 unit normals, area-weighted average of the adjacent face normals.
+
+        A vertex that no face uses, or whose faces cancel out, gets the direction from the
+        bounding-box centre instead, so displacement along it stays defined.
+        """
+        return _vertex_normals(self.vertices, self.faces)
+
+
+def mesh_from_arrays(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+    label_names: tuple[str, ...] = (),
+    name: str = "mesh",
+) -> Mesh:
+    """Validate raw arrays and build a :class:`Mesh`.
+
+    Raises :class:`MeshError` for an empty mesh, non-finite coordinates, indices out of range
+    or a mesh whose faces are all degenerate. Degenerate faces (repeated indices or zero area)
+    are dropped with a :class:`MeshWarning` that gives their count.
+    """
+    vertices = np.asarray(vertices)
+    faces = np.asarray(faces)
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise MeshError(f"{name}: vertices must have shape [V, 3], got {list(vertices.shape)}.")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise MeshError(
+            f"{name}: faces must be triangles of shape [F, 3], got {list(faces.shape)}; "
+            "triangulate the mesh first."
+        )
+    if vertices.shape[0] == 0 or faces.shape[0] == 0:
+        raise MeshError(
+            f"{name}: the mesh is empty ({vertices.shape[0]} vertices, {faces.shape[0]} faces); "
+            "select or export an object that has faces."
+        )
+    vertices = vertices.astype(np.float32, copy=False)
+    bad = ~np.isfinite(vertices).all(axis=1)
+    if bad.any():
+        raise MeshError(
+            f"{name}: {int(bad.sum())} vertices have NaN or infinite coordinates "
+            f"(first at index {int(np.flatnonzero(bad)[0])}); fix or delete them in your modeller."
+        )
+    if not np.issubdtype(faces.dtype, np.integer):
+        raise MeshError(f"{name}: face indices must be integers, got {faces.dtype}.")
+    faces = faces.astype(np.int64, copy=False)
+    lo, hi = int(faces.min()), int(faces.max())
+    if lo < 0 or hi >= vertices.shape[0]:
+        raise MeshError(
+            f"{name}: face indices out of range [{lo}, {hi}] for {vertices.shape[0]} vertices; "
+            "the file is corrupt or was written with a different vertex list."
+        )
+    keep = ~_degenerate_faces(vertices, faces)
+    dropped = int((~keep).sum())
+    if dropped == faces.shape[0]:
+        raise MeshError(
+            f"{name}: all {dropped} faces are degenerate (zero area or repeated vertices); "
+            "the mesh has no surface to stylize."
+        )
+    if dropped:
+        warnings.warn(
+            f"{name}: dropped {dropped} degenerate face(s) of {faces.shape[0]}.",
+            MeshWarning,
+            stacklevel=2,
+        )
+        faces = faces[keep]
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (vertices.shape[0],):
+            raise MeshError(f"{name}: labels must have shape [{vertices.shape[0]}], got {list(labels.shape)}.")
+    return Mesh(
+        vertices=np.ascontiguousarray(vertices),
+        faces=np.ascontiguousarray(faces),
+        labels=labels,
+        label_names=tuple(label_names),
+        name=name,
+    )
+
+
+def load_mesh(path: str | os.PathLike, *, merge_vertices: bool = False) -> Mesh:
+    """Load OBJ, PLY, GLB/GLTF, STL or OFF as one triangulated :class:`Mesh` (object frame).
+
+    Scenes are flattened with their node transforms applied. Vertices are kept as the file stores
+    them; ``merge_vertices=True`` welds vertices at equal positions (useful for STL, which stores
+    every triangle separately, so displacement does not open cracks).
+    """
+    import trimesh
+
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise MeshError(f"{path}: no such file.")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in MESH_SUFFIXES:
+        raise MeshError(
+            f"{name}: unsupported mesh format '{suffix or '(none)'}'; use one of {', '.join(MESH_SUFFIXES)}."
+        )
+    try:
+        loaded = trimesh.load(path, force="mesh", process=False)
+    except Exception as exc:  # trimesh raises many types for unreadable files
+        raise MeshError(f"{name}: cannot read the file ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
+        raise MeshError(f"{name}: the file holds no triangle faces (point clouds and lines cannot be stylized).")
+    if merge_vertices:
+        loaded.merge_vertices(merge_tex=True, merge_norm=True)
+    return mesh_from_arrays(
+        np.asarray(loaded.vertices), np.asarray(loaded.faces), name=os.path.splitext(name)[0]
+    )
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The map between the object frame and the unit frame: ``unit = (object - center) / scale``.
+
+    Attributes:
+        center: [3] float64, object frame.
+        scale: object units per unit-frame unit (the largest distance from ``center``).
+    """
+
+    center: np.ndarray
+    scale: float
+
+    @staticmethod
+    def fit(vertices: np.ndarray, *, center: str = "bbox") -> "Normalization":
+        """Fit to [V, 3] object-frame vertices; ``center`` is ``"bbox"`` or ``"mean"``."""
+        v = np.asarray(vertices, dtype=np.float64)
+        if center == "bbox":
+            c = (v.min(axis=0) + v.max(axis=0)) / 2.0
+        elif center == "mean":
+            c = v.mean(axis=0)
+        else:
+            raise ValueError(f"center must be 'bbox' or 'mean', got {center!r}")
+        radius = float(np.linalg.norm(v - c, axis=1).max())
+        if radius <= 0.0:
+            raise MeshError("all vertices are at the same point; the mesh has no extent.")
+        return Normalization(center=c, scale=radius)
+
+    def to_unit(self, points: np.ndarray) -> np.ndarray:
+        """[..., 3] object frame -> [..., 3] float32 unit frame."""
+        return ((np.asarray(points, dtype=np.float64) - self.center) / self.scale).astype(np.float32)
+
+    def to_object(self, points: np.ndarray) -> np.ndarray:
+        """[..., 3] unit frame -> [..., 3] float32 object frame."""
+        return (np.asarray(points, dtype=np.float64) * self.scale + self.center).astype(np.float32)
+
+    def length_to_object(self, lengths: np.ndarray) -> np.ndarray:
+        """Distances in the unit frame (e.g. displacement) -> float32 object units."""
+        return (np.asarray(lengths, dtype=np.float64) * self.scale).astype(np.float32)
+
+
+def _degenerate_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """[F] bool: repeated indices, or area below 1e-12 of the squared bounding-box diagonal."""
+    repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
+    tri = vertices[faces].astype(np.float64)
+    doubled_area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    diag = float(np.linalg.norm(vertices.max(axis=0) - vertices.min(axis=0)))
+    return repeated | (doubled_area <= 1e-12 * max(diag, 1e-30) ** 2)
+
+
+def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    tri = vertices[faces].astype(np.float64)
+    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
+    normals = np.zeros(vertices.shape, dtype=np.float64)
+    for corner in range(3):
+        np.add.at(normals, faces[:, corner], face_n)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    radial = vertices - (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
+    radial_len = np.linalg.norm(radial, axis=1, keepdims=True)
+    fallback = np.where(radial_len > 0, radial / np.maximum(radial_len, 1e-30), np.array([0.0, 1.0, 0.0]))
+    ok = length[:, 0] > 1e-20
+    normals = np.where(ok[:, None], normals / np.maximum(length, 1e-30), fallback)
+    return normals.astype(np.float32)

@@ -1,0 +1,158 @@
+"""The model store: resolves a model source to loaded models. The only place that may download.
+
+Sources:
+- ``tiny``: the project's own small models, built in code; never touches disk or network.
+- ``default``: the real models by hub id (:data:`DEFAULT_CLIP`), taken from the local Hugging
+  Face cache; downloaded only when the store was created with ``allow_download=True``.
+- a folder path: a folder holding one sub-folder per model role (``clip/``), or a CLIP model
+  folder itself (``config.json`` + ``model.safetensors`` + tokenizer files).
+
+Only safetensors weights are loaded (pickled ``.bin`` files can run code when loaded), and
+``trust_remote_code`` is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ModelFormatError, ModelNotFound
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+# CLIP's image normalization (the processor's image_mean / image_std) where a model folder has none.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+FETCH_COMMAND = "python -m engine fetch-models"
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
+
+
+@dataclass(frozen=True)
+class ClipBundle:
+    """A loaded CLIP: the model (eval mode, frozen), its tokenizer and its image normalization.
+
+    Attributes:
+        model: ``transformers.CLIPModel`` on the target device.
+        tokenizer: the matching tokenizer.
+        image_size: input side in pixels the vision tower expects.
+        mean, std: per-channel normalization of 0..1 RGB images.
+        name: where it came from (``tiny``, a hub id, or a folder).
+    """
+
+    model: object
+    tokenizer: object
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str
+
+
+class ModelStore:
+    """Loads models from one source and keeps them for reuse within a process."""
+
+    def __init__(self, source: str = "tiny", *, allow_download: bool = False, cache_dir: str | None = None):
+        self.source = source
+        self.allow_download = allow_download
+        self.cache_dir = cache_dir
+        self._loaded: dict[tuple[str, str], ClipBundle] = {}
+
+    def describe(self) -> str:
+        return self.source if self.source in ("tiny", "default") else os.path.abspath(self.source)
+
+    def clip(self, device: torch.device | str = "cpu") -> ClipBundle:
+        """The CLIP model of this source, frozen, on ``device``."""
+        key = ("clip", str(device))
+        if key not in self._loaded:
+            bundle = self._load_clip()
+            bundle.model.requires_grad_(False)
+            self._loaded[key] = ClipBundle(**{**bundle.__dict__, "model": bundle.model.to(device)})
+        return self._loaded[key]
+
+    def _load_clip(self) -> ClipBundle:
+        if self.source == "tiny":
+            from .tiny_models import build_tiny_clip
+
+            model, tokenizer = build_tiny_clip()
+            return ClipBundle(model, tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, "tiny")
+        folder = self.resolve(DEFAULT_CLIP, role="clip")
+        return load_clip_folder(folder, name=DEFAULT_CLIP if self.source == "default" else folder)
+
+    def resolve(self, model_id: str, *, role: str) -> str:
+        """A local folder holding ``model_id`` (for ``default``) or the ``role`` model of a folder source."""
+        if self.source == "default":
+            return hub_folder(model_id, allow_download=self.allow_download, cache_dir=self.cache_dir)
+        if self.source == "tiny":
+            raise ValueError("tiny models are built in code, not resolved to folders")
+        root = os.path.abspath(self.source)
+        if not os.path.isdir(root):
+            raise ModelNotFound(
+                f"model folder '{root}' does not exist; pass --models tiny, --models default, "
+                "or the path of a folder that holds the models."
+            )
+        for candidate in (os.path.join(root, role), root):
+            if os.path.isfile(os.path.join(candidate, "config.json")):
+                return candidate
+        raise ModelNotFound(
+            f"no {role} model in '{root}': expected '{os.path.join(root, role)}' (or the folder itself) "
+            "to hold config.json and model.safetensors."
+        )
+
+
+def hub_folder(model_id: str, *, allow_download: bool, cache_dir: str | None = None) -> str:
+    """The local snapshot folder of a hub model; downloads it only when ``allow_download``."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model_id, allow_patterns=_HUB_FILES, cache_dir=cache_dir, local_files_only=True)
+    except LocalEntryNotFoundError:
+        if not allow_download:
+            raise ModelNotFound(
+                f"model '{model_id}' is not on this machine and downloading is not allowed; fetch it with "
+                f"`{FETCH_COMMAND}` (needs network), or use --models tiny to run offline."
+            ) from None
+    try:
+        return snapshot_download(model_id, allow_patterns=_HUB_FILES, cache_dir=cache_dir)
+    except Exception as exc:  # network errors come in many types
+        raise ModelNotFound(f"could not download '{model_id}' ({type(exc).__name__}: {exc}).") from exc
+
+
+def load_clip_folder(folder: str, *, name: str) -> ClipBundle:
+    """Load a CLIP model folder (safetensors only) with its tokenizer and normalization."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    require_safetensors(folder)
+    model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    mean, std = CLIP_MEAN, CLIP_STD
+    processor_config = os.path.join(folder, "preprocessor_config.json")
+    if os.path.isfile(processor_config):
+        with open(processor_config, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+        mean = tuple(cfg.get("image_mean", mean))
+        std = tuple(cfg.get("image_std", std))
+    return ClipBundle(model.eval(), tokenizer, model.config.vision_config.image_size, mean, std, name)
+
+
+def require_safetensors(folder: str) -> None:
+    """Raise :class:`ModelFormatError` unless ``folder`` holds safetensors weights."""
+    names = os.listdir(folder)
+    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+        return
+    pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    hint = (
+        f" It holds {', '.join(pickled)}: pickled weights are refused because loading them can run code; "
+        "convert them to safetensors first."
+        if pickled
+        else ""
+    )
+    raise ModelFormatError(f"'{folder}' holds no .safetensors weights.{hint}")
+
+
+def fetch_models(source: str = "default", *, cache_dir: str | None = None) -> list[str]:
+    """Download the real models into the Hugging Face cache; returns their local folders."""
+    if source != "default":
+        raise ModelNotFound("only --models default can be fetched; tiny models are built in, folders are yours.")
+    return [hub_folder(DEFAULT_CLIP, allow_download=True, cache_dir=cache_dir)]

@@ -1,0 +1,94 @@
+"""Differentiable per-pixel quantities for the pixels a face covers.
+
+Given the face ids of the visibility pass, the perspective-correct barycentrics of every covered
+pixel are recomputed from the (differentiable) projected vertices, so gradients reach vertex
+positions through interpolation and shading, and vertex attributes through interpolation. Only
+covered pixels are stored ("packed"): K of them over all views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Fragments:
+    """The covered pixels of a batch of views, packed.
+
+    Attributes:
+        pixel: [K] int64 flat index into [N * H * W].
+        view: [K] int64 view index.
+        face: [K] int64 visible face.
+        vertex: [K, 3] int64 the face's vertex indices.
+        bary: [K, 3] perspective-correct barycentrics (sum to 1), differentiable w.r.t. positions.
+        shape: (N, H, W).
+    """
+
+    pixel: torch.Tensor
+    view: torch.Tensor
+    face: torch.Tensor
+    vertex: torch.Tensor
+    bary: torch.Tensor
+    shape: tuple[int, int, int]
+
+    def interpolate(self, attributes: torch.Tensor) -> torch.Tensor:
+        """Per-vertex attributes [V, C] -> per-fragment values [K, C]."""
+        return (attributes[self.vertex] * self.bary.unsqueeze(-1)).sum(1)
+
+    def to_image(self, values: torch.Tensor, background: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """Packed values [K, C] -> images [N, C, H, W] with ``background`` ([C] or scalar) elsewhere."""
+        n, h, w = self.shape
+        channels = values.shape[-1]
+        bg = torch.as_tensor(background, dtype=values.dtype, device=values.device).expand(channels)
+        dense = bg.expand(n * h * w, channels).clone()
+        dense = dense.index_put((self.pixel,), values)
+        return dense.view(n, h, w, channels).permute(0, 3, 1, 2)
+
+    def coverage(self) -> torch.Tensor:
+        """[N, 1, H, W] float: 1 where a face is visible, else 0 (hard, not differentiable)."""
+        n, h, w = self.shape
+        alpha = torch.zeros(n * h * w, device=self.pixel.device)
+        alpha[self.pixel] = 1.0
+        return alpha.view(n, 1, h, w)
+
+
+def fragments_from_face_ids(
+    face_id: torch.Tensor, xy: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor
+) -> Fragments:
+    """Build :class:`Fragments` from a visibility pass.
+
+    Args:
+        face_id: [N, H, W] int64 from :func:`rasterize` (-1 = background).
+        xy: [N, V, 2] pixel coordinates of the vertices (may require grad).
+        depth: [N, V] view depths of the vertices (may require grad).
+        faces: [F, 3] int64.
+    """
+    n, h, w = face_id.shape
+    n_vertices = xy.shape[1]
+    flat = face_id.reshape(-1)
+    pixel = (flat >= 0).nonzero().squeeze(1)
+    face = flat[pixel]
+    view = torch.div(pixel, h * w, rounding_mode="floor")
+    rem = pixel - view * (h * w)
+    py = torch.div(rem, w, rounding_mode="floor")
+    px = rem - py * w
+    vertex = faces[face]  # [K, 3]
+    gather = view.unsqueeze(1) * n_vertices + vertex
+    tri = xy.reshape(-1, 2)[gather]  # [K, 3, 2]
+    z = depth.reshape(-1)[gather]  # [K, 3]
+
+    # Screen-space barycentrics from vertex 0 (precise for small triangles), then perspective
+    # correction: b_k / z_k renormalized.
+    d1, d2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    area2 = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    area2 = torch.where(area2.abs() > 1e-12, area2, torch.full_like(area2, 1e-12))
+    dx = px.to(tri.dtype) + 0.5 - tri[:, 0, 0]
+    dy = py.to(tri.dtype) + 0.5 - tri[:, 0, 1]
+    b1 = (dx * d2[:, 1] - d2[:, 0] * dy) / area2
+    b2 = (d1[:, 0] * dy - dx * d1[:, 1]) / area2
+    screen = torch.stack((1.0 - b1 - b2, b1, b2), dim=-1)
+    weighted = screen / z.clamp(min=1e-6)
+    bary = weighted / weighted.sum(-1, keepdim=True)
+    return Fragments(pixel=pixel, view=view, face=face, vertex=vertex, bary=bary, shape=(n, h, w))

@@ -1,0 +1,29 @@
+"""Diffuse shading from the face normals of the (displaced) mesh.
+
+A headlight at the camera: shade = ambient + diffuse * |n . l|, with n the face normal of the
+visible face (two-sided, so open surfaces such as a lamp shade look the same from inside) and l
+the direction to the camera. Face normals depend on the vertex positions, which is what lets
+displacement receive gradients from images (METHOD section 3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .fragments import Fragments
+
+
+def fragment_face_normals(fragments: Fragments, vertices: torch.Tensor) -> torch.Tensor:
+    """[K, 3] unit normals of each fragment's face, from [V, 3] vertex positions (unit frame)."""
+    tri = vertices[fragments.vertex]  # [K, 3, 3]
+    normal = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+    return normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def headlight_shade(
+    fragments: Fragments, vertices: torch.Tensor, forward: torch.Tensor, *, ambient: float, diffuse: float
+) -> torch.Tensor:
+    """[K, 1] shading factor per fragment; ``forward`` is [N, 3], each camera's viewing axis."""
+    normal = fragment_face_normals(fragments, vertices)
+    facing = (normal * forward[fragments.view]).sum(-1, keepdim=True).abs()
+    return ambient + diffuse * facing

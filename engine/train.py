@@ -1,0 +1,271 @@
+"""The optimization loop: views -> field -> displaced, colored mesh -> renders -> losses -> step.
+
+One :class:`StyleTrainer` optimizes one field for one mesh and one text. It owns the schedule
+(METHOD section 8), the non-finite guard, checkpoints and cancellation, and reports through
+events. Everything random draws from generators seeded by ``run.seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .cameras import sample_views
+from .config import Settings
+from .errors import Cancelled, CheckpointError, NumericalError
+from .events import CancelToken, EventSink, NoticeEvent, PreviewEvent, StageEvent, StepEvent, ignore_events
+from .field import StyleField
+from .guidance import ClipGuidance
+from .render import Renderer
+
+CHECKPOINT_VERSION = 1
+
+
+def seeded_generator(seed: int, stream: str) -> torch.Generator:
+    """A CPU generator for one named random stream of a run (independent streams per name)."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+@dataclass(frozen=True)
+class SurfaceInputs:
+    """The mesh as the trainer sees it (unit frame, on the run's device).
+
+    Attributes:
+        vertices: [V, 3] float32 positions, unit frame.
+        normals: [V, 3] float32 unit vertex normals of the undisplaced mesh.
+        faces: [F, 3] int64.
+    """
+
+    vertices: torch.Tensor
+    normals: torch.Tensor
+    faces: torch.Tensor
+
+
+@dataclass
+class TrainResult:
+    """The optimized per-vertex outputs, unit frame, on the CPU.
+
+    Attributes:
+        colors: [V, 3] float32 sRGB in 0..1.
+        displacement: [V] float32, unit-frame units along the vertex normal.
+        history: loss name -> value per iteration.
+        steps: iterations completed; skipped: iterations skipped by the non-finite guard.
+        seconds: wall time of the optimization.
+    """
+
+    colors: torch.Tensor
+    displacement: torch.Tensor
+    history: dict[str, list[float]] = field(default_factory=dict)
+    steps: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+class StyleTrainer:
+    """Optimizes a :class:`StyleField` so that renders of the displaced, colored mesh match a text."""
+
+    def __init__(
+        self,
+        surface: SurfaceInputs,
+        text_embedding: torch.Tensor,
+        guidance: ClipGuidance,
+        settings: Settings,
+        *,
+        fingerprint: str = "",
+    ):
+        self.surface = surface
+        self.text = text_embedding
+        self.guidance = guidance
+        self.settings = settings
+        self.fingerprint = fingerprint
+        self.device = surface.vertices.device
+        self.renderer = Renderer(settings.render)
+        seed = settings.run.seed
+        self.field = StyleField(settings.field, seeded_generator(seed, "field")).to(self.device)
+        self.sampling = seeded_generator(seed, "sampling")
+        opt = settings.optim
+        optimizer_cls = torch.optim.AdamW if opt.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_cls(self.field.parameters(), lr=opt.learning_rate, weight_decay=opt.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=opt.lr_decay_every, gamma=opt.lr_decay)
+        with torch.no_grad():
+            self.features = self.field.encode(surface.vertices)
+        self.step_index = 0
+        self.history: dict[str, list[float]] = {}
+        self.skipped = 0
+
+    # -- one iteration -------------------------------------------------------------------------
+
+    def outputs(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The field's current ([V, 3] sRGB colors, [V] unit-frame displacement)."""
+        return self.field.decode(self.features, mask)
+
+    def frequency_mask(self) -> torch.Tensor | None:
+        steps = self.settings.field.progressive_steps
+        if steps <= 0:
+            return None
+        return self.field.encoding.frequency_mask(min(1.0, (self.step_index + 1) / steps))
+
+    def loss(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Render this iteration's views and score them. Returns (losses, front-view image [3, H, W])."""
+        s = self.settings
+        colors, displacement = self.outputs(self.frequency_mask())
+        positions = self.surface.vertices + displacement.unsqueeze(-1) * self.surface.normals
+        cameras = sample_views(s.views.count, s.views, s.render, self.sampling, device=self.device)
+        geometry = s.guidance.geometry_crops > 0
+        out = self.renderer.render(positions, self.surface.faces, cameras, colors=colors, geometry=geometry)
+        losses = self.guidance.losses(out.color, out.geometry, self.text, self.sampling)
+        return losses, out.color[0].detach()
+
+    def step(self) -> tuple[dict[str, float], torch.Tensor | None, bool]:
+        """One iteration with the non-finite guard. Returns (loss values, front image, ok)."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, image = self.loss()
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        ok = all(math.isfinite(v) for v in values.values())
+        if ok:
+            losses["total"].backward()
+            ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.field.parameters())
+        if ok:
+            self.optimizer.step()
+            ok = all(bool(torch.isfinite(p).all()) for p in self.field.parameters())
+        self.scheduler.step()
+        self.step_index += 1
+        values["learning_rate"] = lr
+        return values, image, ok
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        on_event: EventSink = ignore_events,
+        cancel: CancelToken | None = None,
+        checkpoint_path: str | None = None,
+        resume: bool = False,
+        to_object_units: float = 1.0,
+    ) -> TrainResult:
+        """Optimize to ``optim.iterations``.
+
+        Args:
+            on_event: receives Stage/Step/Preview/Notice events.
+            cancel: checked before every iteration; on cancel a checkpoint is written (when a
+                path is given) and :class:`Cancelled` is raised.
+            checkpoint_path: where to keep a resumable state every ``run.checkpoint_every`` steps.
+            resume: continue from ``checkpoint_path`` (which must belong to the same run).
+            to_object_units: scale of displacement in preview events (object units per unit).
+        """
+        total = self.settings.optim.iterations
+        if resume:
+            self.load_checkpoint(checkpoint_path)
+        on_event(StageEvent("optimizing", f"{total} iterations"))
+        good_state = self._snapshot()
+        bad_in_a_row = 0
+        started = time.perf_counter()
+        first_step = self.step_index
+        while self.step_index < total:
+            if cancel is not None and cancel.cancelled:
+                saved = self.save_checkpoint(checkpoint_path) if checkpoint_path else None
+                raise Cancelled(f"cancelled at iteration {self.step_index} of {total}", checkpoint=saved)
+            values, image, ok = self.step()
+            if ok:
+                good_state = self._snapshot()
+                bad_in_a_row = 0
+                for key, value in values.items():
+                    self.history.setdefault(key, []).append(value)
+            else:
+                self.skipped += 1
+                bad_in_a_row += 1
+                self._restore(good_state)
+                on_event(NoticeEvent(f"iteration {self.step_index}: non-finite loss or gradient, step skipped"))
+                if bad_in_a_row >= self.settings.run.nan_patience:
+                    raise NumericalError(
+                        f"{bad_in_a_row} iterations in a row produced non-finite values (last at {self.step_index}); "
+                        "lower optim.learning_rate or field.max_displacement and run again."
+                    )
+            elapsed = time.perf_counter() - started
+            done = self.step_index - first_step
+            eta = elapsed / done * (total - self.step_index)
+            on_event(StepEvent(self.step_index, total, {k: v for k, v in values.items() if k != "learning_rate"},
+                               values["learning_rate"], elapsed, eta, skipped=not ok))
+            every = self.settings.run.preview_every
+            if every and (self.step_index % every == 0 or self.step_index == total):
+                on_event(self._preview(total, image, to_object_units))
+            if checkpoint_path and self.step_index % self.settings.run.checkpoint_every == 0:
+                self.save_checkpoint(checkpoint_path)
+        colors, displacement = self._final_outputs()
+        return TrainResult(colors, displacement, self.history, self.step_index, self.skipped, time.perf_counter() - started)
+
+    def _final_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            colors, displacement = self.outputs()
+        return colors.float().cpu(), displacement.float().cpu()
+
+    def _preview(self, total: int, image: torch.Tensor | None, scale: float) -> PreviewEvent:
+        colors, displacement = self._final_outputs()
+        return PreviewEvent(
+            step=self.step_index,
+            total=total,
+            colors_srgb=colors.numpy(),
+            displacement=(displacement * scale).numpy(),
+            image=None if image is None else image.permute(1, 2, 0).float().cpu().numpy(),
+        )
+
+    # -- state: non-finite guard and checkpoints -------------------------------------------------
+
+    def _snapshot(self) -> dict:
+        return {
+            "field": {k: v.detach().clone() for k, v in self.field.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.field.load_state_dict(state["field"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def save_checkpoint(self, path: str) -> str:
+        """Write the resumable state atomically to ``path``; returns ``path``."""
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": self.fingerprint,
+            "step": self.step_index,
+            "skipped": self.skipped,
+            "history": self.history,
+            "field": self.field.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampling": self.sampling.get_state(),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | None) -> None:
+        """Restore the state written by :meth:`save_checkpoint` for this same run."""
+        if not path or not os.path.isfile(path):
+            raise CheckpointError(f"no checkpoint at '{path}' to resume from; run without --resume to start anew.")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it and start anew.") from exc
+        if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"checkpoint '{path}' belongs to a different run (mesh, prompt, seed or settings differ); "
+                "resume with the same arguments, or start anew without --resume."
+            )
+        self.field.load_state_dict(state["field"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampling.set_state(state["sampling"].cpu())
+        self.step_index = int(state["step"])
+        self.skipped = int(state["skipped"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
