@@ -72,7 +72,7 @@ def resample(
         [B, 3, S, S].
     """
     ones = torch.ones_like(images[:, :1])
-    picked = torch.cat((images, ones), dim=1)[source.to(images.device)]
+    picked = torch.cat((images, ones), dim=1).index_select(0, source.to(images.device))  # deterministic backward
     sampled = F.grid_sample(picked, grid.to(images.device, images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     rgb, inside = sampled[:, :3], sampled[:, 3:]
     return rgb + (1.0 - inside) * fill

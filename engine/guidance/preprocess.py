@@ -16,15 +16,16 @@ def resize_shortest_side(images: torch.Tensor, size: int) -> torch.Tensor:
     h, w = images.shape[-2:]
     if min(h, w) == size:
         return images
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    # As the processor: the long side is floored, int(size * long / short).
+    new_h = size if h <= w else int(size * h / w)
+    new_w = size if w <= h else int(size * w / h)
     return F.interpolate(images, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, size, size] from the centre (as PIL-based processors round)."""
+    """[B, C, H, W] -> [B, C, size, size] from the centre (offsets floored, as the processor does)."""
     h, w = images.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    top, left = (h - size) // 2, (w - size) // 2
     return images[..., top : top + size, left : left + size]
 
 

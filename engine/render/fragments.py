@@ -13,6 +13,16 @@ from dataclasses import dataclass
 import torch
 
 
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a [R, ...] table and an integer index of any shape.
+
+    Uses ``index_select``, whose backward (``index_add_``) is deterministic on the CPU, unlike
+    advanced indexing's (``index_put_`` with accumulation, which races across threads): the same
+    seed must give the same result bit for bit.
+    """
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+
+
 @dataclass(frozen=True)
 class Fragments:
     """The covered pixels of a batch of views, packed.
@@ -35,7 +45,7 @@ class Fragments:
 
     def interpolate(self, attributes: torch.Tensor) -> torch.Tensor:
         """Per-vertex attributes [V, C] -> per-fragment values [K, C]."""
-        return (attributes[self.vertex] * self.bary.unsqueeze(-1)).sum(1)
+        return (gather_rows(attributes, self.vertex) * self.bary.unsqueeze(-1)).sum(1)
 
     def to_image(self, values: torch.Tensor, background: torch.Tensor | float = 0.0) -> torch.Tensor:
         """Packed values [K, C] -> images [N, C, H, W] with ``background`` ([C] or scalar) elsewhere."""
@@ -76,8 +86,8 @@ def fragments_from_face_ids(
     px = rem - py * w
     vertex = faces[face]  # [K, 3]
     gather = view.unsqueeze(1) * n_vertices + vertex
-    tri = xy.reshape(-1, 2)[gather]  # [K, 3, 2]
-    z = depth.reshape(-1)[gather]  # [K, 3]
+    tri = gather_rows(xy.reshape(-1, 2), gather)  # [K, 3, 2]
+    z = gather_rows(depth.reshape(-1), gather)  # [K, 3]
 
     # Screen-space barycentrics from vertex 0 (precise for small triangles), then perspective
     # correction: b_k / z_k renormalized.

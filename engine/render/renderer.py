@@ -53,6 +53,7 @@ class Renderer:
         geometry: bool = False,
         attributes: torch.Tensor | None = None,
         resolution: int | None = None,
+        face_id: torch.Tensor | None = None,
     ) -> RenderOutput:
         """Render every camera's view.
 
@@ -64,10 +65,12 @@ class Renderer:
             geometry: also render the uniform-gray image used by the geometry loss.
             attributes: [V, C] per-vertex values to interpolate (e.g. part weights).
             resolution: image side; defaults to ``settings.resolution``.
+            face_id: [N, H, W] a visibility pass to reuse instead of rasterizing (its size wins).
         """
-        size = resolution or self.settings.resolution
+        size = face_id.shape[-1] if face_id is not None else (resolution or self.settings.resolution)
         xy, depth = cameras.project(vertices, size)
-        face_id = rasterize(xy.detach(), depth.detach(), faces, size)
+        if face_id is None:
+            face_id = rasterize(xy.detach(), depth.detach(), faces, size)
         frags = fragments_from_face_ids(face_id, xy, depth, faces)
         need_shade = colors is not None or geometry
         shade = (

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from .fragments import Fragments
+from .fragments import Fragments, gather_rows
 
 
 def fragment_face_normals(fragments: Fragments, vertices: torch.Tensor) -> torch.Tensor:
     """[K, 3] unit normals of each fragment's face, from [V, 3] vertex positions (unit frame)."""
-    tri = vertices[fragments.vertex]  # [K, 3, 3]
+    tri = gather_rows(vertices, fragments.vertex)  # [K, 3, 3]
     normal = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
     return normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
@@ -25,5 +25,5 @@ def headlight_shade(
 ) -> torch.Tensor:
     """[K, 1] shading factor per fragment; ``forward`` is [N, 3], each camera's viewing axis."""
     normal = fragment_face_normals(fragments, vertices)
-    facing = (normal * forward[fragments.view]).sum(-1, keepdim=True).abs()
+    facing = (normal * gather_rows(forward, fragments.view)).sum(-1, keepdim=True).abs()
     return ambient + diffuse * facing

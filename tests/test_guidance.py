@@ -1,0 +1,125 @@
+"""CLIP guidance: preprocessing equals the library's processor, augmentations do what they say."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.config import GuidanceSettings
+from engine.guidance import ClipGuidance
+from engine.guidance.augment import crop_boxes, identity_grid, perspective_grid, resample
+from engine.guidance.preprocess import clip_preprocess
+from engine.models import CLIP_MEAN, CLIP_STD, ModelStore
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return ModelStore("tiny").clip("cpu")
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """uint8 [H, W, 3]: low-frequency content, where resampling filters agree closely."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((6, 8, 3))
+    big = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC))
+    return big
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (300, 400), (512, 256)])
+def test_preprocessing_matches_the_clip_image_processor(shape):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    image = smooth_image(*shape)
+    expected = CLIPImageProcessorPil()(images=Image.fromarray(image), return_tensors="pt")["pixel_values"]
+    tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0
+    got = clip_preprocess(tensor, 224, CLIP_MEAN, CLIP_STD)
+    assert got.shape == expected.shape
+    difference = (got - expected).abs()
+    assert float(difference.mean()) < 0.01, float(difference.mean())
+    assert float(difference.max()) < 0.1, float(difference.max())
+
+
+def test_no_distortion_and_a_full_crop_return_the_image():
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    grid = perspective_grid(2, 32, p=1.0, distortion=0.0, generator=torch.Generator())
+    assert torch.allclose(resample(image, torch.tensor([0, 1]), grid), image, atol=1e-6)
+    assert torch.allclose(grid, identity_grid(2, 32))
+
+
+def test_perspective_moves_corners_inwards_and_fills_white():
+    generator = torch.Generator().manual_seed(3)
+    grid = perspective_grid(64, 48, p=1.0, distortion=0.5, generator=generator)
+    image = torch.zeros(1, 3, 48, 48)
+    warped = resample(image, torch.zeros(64, dtype=torch.int64), grid)
+    # Output corners sample outside the source (white), the centre stays inside (black).
+    assert float(warped[:, :, 0, 0].mean()) > 0.5
+    assert float(warped[:, :, 24, 24].max()) < 1e-6
+
+
+def test_homography_maps_the_four_points_exactly():
+    from engine.guidance.augment import _homography
+
+    generator = torch.Generator().manual_seed(4)
+    src = torch.rand(5, 4, 2, generator=generator, dtype=torch.float64) * 2 - 1
+    src = src + torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    dst = src + 0.2 * torch.rand(5, 4, 2, generator=generator, dtype=torch.float64)
+    h = _homography(src, dst)
+    mapped = torch.cat((src, torch.ones(5, 4, 1, dtype=torch.float64)), -1) @ h.transpose(1, 2)
+    assert torch.allclose(mapped[..., :2] / mapped[..., 2:], dst, atol=1e-9)
+
+
+def test_perspective_probability_is_respected():
+    generator = torch.Generator().manual_seed(5)
+    grid = perspective_grid(400, 8, p=0.25, distortion=0.5, generator=generator)
+    warped = ~torch.isclose(grid, identity_grid(400, 8), atol=1e-6).flatten(1).all(1)
+    assert 0.18 < float(warped.float().mean()) < 0.32
+
+
+def test_crops_have_the_requested_area_and_stay_inside():
+    boxes = crop_boxes(1000, area=0.1, generator=torch.Generator().manual_seed(0))
+    area = (boxes[:, 2] * boxes[:, 3])  # half sides in [-1, 1] coordinates: fraction = (2w * 2h) / 4
+    assert torch.allclose(area, torch.full_like(area, 0.1), atol=1e-5)
+    assert torch.all(boxes[:, 0].abs() + boxes[:, 2] <= 1 + 1e-6)
+    assert torch.all(boxes[:, 1].abs() + boxes[:, 3] <= 1 + 1e-6)
+    ratio = boxes[:, 2] / boxes[:, 3]
+    assert ratio.min() >= 0.75 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
+
+
+def test_augmented_batch_has_every_group(tiny_clip):
+    settings = GuidanceSettings(global_augmentations=2, local_crops=3, geometry_crops=1)
+    guidance = ClipGuidance(tiny_clip, settings)
+    color, geometry = torch.rand(4, 3, 96, 96), torch.rand(4, 3, 96, 96)
+    batch = guidance.augment(color, geometry, torch.Generator().manual_seed(0))
+    sizes = {name: s.stop - s.start for name, s in batch.groups.items()}
+    assert sizes == {"global": 8, "local": 12, "geometry": 4}
+    assert batch.images.shape == (24, 3, 224, 224)
+    no_geometry = guidance.augment(color, None, torch.Generator().manual_seed(0))
+    assert "geometry" not in no_geometry.groups
+
+
+def test_losses_send_gradients_to_the_renders(tiny_clip):
+    guidance = ClipGuidance(tiny_clip, GuidanceSettings())
+    text = guidance.encode_text(["a red lamp"])[0]
+    assert math.isclose(float(text.norm()), 1.0, rel_tol=1e-5)
+    color = torch.rand(3, 3, 64, 64, requires_grad=True)
+    geometry = torch.rand(3, 3, 64, 64, requires_grad=True)
+    losses = guidance.losses(color, geometry, text, torch.Generator().manual_seed(0))
+    assert set(losses) == {"global", "local", "geometry", "total"}
+    for name in ("global", "local", "geometry"):
+        assert 0.0 <= float(losses[name].detach()) <= 2.0
+    losses["total"].backward()
+    assert color.grad.abs().sum() > 0 and geometry.grad.abs().sum() > 0
+
+
+def test_same_generator_state_gives_the_same_losses(tiny_clip):
+    guidance = ClipGuidance(tiny_clip, GuidanceSettings())
+    text = guidance.encode_text(["a blue chair"])[0]
+    color = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    a = guidance.losses(color, color, text, torch.Generator().manual_seed(9))["total"]
+    b = guidance.losses(color, color, text, torch.Generator().manual_seed(9))["total"]
+    c = guidance.losses(color, color, text, torch.Generator().manual_seed(10))["total"]
+    assert float(a) == float(b) and float(a) != float(c)

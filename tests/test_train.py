@@ -1,0 +1,180 @@
+"""The optimization loop through the door (engine.api.stylize): repeatable, resumable, guarded."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from engine.api import stylize
+from engine.config import settings_for
+from engine.errors import Cancelled, CheckpointError, NumericalError, PromptError
+from engine.events import CancelToken, NoticeEvent, PreviewEvent, StepEvent
+from engine.guidance import ClipGuidance
+from engine.mesh import mesh_from_arrays
+from engine.models import ModelStore
+from engine.train import StyleTrainer, SurfaceInputs
+
+STORE = ModelStore("tiny")  # shared: the tiny model is built once for the module
+
+
+def small_settings(*extra: str, iterations: int = 6):
+    return settings_for(
+        "fast",
+        [
+            f"optim.iterations={iterations}",
+            "views.count=2",
+            "render.resolution=64",
+            "field.width=64",
+            "run.preview_every=3",
+            "run.checkpoint_every=2",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def blob():
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    v = sphere.vertices * np.array([1.0, 0.7, 0.9]) + np.array([3.0, -2.0, 1.0])
+    return mesh_from_arrays(v, sphere.faces, name="blob")
+
+
+def run(mesh, settings, **kwargs):
+    return stylize(mesh, "a red blob", settings=settings, models=STORE, device="cpu", **kwargs)
+
+
+def test_same_seed_same_result_and_another_seed_differs(blob):
+    a = run(blob, small_settings())
+    b = run(blob, small_settings())
+    c = run(blob, small_settings("run.seed=1"))
+    assert np.array_equal(a.colors_srgb, b.colors_srgb) and np.array_equal(a.displacement, b.displacement)
+    assert a.history == b.history
+    assert not np.array_equal(a.colors_srgb, c.colors_srgb)
+
+
+def test_input_mesh_is_untouched_and_results_are_in_object_units(blob):
+    vertices, faces = blob.vertices.copy(), blob.faces.copy()
+    result = run(blob, small_settings())
+    assert np.array_equal(blob.vertices, vertices) and np.array_equal(blob.faces, faces)
+    # The same shape at 10x the size and moved: identical colors, displacement 10x in object units.
+    scaled = mesh_from_arrays(blob.vertices * 10.0 + 5.0, blob.faces, name="big")
+    big = run(scaled, small_settings())
+    assert np.allclose(big.colors_srgb, result.colors_srgb, atol=1e-5)
+    assert np.allclose(big.displacement, 10.0 * result.displacement, rtol=1e-2, atol=1e-6)
+    assert np.abs(result.displacement).max() > 0
+    offsets = result.displaced_vertices() - blob.vertices
+    assert np.allclose(np.linalg.norm(offsets, axis=1), np.abs(result.displacement), atol=1e-6)
+
+
+def test_cancel_then_resume_equals_an_uninterrupted_run(blob, tmp_path):
+    straight = run(blob, small_settings(iterations=8))
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    token = CancelToken()
+
+    def cancel_after_five(event):
+        if isinstance(event, StepEvent) and event.step == 5:
+            token.cancel()
+
+    with pytest.raises(Cancelled) as err:
+        run(blob, small_settings(iterations=8), on_event=cancel_after_five, cancel=token, checkpoint=checkpoint)
+    assert err.value.checkpoint == checkpoint
+    steps = []
+    resumed = run(blob, small_settings(iterations=8), checkpoint=checkpoint, resume=True,
+                  on_event=lambda e: steps.append(e.step) if isinstance(e, StepEvent) else None)
+    assert steps == [6, 7, 8]
+    assert np.array_equal(resumed.colors_srgb, straight.colors_srgb)
+    assert np.array_equal(resumed.displacement, straight.displacement)
+    assert resumed.history == straight.history
+
+
+def test_a_checkpoint_of_another_run_is_refused(blob, tmp_path):
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    run(blob, small_settings(iterations=2), checkpoint=checkpoint)
+    with pytest.raises(CheckpointError, match="different run"):
+        run(blob, small_settings("run.seed=5", iterations=4), checkpoint=checkpoint, resume=True)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run(blob, small_settings(), checkpoint=str(tmp_path / "missing.pt"), resume=True)
+
+
+def test_cancel_without_checkpoint_stops_before_the_next_iteration(blob):
+    token = CancelToken()
+    token.cancel()
+    steps = []
+    with pytest.raises(Cancelled) as err:
+        run(blob, small_settings(), cancel=token, on_event=lambda e: steps.append(e) if isinstance(e, StepEvent) else None)
+    assert steps == [] and err.value.checkpoint is None
+
+
+def test_events_report_progress_and_previews(blob):
+    events = []
+    result = run(blob, small_settings(iterations=7), on_event=events.append)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    previews = [e for e in events if isinstance(e, PreviewEvent)]
+    assert [e.step for e in steps] == list(range(1, 8)) and all(e.total == 7 for e in steps)
+    assert all(e.eta >= 0 for e in steps) and steps[-1].eta == 0
+    assert [p.step for p in previews] == [3, 6, 7]
+    last = previews[-1]
+    assert last.colors_srgb.shape == (blob.num_vertices, 3) and last.image.shape == (64, 64, 3)
+    assert np.allclose(last.colors_srgb, result.colors_srgb)
+    assert np.allclose(last.displacement, result.displacement, atol=1e-7)
+
+
+class FlakyGuidance(ClipGuidance):
+    """Returns a NaN loss on the listed calls (1-based)."""
+
+    def __init__(self, bundle, settings, bad_calls):
+        super().__init__(bundle, settings)
+        self.bad_calls = set(bad_calls)
+        self.calls = 0
+
+    def losses(self, *args, **kwargs):
+        self.calls += 1
+        out = super().losses(*args, **kwargs)
+        if self.calls in self.bad_calls:
+            out["total"] = out["total"] * float("nan")
+        return out
+
+
+def trainer_with(blob, bad_calls, *extra):
+    settings = small_settings(*extra)
+    guidance = FlakyGuidance(STORE.clip("cpu"), settings.guidance, bad_calls)
+    v = torch.from_numpy(blob.vertices)
+    v = (v - v.mean(0)) / (v - v.mean(0)).norm(dim=1).max()
+    surface = SurfaceInputs(v.float(), torch.from_numpy(blob.vertex_normals), torch.from_numpy(blob.faces))
+    return StyleTrainer(surface, guidance.encode_text(["a red blob"])[0], guidance, settings)
+
+
+def test_a_non_finite_step_is_skipped_and_the_run_continues(blob):
+    notices = []
+    trainer = trainer_with(blob, bad_calls={3})
+    result = trainer.run(on_event=lambda e: notices.append(e) if isinstance(e, NoticeEvent) else None)
+    assert result.skipped == 1 and result.steps == 6
+    assert len(notices) == 1 and "iteration 3" in notices[0].message
+    assert len(result.history["total"]) == 5 and all(math.isfinite(v) for v in result.history["total"])
+    assert torch.isfinite(result.colors).all() and torch.isfinite(result.displacement).all()
+
+
+def test_persistent_non_finite_steps_stop_the_run(blob):
+    trainer = trainer_with(blob, {2, 3, 4}, "run.nan_patience=3")
+    with pytest.raises(NumericalError, match="3 iterations in a row"):
+        trainer.run()
+
+
+def test_optimization_lowers_the_loss(blob):
+    """On a fixed view with no augmentation the objective is deterministic: it must go down."""
+    settings = settings_for("preview", [
+        "optim.iterations=25", "views.count=1", "render.resolution=64", "field.width=64",
+        "guidance.perspective_p=0", "guidance.local_crops=0", "optim.learning_rate=0.01",
+    ])
+    result = run(blob, settings)
+    losses = result.history["total"]
+    assert losses[-1] < losses[0] - 0.01, losses
+
+
+def test_empty_prompt_is_refused(blob):
+    with pytest.raises(PromptError, match="empty"):
+        stylize(blob, "   ", models=STORE)
