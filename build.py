@@ -44,18 +44,20 @@ def venv_python() -> str:
     return os.path.join(VENV, folder, "python.exe" if os.name == "nt" else "python")
 
 
-def requirements(extras: tuple[str, ...]) -> list[str]:
+def requirements() -> list[str]:
+    """pyproject.toml's dependencies (torch aside, installed first) and its test extras.
+
+    One environment serves every task, so alternating ``demo`` and ``test`` never reinstalls.
+    """
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
         project = tomllib.load(fh)["project"]
     reqs = [r for r in project["dependencies"] if not r.replace(" ", "").startswith("torch")]
-    for extra in extras:
-        reqs += project["optional-dependencies"][extra]
-    return reqs
+    return reqs + project["optional-dependencies"]["test"]
 
 
-def ensure_venv(extras: tuple[str, ...] = ()) -> str:
+def ensure_venv() -> str:
     """Create/refresh .venv so it holds the pinned torch and the dependencies; returns its python."""
-    reqs = requirements(extras)
+    reqs = requirements()
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
         wanted = hashlib.sha256(fh.read() + TORCH.encode() + repr(sorted(reqs)).encode()).hexdigest()
     python = venv_python()
@@ -100,7 +102,7 @@ def task_demo(args: list[str]) -> None:
 
 
 def task_test(args: list[str]) -> None:
-    python = ensure_venv(("test",))
+    python = ensure_venv()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     run([python, "-m", "pytest", *args], env=env)
 

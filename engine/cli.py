@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except Cancelled as exc:
-        hint = f"; resume with the same command plus --resume" if exc.checkpoint else ""
+        hint = "; resume with the same command plus --resume" if exc.checkpoint else ""
         print(f"cancelled: {exc}{hint}", file=sys.stderr)
         return EXIT_CANCELLED
     except PartstyleError as exc:
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="print performance figures (see docs/performance.md)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (a smoke run)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--clip", default="vit-b-32", choices=["vit-b-32", "tiny"],
+                   help="CLIP architecture to time (random weights either way; default the real-size ViT-B/32)")
     p.set_defaults(handler=cmd_bench)
     return parser
 
@@ -224,5 +226,5 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmarks
 
-    run_benchmarks(quick=args.quick, device=args.device, out=sys.stdout)
+    run_benchmarks(quick=args.quick, device=args.device, clip=args.clip, out=sys.stdout)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, get_args, get_type_hints
 
@@ -61,6 +62,8 @@ class FieldSettings:
     width, trunk_depth, head_depth: MLP shape (T2M: 256, 4, 2).
     max_displacement: bound of |displacement| in unit-sphere radii (T2M: 0.1).
     progressive_steps: iterations over which the Fourier frequencies open, lowest first (0: off).
+    precision: ``float32``, or ``bfloat16`` to run the MLP under autocast: about 2x faster on CPUs
+        with native bf16 (AVX512-BF16, AMX) and on GPUs, slower on CPUs without it.
     """
 
     sigma: float = 5.0
@@ -70,6 +73,7 @@ class FieldSettings:
     head_depth: int = 2
     max_displacement: float = 0.1
     progressive_steps: int = 0
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class Settings:
     run: RunSettings = dataclasses.field(default_factory=RunSettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain dict, JSON-serializable (tuples become lists)."""
+        """Nested plain dict, JSON-serializable (tuples stay tuples; json writes them as lists)."""
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
@@ -234,7 +238,7 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
                 raise ValueError(raw)
             return bool(raw)
         if hint is int:
-            if isinstance(raw, float) and not raw.is_integer():
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise ValueError(raw)
             return int(raw)
         if hint is float:
@@ -260,17 +264,26 @@ def _type_name(hint: Any) -> str:
 
 def _validate(s: Settings) -> None:
     """Range checks that name the key and the allowed values."""
+    for key, value in s.flat().items():
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise SettingsError(f"setting '{key}' must be a finite number, got {value!r}.")
     checks = [
         ("render.resolution", 16 <= s.render.resolution <= 4096, "between 16 and 4096"),
         ("render.fov_degrees", 1.0 <= s.render.fov_degrees < 180.0, "between 1 and 180"),
         ("render.camera_radius", s.render.camera_radius > 1.05, "greater than 1.05 (the mesh fills the unit sphere)"),
+        ("render.background", all(0.0 <= c <= 1.0 for c in s.render.background), "three values between 0 and 1"),
+        ("render.ambient", s.render.ambient >= 0.0, "0 or more"),
+        ("render.diffuse", s.render.diffuse >= 0.0, "0 or more"),
         ("views.count", s.views.count >= 1, "at least 1"),
         ("views.up_axis", s.views.up_axis in ("y", "z"), "'y' or 'z'"),
+        ("field.sigma", s.field.sigma > 0.0, "greater than 0"),
         ("field.fourier_features", s.field.fourier_features >= 1, "at least 1"),
         ("field.width", s.field.width >= 1, "at least 1"),
         ("field.trunk_depth", s.field.trunk_depth >= 1, "at least 1"),
         ("field.head_depth", s.field.head_depth >= 0, "0 or more"),
         ("field.max_displacement", s.field.max_displacement >= 0.0, "0 or more"),
+        ("field.precision", s.field.precision in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("guidance.global_augmentations", s.guidance.global_augmentations >= 0, "0 or more"),
         ("guidance.perspective_p", 0.0 <= s.guidance.perspective_p <= 1.0, "between 0 and 1"),
         ("guidance.perspective_distortion", 0.0 <= s.guidance.perspective_distortion < 1.0, "in [0, 1)"),
@@ -280,6 +293,8 @@ def _validate(s: Settings) -> None:
         ("optim.iterations", s.optim.iterations >= 1, "at least 1"),
         ("optim.optimizer", s.optim.optimizer in ("adam", "adamw"), "'adam' or 'adamw'"),
         ("optim.learning_rate", s.optim.learning_rate > 0.0, "greater than 0"),
+        ("optim.weight_decay", s.optim.weight_decay >= 0.0, "0 or more"),
+        ("optim.lr_decay", 0.0 < s.optim.lr_decay <= 1.0, "in (0, 1]"),
         ("optim.lr_decay_every", s.optim.lr_decay_every >= 1, "at least 1"),
         ("run.preview_every", s.run.preview_every >= 0, "0 or more"),
         ("run.checkpoint_every", s.run.checkpoint_every >= 1, "at least 1"),

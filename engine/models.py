@@ -13,6 +13,7 @@ Only safetensors weights are loaded (pickled ``.bin`` files can run code when lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ class ModelStore:
         if key not in self._loaded:
             bundle = self._load_clip()
             bundle.model.requires_grad_(False)
-            self._loaded[key] = ClipBundle(**{**bundle.__dict__, "model": bundle.model.to(device)})
+            self._loaded[key] = dataclasses.replace(bundle, model=bundle.model.to(device))
         return self._loaded[key]
 
     def _load_clip(self) -> ClipBundle:

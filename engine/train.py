@@ -103,8 +103,11 @@ class StyleTrainer:
     # -- one iteration -------------------------------------------------------------------------
 
     def outputs(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The field's current ([V, 3] sRGB colors, [V] unit-frame displacement)."""
-        return self.field.decode(self.features, mask)
+        """The field's current ([V, 3] sRGB colors, [V] unit-frame displacement), float32."""
+        bf16 = self.settings.field.precision == "bfloat16"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            colors, displacement = self.field.decode(self.features, mask)
+        return colors.float(), displacement.float()
 
     def frequency_mask(self) -> torch.Tensor | None:
         steps = self.settings.field.progressive_steps

@@ -316,3 +316,26 @@ def test_flat_values_match_the_sections():
     assert flat["views.count"] == s.views.count
     assert math.isclose(flat["optim.learning_rate"], s.optim.learning_rate)
     assert tuple(flat["render.background"]) == s.render.background
+
+
+@pytest.mark.parametrize(
+    "assignment, key",
+    [
+        ("optim.learning_rate=inf", "optim.learning_rate"),
+        ("field.sigma=nan", "field.sigma"),
+        ("render.camera_radius=inf", "render.camera_radius"),
+        ("optim.lr_decay=0", "optim.lr_decay"),
+        ("optim.lr_decay=1.5", "optim.lr_decay"),
+        ("render.background=[5,-1,0]", "render.background"),
+        ("render.ambient=-0.1", "render.ambient"),
+        ("optim.weight_decay=-1", "optim.weight_decay"),
+    ],
+)
+def test_non_finite_and_out_of_range_values_are_refused(assignment, key):
+    with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
+        settings_for("fast", [assignment])
+
+
+def test_a_bool_is_not_an_integer():
+    with pytest.raises(SettingsError, match="optim.iterations"):
+        settings_for("fast", {"optim.iterations": True})

@@ -178,3 +178,11 @@ def test_optimization_lowers_the_loss(blob):
 def test_empty_prompt_is_refused(blob):
     with pytest.raises(PromptError, match="empty"):
         stylize(blob, "   ", models=STORE)
+
+
+def test_bfloat16_field_runs_and_stays_close_to_float32(blob):
+    full = run(blob, small_settings(iterations=3))
+    half = run(blob, small_settings("field.precision=bfloat16", iterations=3))
+    assert half.colors_srgb.dtype == np.float32 and np.isfinite(half.colors_srgb).all()
+    assert not np.array_equal(half.colors_srgb, full.colors_srgb)  # the setting took effect
+    assert np.abs(half.colors_srgb - full.colors_srgb).max() < 0.05

@@ -1,0 +1,193 @@
+"""``python -m engine bench``: performance figures, printed (docs/performance.md records them).
+
+1. Rendering alone: 5 views of the sample lamp at 5k-320k faces, 224 and 512 px, forward and
+   backward (gradients to vertex positions and colors).
+2. One optimization iteration on the lamp at ~40k faces, 5 views at 224 px, with the real-size
+   CLIP ViT-B/32 architecture (random weights: no download; cost does not depend on the weights),
+   split into its phases, next to a whole ``StyleTrainer.step()`` measured in the same run; the
+   ratio of the whole iteration to the guidance forward+backward alone tells how much the
+   rest of the pipeline adds to the unavoidable CLIP cost.
+
+Figures are medians over repetitions after a warm-up. Nothing here is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Callable, TextIO
+
+import torch
+
+from .api import resolve_device
+from .cameras import sample_views
+from .config import settings_for
+from .guidance import ClipGuidance
+from .mesh import Normalization
+from .models import CLIP_MEAN, CLIP_STD, ClipBundle
+from .render import Renderer
+from .samples import sample_mesh
+from .train import StyleTrainer, SurfaceInputs, seeded_generator
+
+RENDER_FACES = (5_000, 20_000, 80_000, 320_000)
+RENDER_SIZES = (224, 512)
+ITERATION_FACES = 40_000
+
+
+def run_benchmarks(*, quick: bool = False, device: str = "auto", clip: str = "vit-b-32", out: TextIO = sys.stdout) -> dict:
+    """Run every benchmark, print a report to ``out`` and return the figures as a dict."""
+    dev = resolve_device(device)
+    reps = 2 if quick else 5
+    figures: dict = {"device": str(dev), "threads": torch.get_num_threads()}
+    say = lambda text: print(text, file=out, flush=True)  # noqa: E731 - the CLI's printer
+    say(f"device {dev}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+
+    say("\n# rendering: sample lamp, 5 views, forward + backward (ms, median)")
+    say(f"{'faces':>8} {'px':>5} {'forward':>9} {'backward':>9} {'total':>9}")
+    figures["render"] = []
+    for faces in RENDER_FACES[:2] if quick else RENDER_FACES:
+        for size in RENDER_SIZES:
+            fwd, bwd = render_timing(faces, size, dev, reps)
+            figures["render"].append({"faces": faces, "size": size, "forward_ms": fwd, "backward_ms": bwd})
+            say(f"{faces:>8} {size:>5} {fwd:>9.1f} {bwd:>9.1f} {fwd + bwd:>9.1f}")
+    figures["peak_rss_mb_after_render"] = peak_rss_mb()
+    say(f"peak process memory so far: {figures['peak_rss_mb_after_render']:.0f} MB")
+
+    variants = [("fast", ())] if quick else [("faithful", ()), ("fast", ()), ("fast", ("field.precision=bfloat16",))]
+    figures["iteration"] = {}
+    for preset, overrides in variants:
+        result = iteration_timing(preset, dev, reps, clip=clip, faces=20_000 if quick else ITERATION_FACES, overrides=overrides)
+        label = preset + "".join(f" --set {o}" for o in overrides)
+        figures["iteration"][label] = result
+        say(f"\n# one iteration, preset '{label}': lamp {result['faces']} faces, {result['views']} views at 224 px, "
+            f"{result['images']} CLIP images ({clip}), ms (median)")
+        for phase in ("field_forward", "render_forward", "guidance_forward", "guidance_backward",
+                      "render_backward", "field_backward", "optimizer"):
+            say(f"  {phase:<18} {result[phase]:>9.1f}")
+        say(f"  {'sum of phases':<18} {result['sum_of_phases']:>9.1f}")
+        say(f"  {'whole step()':<18} {result['whole_step']:>9.1f}")
+        say(f"  ratio whole step / guidance forward+backward = {result['ratio']:.3f}")
+    figures["peak_rss_mb"] = peak_rss_mb()
+    say(f"\npeak process memory: {figures['peak_rss_mb']:.0f} MB")
+    if dev.type == "cuda":
+        figures["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        say(f"peak CUDA memory: {figures['peak_cuda_mb']:.0f} MB")
+    return figures
+
+
+def render_timing(faces: int, size: int, device: torch.device, reps: int) -> tuple[float, float]:
+    """Median (forward ms, backward ms) for 5 views of the lamp with ``faces`` faces at ``size`` px."""
+    settings = settings_for("faithful")
+    mesh = sample_mesh("lamp", faces)
+    vertices = torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(device)
+    face_tensor = torch.from_numpy(mesh.faces).to(device)
+    renderer = Renderer(settings.render)
+    cameras = sample_views(5, settings.views, settings.render, torch.Generator().manual_seed(0), device=device)
+    weights = torch.rand(5, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    forward, backward = [], []
+    for _ in range(reps + 1):
+        v = vertices.clone().requires_grad_(True)
+        colors = torch.full_like(v, 0.5).requires_grad_(True)
+        t0 = _now(device)
+        image = renderer.render(v, face_tensor, cameras, colors=colors, resolution=size).color
+        t1 = _now(device)
+        (image * weights).sum().backward()
+        t2 = _now(device)
+        forward.append(t1 - t0)
+        backward.append(t2 - t1)
+    return statistics.median(forward[1:]) * 1e3, statistics.median(backward[1:]) * 1e3
+
+
+def iteration_timing(
+    preset: str, device: torch.device, reps: int, *, clip: str, faces: int, overrides: tuple[str, ...] = ()
+) -> dict:
+    """Phase split of one iteration and the whole ``StyleTrainer.step()``, medians in ms."""
+    settings = settings_for(preset, list(overrides))
+    bundle = benchmark_clip(clip, device)
+    guidance = ClipGuidance(bundle, settings.guidance)
+    mesh = sample_mesh("lamp", faces)
+    surface = SurfaceInputs(
+        torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(device),
+        torch.from_numpy(mesh.vertex_normals).to(device),
+        torch.from_numpy(mesh.faces).to(device),
+    )
+    text = guidance.encode_text(["a lamp made of gold"])[0]
+    trainer = StyleTrainer(surface, text, guidance, settings)
+    phases: dict[str, list[float]] = {}
+    sampling = seeded_generator(0, "bench")
+    for rep in range(reps + 1):
+        record = (lambda name, seconds: phases.setdefault(name, []).append(seconds)) if rep else (lambda *_: None)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        colors, displacement = _timed(device, record, "field_forward", lambda: trainer.outputs())
+        leaf_colors = colors.detach().requires_grad_(True)
+        leaf_displacement = displacement.detach().requires_grad_(True)
+
+        def render():
+            positions = surface.vertices + leaf_displacement.unsqueeze(-1) * surface.normals
+            cams = sample_views(settings.views.count, settings.views, settings.render, sampling, device=device)
+            return trainer.renderer.render(positions, surface.faces, cams, colors=leaf_colors,
+                                           geometry=settings.guidance.geometry_crops > 0)
+
+        out = _timed(device, record, "render_forward", render)
+        color_in = out.color.detach().requires_grad_(True)
+        geometry_in = out.geometry.detach().requires_grad_(True) if out.geometry is not None else None
+        loss = _timed(device, record, "guidance_forward",
+                      lambda: guidance.losses(color_in, geometry_in, text, sampling)["total"])
+        _timed(device, record, "guidance_backward", loss.backward)
+        grads = [(out.color, color_in.grad)] + ([(out.geometry, geometry_in.grad)] if geometry_in is not None else [])
+        _timed(device, record, "render_backward",
+               lambda: torch.autograd.backward([g[0] for g in grads], [g[1] for g in grads]))
+        _timed(device, record, "field_backward",
+               lambda: torch.autograd.backward([colors, displacement], [leaf_colors.grad, leaf_displacement.grad]))
+        _timed(device, record, "optimizer", trainer.optimizer.step)
+        _timed(device, record, "whole_step", trainer.step)
+    result = {name: statistics.median(values) * 1e3 for name, values in phases.items()}
+    g = settings.guidance
+    images = settings.views.count * (g.global_augmentations + g.local_crops + g.geometry_crops)
+    result["sum_of_phases"] = sum(v for k, v in result.items() if k != "whole_step")
+    result["ratio"] = result["whole_step"] / (result["guidance_forward"] + result["guidance_backward"])
+    result.update(faces=mesh.num_faces, views=settings.views.count, images=images)
+    return result
+
+
+def benchmark_clip(name: str, device: torch.device) -> ClipBundle:
+    """The real-size ViT-B/32 CLIP architecture with random weights (``vit-b-32``) or ``tiny``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from .tiny_models import build_tiny_clip
+
+    tiny_model, tokenizer = build_tiny_clip()
+    if name == "tiny":
+        model = tiny_model
+    elif name == "vit-b-32":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = CLIPModel(CLIPConfig()).eval()  # the defaults are ViT-B/32's architecture
+    else:
+        raise ValueError(f"unknown benchmark CLIP '{name}'; use vit-b-32 or tiny")
+    model.requires_grad_(False)
+    return ClipBundle(model.to(device), tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, name)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB); NaN where the OS does not report it."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _timed(device: torch.device, record: Callable[[str, float], None], name: str, fn: Callable):
+    start = _now(device)
+    value = fn()
+    record(name, _now(device) - start)
+    return value

@@ -1,0 +1,21 @@
+"""The benchmark keeps working (its figures are read by people, not asserted: machines are noisy)."""
+
+from __future__ import annotations
+
+import io
+
+from engine.bench import run_benchmarks
+
+
+def test_quick_benchmark_reports_every_figure():
+    out = io.StringIO()
+    figures = run_benchmarks(quick=True, device="cpu", clip="tiny", out=out)
+    text = out.getvalue()
+    assert "# rendering" in text and "ratio whole step / guidance forward+backward" in text
+    assert {(r["faces"], r["size"]) for r in figures["render"]} == {(5000, 224), (5000, 512), (20000, 224), (20000, 512)}
+    fast = figures["iteration"]["fast"]
+    phases = ("field_forward", "render_forward", "guidance_forward", "guidance_backward",
+              "render_backward", "field_backward", "optimizer", "whole_step")
+    assert all(fast[p] > 0 for p in phases)
+    assert fast["images"] == 9 and fast["views"] == 3
+    assert abs(fast["ratio"] - fast["whole_step"] / (fast["guidance_forward"] + fast["guidance_backward"])) < 1e-9
