@@ -87,6 +87,16 @@ def test_interpolated_positions_are_the_ray_hit_points():
     assert error.max() < 2e-4, f"max error {error.max():.2e}"
 
 
+def test_barycentrics_are_a_partition_of_unity_on_covered_pixels():
+    scene = occluding_scene()
+    vertices = torch.tensor(scene.vertices, dtype=torch.float32)
+    out = Renderer(RENDER).render(vertices, torch.tensor(scene.faces), cameras([20.0], [70.0]), resolution=48)
+    bary = out.barycentrics()
+    covered = out.face_id >= 0
+    assert torch.allclose(bary.sum(1)[covered], torch.ones(int(covered.sum())), atol=1e-5)
+    assert bary.min() > -1e-3 and torch.all(bary.permute(0, 2, 3, 1)[~covered] == 0)
+
+
 def test_sphere_silhouette_matches_the_analytic_projection():
     radius, size = 0.8, 512
     sphere = trimesh.creation.icosphere(subdivisions=5, radius=radius)

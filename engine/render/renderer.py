@@ -36,6 +36,10 @@ class RenderOutput:
     attributes: torch.Tensor | None
     fragments: Fragments
 
+    def barycentrics(self) -> torch.Tensor:
+        """[N, 3, H, W] perspective-correct barycentrics of ``face_id``'s corners, 0 on background."""
+        return self.fragments.to_image(self.fragments.bary)
+
 
 class Renderer:
     """Renders unit-frame meshes through :class:`Cameras` with the shading of ``settings``."""
