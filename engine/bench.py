@@ -7,6 +7,10 @@
    split into its phases, next to a whole ``StyleTrainer.step()`` measured in the same run; the
    ratio of the whole iteration to the guidance forward+backward alone tells how much the
    rest of the pipeline adds to the unavoidable CLIP cost.
+3. Part prompts (3 parts) with ``fast`` and ``faithful``: a CLIP step and a grounding step (the
+   real-size Grounding DINO tiny architecture), averaged over the preset's schedule, next to a
+   holistic iteration of the same preset measured in the same run.
+4. Localization: 8 views rendered, grounded and lifted to the lamp's vertices, at 512 and 800 px.
 
 Figures are medians over repetitions after a warm-up. Nothing here is a pass/fail test.
 """
@@ -18,25 +22,42 @@ import sys
 import time
 from typing import Callable, TextIO
 
+import numpy as np
 import torch
 
 from .api import resolve_device
 from .cameras import sample_views
+from .compose import compose_parts, whole_object
 from .config import settings_for
+from .errors import PartNotFound
+from .grounding.detector import GroundingDetector
+from .grounding.lift import PartBoxes
+from .grounding.locate import locate
 from .guidance import ClipGuidance
+from .guidance.grounding_loss import GroundingPartLoss
 from .mesh import Normalization
-from .models import CLIP_MEAN, CLIP_STD, ClipBundle
+from .models import CLIP_MEAN, CLIP_STD, GROUNDING_MEAN, GROUNDING_STD, ClipBundle, GroundingBundle
+from .parts import PartWeights
+from .prompt import parse_prompt
 from .render import Renderer
 from .samples import sample_mesh
-from .train import StyleTrainer, SurfaceInputs, seeded_generator
+from .tiny_models import build_tiny_grounding_dino, real_size_grounding_config
+from .train import Objective, StyleTrainer, SurfaceInputs, seeded_generator
 
+PHASES = ("field_forward", "render_forward", "guidance_forward", "guidance_backward",
+          "render_backward", "field_backward", "optimizer")
+LOCATE_VIEWS = 8
 RENDER_FACES = (5_000, 20_000, 80_000, 320_000)
 RENDER_SIZES = (224, 512)
 ITERATION_FACES = 40_000
 
 
 def run_benchmarks(*, quick: bool = False, device: str = "auto", clip: str = "vit-b-32", out: TextIO = sys.stdout) -> dict:
-    """Run every benchmark, print a report to ``out`` and return the figures as a dict."""
+    """Run every benchmark, print a report to ``out`` and return the figures as a dict.
+
+    ``clip`` picks the architectures timed: ``vit-b-32`` (the real-size CLIP and Grounding DINO
+    tiny, random weights) or ``tiny`` (the built-in test models, for a smoke run).
+    """
     dev = resolve_device(device)
     reps = 2 if quick else 5
     figures: dict = {"device": str(dev), "threads": torch.get_num_threads()}
@@ -54,20 +75,39 @@ def run_benchmarks(*, quick: bool = False, device: str = "auto", clip: str = "vi
     figures["peak_rss_mb_after_render"] = peak_rss_mb()
     say(f"peak process memory so far: {figures['peak_rss_mb_after_render']:.0f} MB")
 
-    variants = [("fast", ())] if quick else [("faithful", ()), ("fast", ()), ("fast", ("field.precision=bfloat16",))]
+    models = BenchmarkModels(clip, dev)
+    faces = 20_000 if quick else ITERATION_FACES
+    variants = [("fast", ())] if quick else [("text2mesh", ()), ("fast", ()), ("fast", ("field.precision=bfloat16",))]
     figures["iteration"] = {}
     for preset, overrides in variants:
-        result = iteration_timing(preset, dev, reps, clip=clip, faces=20_000 if quick else ITERATION_FACES, overrides=overrides)
+        result = iteration_timing(preset, dev, reps, models=models, faces=faces, overrides=overrides)
         label = preset + "".join(f" --set {o}" for o in overrides)
         figures["iteration"][label] = result
         say(f"\n# one iteration, preset '{label}': lamp {result['faces']} faces, {result['views']} views at 224 px, "
             f"{result['images']} CLIP images ({clip}), ms (median)")
-        for phase in ("field_forward", "render_forward", "guidance_forward", "guidance_backward",
-                      "render_backward", "field_backward", "optimizer"):
+        for phase in PHASES:
             say(f"  {phase:<18} {result[phase]:>9.1f}")
         say(f"  {'sum of phases':<18} {result['sum_of_phases']:>9.1f}")
         say(f"  {'whole step()':<18} {result['whole_step']:>9.1f}")
         say(f"  ratio whole step / guidance forward+backward = {result['ratio']:.3f}")
+
+    say(f"\n# part prompts: 'pottery base, gold tube, linen shade' on the lamp ({faces} faces), parts given by "
+        "label; ms per iteration (median), averaged over the grounding schedule")
+    say(f"  {'preset':<10} {'holistic':>9} {'CLIP step':>10} {'grounding':>10} {'every':>6} {'average':>9} {'ratio':>6}")
+    figures["parts"] = {}
+    for preset in ("fast",) if quick else ("fast", "faithful"):
+        result = parts_timing(preset, dev, max(1, reps - 2), models=models, faces=faces)
+        figures["parts"][preset] = result
+        say(f"  {preset:<10} {result['holistic_step']:>9.1f} {result['clip_step']:>10.1f} "
+            f"{result['grounding_step']:>10.1f} {result['grounding_every']:>6} {result['average']:>9.1f} {result['ratio']:>6.2f}")
+
+    say(f"\n# localization: {LOCATE_VIEWS} views of the lamp, render + detect + lift (s)")
+    figures["localization"] = {}
+    for size in (256,) if quick else (512, 800):
+        seconds = localization_timing(size, dev, models=models)
+        figures["localization"][size] = seconds
+        say(f"  {size:>4} px  {seconds:>7.2f}")
+
     figures["peak_rss_mb"] = peak_rss_mb()
     say(f"\npeak process memory: {figures['peak_rss_mb']:.0f} MB")
     if dev.type == "cuda":
@@ -78,7 +118,7 @@ def run_benchmarks(*, quick: bool = False, device: str = "auto", clip: str = "vi
 
 def render_timing(faces: int, size: int, device: torch.device, reps: int) -> tuple[float, float]:
     """Median (forward ms, backward ms) for 5 views of the lamp with ``faces`` faces at ``size`` px."""
-    settings = settings_for("faithful")
+    settings = settings_for("text2mesh")
     mesh = sample_mesh("lamp", faces)
     vertices = torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(device)
     face_tensor = torch.from_numpy(mesh.faces).to(device)
@@ -99,21 +139,26 @@ def render_timing(faces: int, size: int, device: torch.device, reps: int) -> tup
     return statistics.median(forward[1:]) * 1e3, statistics.median(backward[1:]) * 1e3
 
 
-def iteration_timing(
-    preset: str, device: torch.device, reps: int, *, clip: str, faces: int, overrides: tuple[str, ...] = ()
-) -> dict:
-    """Phase split of one iteration and the whole ``StyleTrainer.step()``, medians in ms."""
-    settings = settings_for(preset, list(overrides))
-    bundle = benchmark_clip(clip, device)
-    guidance = ClipGuidance(bundle, settings.guidance)
+def lamp_surface(faces: int, device: torch.device) -> tuple:
+    """(mesh, SurfaceInputs) of the sample lamp with ``faces`` faces, unit frame."""
     mesh = sample_mesh("lamp", faces)
     surface = SurfaceInputs(
         torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(device),
         torch.from_numpy(mesh.vertex_normals).to(device),
         torch.from_numpy(mesh.faces).to(device),
     )
+    return mesh, surface
+
+
+def iteration_timing(
+    preset: str, device: torch.device, reps: int, *, models: "BenchmarkModels", faces: int, overrides: tuple[str, ...] = ()
+) -> dict:
+    """Phase split of one holistic iteration and the whole ``StyleTrainer.step()``, medians in ms."""
+    settings = settings_for(preset, list(overrides))
+    guidance = ClipGuidance(models.clip, settings.guidance)
+    mesh, surface = lamp_surface(faces, device)
     text = guidance.encode_text(["a lamp made of gold"])[0]
-    trainer = StyleTrainer(surface, text, guidance, settings)
+    trainer = StyleTrainer(surface, Objective(text, whole_object(mesh.num_vertices)), guidance, settings)
     phases: dict[str, list[float]] = {}
     sampling = seeded_generator(0, "bench")
     for rep in range(reps + 1):
@@ -151,6 +196,71 @@ def iteration_timing(
     return result
 
 
+def parts_timing(preset: str, device: torch.device, reps: int, *, models: "BenchmarkModels", faces: int) -> dict:
+    """A 3-part iteration of ``preset`` (CLIP steps and grounding steps) next to a holistic one, ms."""
+    settings = settings_for(preset)
+    guidance = ClipGuidance(models.clip, settings.guidance)
+    mesh, surface = lamp_surface(faces, device)
+    prompt = parse_prompt("pottery base, gold tube, linen shade")
+    weights = PartWeights.from_labels(mesh.labels, mesh.label_names).select(prompt.parts)
+    composition = compose_parts(weights, original_colors=np.full((mesh.num_vertices, 3), 0.5, np.float32))
+    detector = GroundingDetector(models.grounding, size=settings.guidance.grounding_resolution)
+    objective = Objective(
+        text=guidance.encode_text([prompt.full_text()])[0],
+        composition=composition,
+        part_names=prompt.parts,
+        part_texts=guidance.encode_text([p.phrase for p in prompt.pairs]),
+        grounding=GroundingPartLoss(detector, list(prompt.parts), [p.phrase for p in prompt.pairs]),
+    )
+    parts = StyleTrainer(surface, objective, guidance, settings)
+    holistic = StyleTrainer(surface, Objective(objective.text, whole_object(mesh.num_vertices)), guidance, settings)
+    every = max(settings.guidance.grounding_every, 1)
+    clip_steps, grounding_steps, holistic_steps = [], [], []
+    for rep in range(reps + 1):
+        parts.step_index = every * rep  # the coming iteration is a CLIP step (unless every == 1)
+        clip = _seconds(device, parts.step) if every > 1 else float("nan")
+        parts.step_index = every * (rep + 1) - 1  # the coming iteration is a grounding step
+        ground = _seconds(device, parts.step)
+        whole = _seconds(device, holistic.step)
+        if rep:
+            clip_steps.append(clip)
+            grounding_steps.append(ground)
+            holistic_steps.append(whole)
+    clip_ms = statistics.median(clip_steps) * 1e3 if every > 1 else 0.0
+    ground_ms = statistics.median(grounding_steps) * 1e3
+    average = ((every - 1) * clip_ms + ground_ms) / every
+    holistic_ms = statistics.median(holistic_steps) * 1e3
+    return {"holistic_step": holistic_ms, "clip_step": clip_ms, "grounding_step": ground_ms,
+            "grounding_every": every, "average": average, "ratio": average / holistic_ms}
+
+
+def localization_timing(size: int, device: torch.device, *, models: "BenchmarkModels") -> float:
+    """Seconds to locate 3 parts on the 20k-face lamp from ``LOCATE_VIEWS`` views at ``size`` px."""
+    settings = settings_for("fast", [f"localize.views={LOCATE_VIEWS}", f"localize.resolution={size}", "localize.box_threshold=0"])
+    mesh, surface = lamp_surface(20_000, device)
+    detector = GroundingDetector(models.grounding, size=size)
+
+    def detect(images, phrases):
+        found = [d for chunk in images.split(2) for d in detector.detect(chunk, phrases, box_threshold=0.0)]
+        return [[PartBoxes(d.boxes.cpu().numpy(), d.scores[:, k].cpu().numpy()) for k in range(len(phrases))] for d in found]
+
+    def run():
+        try:
+            locate(surface.vertices, surface.faces, ["base", "tube", "shade"], detect, settings)
+        except PartNotFound:
+            pass  # random weights may support no part: the work was done all the same
+
+    return _seconds(device, run)
+
+
+class BenchmarkModels:
+    """The CLIP and Grounding DINO bundles a benchmark times (random weights; built once)."""
+
+    def __init__(self, name: str, device: torch.device):
+        self.clip = benchmark_clip(name, device)
+        self.grounding = benchmark_grounding(name, device)
+
+
 def benchmark_clip(name: str, device: torch.device) -> ClipBundle:
     """The real-size ViT-B/32 CLIP architecture with random weights (``vit-b-32``) or ``tiny``."""
     from transformers import CLIPConfig, CLIPModel
@@ -170,6 +280,22 @@ def benchmark_clip(name: str, device: torch.device) -> ClipBundle:
     return ClipBundle(model.to(device), tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, name)
 
 
+def benchmark_grounding(name: str, device: torch.device) -> GroundingBundle:
+    """The real-size Grounding DINO tiny architecture with random weights (``vit-b-32``) or ``tiny``."""
+    from transformers import GroundingDinoForObjectDetection
+
+    tiny_model, tokenizer = build_tiny_grounding_dino()
+    if name == "tiny":
+        model, size, max_size = tiny_model, 256, 427
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = GroundingDinoForObjectDetection(real_size_grounding_config()).eval()
+        size, max_size = 800, 1333
+    model.requires_grad_(False)
+    return GroundingBundle(model.to(device), tokenizer, size, max_size, GROUNDING_MEAN, GROUNDING_STD, name)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (MB); NaN where the OS does not report it."""
     try:
@@ -184,6 +310,12 @@ def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+def _seconds(device: torch.device, fn: Callable) -> float:
+    start = _now(device)
+    fn()
+    return _now(device) - start
 
 
 def _timed(device: torch.device, record: Callable[[str, float], None], name: str, fn: Callable):

@@ -13,7 +13,7 @@ import signal
 import sys
 import warnings
 
-from .errors import Cancelled, MeshError, PartstyleError
+from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
@@ -42,7 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stylize", help="stylize a mesh from a text prompt")
     p.add_argument("mesh", help="a mesh file (obj, ply, glb, gltf, stl, off) or sample:NAME[@FACES], e.g. sample:lamp@20k")
-    p.add_argument("--prompt", required=True, help='the style, e.g. "a lamp made of gold"')
+    p.add_argument("--prompt", required=True,
+                   help='per-part styles, e.g. "pottery base, gold tube, linen shade" or "shade: woven linen", '
+                        'or one style for the whole object, e.g. "a lamp made of gold"')
+    p.add_argument("--whole", action="store_true", help="read the whole prompt as one style for the whole object")
+    p.add_argument("--parts-from", metavar="SOURCE",
+                   help="give the parts instead of locating them: a parts.npz written by `locate`, "
+                        "or 'labels' for the labels a built-in sample carries")
+    p.add_argument("--lock", action="append", default=[], metavar="PART",
+                   help="keep this part's earlier result (from --previous) while restyling the others (repeatable)")
+    p.add_argument("--previous", metavar="DIR", help="an earlier output folder of the same mesh, for --lock")
     p.add_argument("--out", required=True, help="output folder (created; earlier results are replaced only on success)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help=f"settings preset (default {DEFAULT_PRESET})")
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same result on the same machine)")
@@ -57,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_stylize)
+
+    p = sub.add_parser("locate", help="find named parts on a mesh and write per-vertex part weights")
+    p.add_argument("mesh", help="a mesh file or sample:NAME[@FACES]")
+    p.add_argument("--parts", required=True, help='the part names, e.g. "base, tube, shade"')
+    p.add_argument("--out", required=True, help="output folder: parts.npz, parts.ply, preview.png")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--models", default="tiny", help="tiny, default or a folder (as for stylize)")
+    p.add_argument("--allow-download", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--up-axis", choices=["y", "z"], default=None)
+    p.add_argument("--merge-vertices", action="store_true")
+    p.set_defaults(handler=cmd_locate)
 
     p = sub.add_parser("info", help="versions, devices and which models are present")
     p.set_defaults(handler=cmd_info)
@@ -91,21 +112,22 @@ def load_input_mesh(spec: str, *, merge_vertices: bool = False):
     return load_mesh(spec, merge_vertices=merge_vertices)
 
 
-def cmd_stylize(args: argparse.Namespace) -> int:
-    from .api import stylize
+def settings_from_args(args: argparse.Namespace):
+    """The preset with --set, --seed, --iterations and --up-axis applied."""
     from .config import settings_for
-    from .events import CancelToken
-    from .export import write_result
-    from .models import ModelStore
 
     overrides = list(args.overrides)
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         overrides.append(f"run.seed={args.seed}")
-    if args.iterations is not None:
+    if getattr(args, "iterations", None) is not None:
         overrides.append(f"optim.iterations={args.iterations}")
     if args.up_axis:
         overrides.append(f"views.up_axis={args.up_axis}")
-    settings = settings_for(args.preset, overrides)
+    return settings_for(getattr(args, "preset", None) or "fast", overrides)
+
+
+def mesh_from_args(args: argparse.Namespace):
+    """The input mesh, with load warnings printed; refuses an --out that names the mesh."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mesh = load_input_mesh(args.mesh, merge_vertices=args.merge_vertices)
@@ -113,23 +135,97 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     if not args.mesh.startswith(SAMPLE_PREFIX) and os.path.abspath(args.out) == os.path.abspath(args.mesh):
         raise MeshError("--out names the input mesh itself; choose an output folder.")
+    return mesh
 
+
+def load_part_weights(source: str, mesh):
+    """Part weights from 'labels' (a built-in sample's own) or a parts.npz written by `locate`."""
+    import numpy as np
+
+    from .parts import PartWeights
+
+    if source == "labels":
+        if mesh.labels is None:
+            raise PartNotFound("--parts-from labels: only the built-in samples carry part labels; use a parts.npz from `locate`.")
+        return PartWeights.from_labels(mesh.labels, mesh.label_names)
+    if not os.path.isfile(source):
+        raise PartNotFound(f"--parts-from {source}: no such file (expected a parts.npz written by `python -m engine locate`).")
+    with np.load(source) as data:
+        if "names" not in data or "weights" not in data:
+            raise PartNotFound(f"{source} holds no part weights (expected 'names' and 'weights' arrays).")
+        names, weights = tuple(str(n) for n in data["names"]), data["weights"].astype(np.float32)
+        confidence = data["confidence"] if "confidence" in data else np.ones(len(weights), np.float32)
+    if weights.shape != (mesh.num_vertices, len(names) + 1):
+        raise PartNotFound(f"{source} is for a mesh of {weights.shape[0]} vertices; this one has {mesh.num_vertices}.")
+    return PartWeights(names, weights, confidence.astype(np.float32), "file")
+
+
+def load_previous(folder: str, mesh, settings):
+    """An earlier result (for --lock) from its output folder's result.npz."""
+    import numpy as np
+
+    from .api import StyleResult
+    from .prompt import StylePrompt
+
+    path = os.path.join(folder, "result.npz")
+    if not os.path.isfile(path):
+        raise PartNotFound(f"--previous {folder}: no result.npz there; name the output folder of an earlier run.")
+    with np.load(path) as data:
+        colors, displacement = data["colors_srgb"], data["displacement"]
+    if colors.shape[0] != mesh.num_vertices:
+        raise PartNotFound(f"--previous {folder} is a result for a mesh of {colors.shape[0]} vertices; this one has {mesh.num_vertices}.")
+    return StyleResult(mesh, StylePrompt(holistic_style="previous"), colors, displacement, settings)
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    from .api import stylize
+    from .events import CancelToken
+    from .export import write_result
+    from .models import ModelStore
+
+    settings = settings_from_args(args)
+    mesh = mesh_from_args(args)
+    parts = load_part_weights(args.parts_from, mesh) if args.parts_from else None
+    previous = load_previous(args.previous, mesh, settings) if args.previous else None
     store = ModelStore(args.models, allow_download=args.allow_download)
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     cancel = CancelToken()
     progress = ProgressPrinter(quiet=args.quiet)
-    previous = _install_interrupt(cancel)
+    old_handler = _install_interrupt(cancel)
     try:
         result = stylize(
-            mesh, args.prompt, settings=settings, models=store, device=args.device,
+            mesh, args.prompt, settings=settings, models=store, device=args.device, holistic=args.whole,
+            parts=parts, lock=tuple(" ".join(p.lower().split()) for p in args.lock), previous=previous,
             on_event=progress, cancel=cancel, checkpoint=checkpoint, resume=args.resume,
         )
     finally:
         progress.close()
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, old_handler)
     paths = write_result(result, args.out, extra_record={"preset": args.preset, "input": args.mesh})
     if os.path.exists(checkpoint):
         os.remove(checkpoint)
+    print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}: {', '.join(paths)}")
+    return 0
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    from .api import locate_parts
+    from .export import write_localization
+    from .models import ModelStore
+    from .prompt import parse_prompt
+
+    settings = settings_from_args(args)
+    mesh = mesh_from_args(args)
+    names = [p.strip() for p in args.parts.replace(";", ",").split(",")]
+    if any(not n for n in names):
+        parse_prompt(args.parts)  # raises the prompt grammar's error naming the empty phrase
+    progress = ProgressPrinter()
+    localization = locate_parts(mesh, names, settings=settings, device=args.device, on_event=progress,
+                                models=ModelStore(args.models, allow_download=args.allow_download))
+    paths = write_localization(localization, mesh, args.out)
+    counts = localization.weights.labels()
+    summary = ", ".join(f"{n}: {int((counts == k).sum())} vertices" for k, n in enumerate(localization.weights.names))
+    print(f"{summary}; rest: {int((counts < 0).sum())}")
     print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}: {', '.join(paths)}")
     return 0
 

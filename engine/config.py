@@ -1,7 +1,7 @@
 """Every setting of a run as typed dataclasses, the named presets, and ``key=value`` overrides.
 
-Settings are grouped in sections (``render``, ``views``, ``field``, ``guidance``, ``optim``,
-``run``); a setting's full key is ``section.name`` (``optim.iterations``). Defaults are the
+Settings are grouped in sections (``render``, ``views``, ``field``, ``guidance``, ``localize``,
+``optim``, ``run``); a setting's full key is ``section.name`` (``optim.iterations``). Defaults are the
 Text2Mesh (T2M) numbers of METHOD.md; presets change some of them. docs/settings.md documents
 each key and each preset.
 """
@@ -86,6 +86,16 @@ class GuidanceSettings:
     geometry_crops: crops per view of a gray render (color ignored) that train displacement on its
         own (T2M's geometry loss); 0 switches the geometry loss off.
     geometry_weight: weight of the geometry loss in the total.
+    part_crops: with a part prompt, crops per view and part of the part's box, the part isolated
+        by its rendered mask on white, scored against the part's style phrase; they replace the
+        local crops.
+    part_min_pixels: a part smaller than this many pixels in a view is not cropped there.
+    part_weight: weight of the summed per-part losses in the total.
+    grounding_every: with a part prompt, every k-th iteration is a grounding step (the
+        grounding-space part loss of METHOD 5.2) instead of a CLIP step; 2 alternates as
+        3DStyleGLIP does, 1 makes every step a grounding step, 0 never.
+    grounding_views, grounding_resolution: views rendered for a grounding step, and their size.
+    grounding_threshold: a proposal shows part k when its part-caption score exceeds this.
     """
 
     global_augmentations: int = 1
@@ -95,6 +105,38 @@ class GuidanceSettings:
     local_crop_area: float = 0.1
     geometry_crops: int = 4
     geometry_weight: float = 1.0
+    part_crops: int = 2
+    part_min_pixels: int = 64
+    part_weight: float = 1.0
+    grounding_every: int = 0
+    grounding_views: int = 3
+    grounding_resolution: int = 512
+    grounding_threshold: float = 0.25
+
+
+@dataclass(frozen=True)
+class LocalizeSettings:
+    """Finding parts on the mesh (METHOD section 5.1): ground part names in views, lift to vertices.
+
+    views, resolution: untextured views rendered around the object (azimuths evenly spaced,
+        elevations alternating between ``elevations_degrees``) and their size in pixels.
+    box_threshold: a box counts for a part when its score for that part exceeds this.
+    border_weight, border_falloff: a vertex near a box's border gets its score times
+        ``border_weight``, rising to full inside ``border_falloff`` x the box's smaller side.
+    rest_score: the score of "no part"; a vertex goes to a part only where boxes say more.
+    temperature: softness of the competition between parts (softmax temperature over scores).
+    smoothing_iterations: rounds of neighbour averaging on the mesh's vertex graph.
+    """
+
+    views: int = 10
+    resolution: int = 512
+    elevations_degrees: tuple[float, float] = (30.0, -5.0)
+    box_threshold: float = 0.25
+    border_weight: float = 0.5
+    border_falloff: float = 0.15
+    rest_score: float = 0.1
+    temperature: float = 0.05
+    smoothing_iterations: int = 4
 
 
 @dataclass(frozen=True)
@@ -138,6 +180,7 @@ class Settings:
     views: ViewSettings = dataclasses.field(default_factory=ViewSettings)
     field: FieldSettings = dataclasses.field(default_factory=FieldSettings)
     guidance: GuidanceSettings = dataclasses.field(default_factory=GuidanceSettings)
+    localize: LocalizeSettings = dataclasses.field(default_factory=LocalizeSettings)
     optim: OptimSettings = dataclasses.field(default_factory=OptimSettings)
     run: RunSettings = dataclasses.field(default_factory=RunSettings)
 
@@ -152,22 +195,36 @@ class Settings:
 
 # Presets change only what differs from the T2M defaults above; docs/settings.md explains them.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Text2Mesh's GPU schedule: 1500 iterations, 5 views, 4 local and 4 geometry crops per view.
-    "faithful": {},
-    # CPU-friendly: 3 views, one crop of each kind per view, 300 iterations at a higher rate.
+    # 3DStyleGLIP's schedule: AdamW 5e-4, 1500 iterations, 3 views, grounding-space and CLIP steps
+    # alternating every iteration (with a part prompt), T2M's augmentations.
+    "faithful": {
+        "views.count": 3,
+        "optim.optimizer": "adamw",
+        "guidance.grounding_every": 2,
+        "guidance.grounding_views": 3,
+    },
+    # Text2Mesh's holistic GPU schedule: 1500 iterations, Adam, 5 views, 4 local and 4 geometry
+    # crops per view (45 CLIP images an iteration).
+    "text2mesh": {},
+    # CPU-friendly: 3 views, one crop of each kind per view, 300 iterations at a higher rate; parts
+    # are located once, scored by CLIP every step, and by the grounding model every 25th step.
     "fast": {
         "views.count": 3,
         "guidance.local_crops": 1,
         "guidance.geometry_crops": 1,
+        "guidance.part_crops": 1,
+        "guidance.grounding_every": 25,
+        "guidance.grounding_views": 1,
         "optim.iterations": 300,
         "optim.learning_rate": 1e-3,
         "optim.lr_decay_every": 50,
     },
-    # A first look in under a minute on a laptop CPU: 2 views, no geometry loss, 60 iterations.
+    # A first look in about a minute on a laptop CPU: 2 views, no geometry or grounding loss.
     "preview": {
         "views.count": 2,
         "guidance.local_crops": 1,
         "guidance.geometry_crops": 0,
+        "guidance.part_crops": 1,
         "optim.iterations": 60,
         "optim.learning_rate": 2e-3,
         "optim.lr_decay_every": 20,
@@ -290,6 +347,20 @@ def _validate(s: Settings) -> None:
         ("guidance.local_crops", s.guidance.local_crops >= 0, "0 or more"),
         ("guidance.local_crop_area", 0.0 < s.guidance.local_crop_area <= 1.0, "in (0, 1]"),
         ("guidance.geometry_crops", s.guidance.geometry_crops >= 0, "0 or more"),
+        ("guidance.part_crops", s.guidance.part_crops >= 1, "at least 1"),
+        ("guidance.part_min_pixels", s.guidance.part_min_pixels >= 1, "at least 1"),
+        ("guidance.grounding_every", s.guidance.grounding_every >= 0, "0 or more"),
+        ("guidance.grounding_views", s.guidance.grounding_views >= 1, "at least 1"),
+        ("guidance.grounding_resolution", 64 <= s.guidance.grounding_resolution <= 2048, "between 64 and 2048"),
+        ("guidance.grounding_threshold", 0.0 <= s.guidance.grounding_threshold < 1.0, "in [0, 1)"),
+        ("localize.views", s.localize.views >= 1, "at least 1"),
+        ("localize.resolution", 64 <= s.localize.resolution <= 2048, "between 64 and 2048"),
+        ("localize.box_threshold", 0.0 <= s.localize.box_threshold < 1.0, "in [0, 1)"),
+        ("localize.border_weight", 0.0 <= s.localize.border_weight <= 1.0, "between 0 and 1"),
+        ("localize.border_falloff", 0.0 <= s.localize.border_falloff <= 0.5, "between 0 and 0.5"),
+        ("localize.rest_score", 0.0 <= s.localize.rest_score < 1.0, "in [0, 1)"),
+        ("localize.temperature", s.localize.temperature > 0.0, "greater than 0"),
+        ("localize.smoothing_iterations", s.localize.smoothing_iterations >= 0, "0 or more"),
         ("optim.iterations", s.optim.iterations >= 1, "at least 1"),
         ("optim.optimizer", s.optim.optimizer in ("adam", "adamw"), "'adam' or 'adamw'"),
         ("optim.learning_rate", s.optim.learning_rate > 0.0, "greater than 0"),

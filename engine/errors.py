@@ -20,6 +20,10 @@ class PromptError(PartstyleError):
     """The text prompt cannot be parsed or is empty."""
 
 
+class PartNotFound(PartstyleError):
+    """A part of the prompt cannot be located on the mesh, or is not among the given parts."""
+
+
 class SettingsError(PartstyleError):
     """An unknown setting, a value of the wrong type, or an unknown preset."""
 

@@ -8,6 +8,7 @@ half-written result and never damages an earlier one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -15,19 +16,51 @@ import tempfile
 
 import numpy as np
 import torch
+import trimesh
 
 from . import __version__
 from .api import StyleResult
 from .cameras import ring_views
+from .config import RenderSettings
 from .glb import write_glb
+from .grounding.locate import Localization
 from .images import image_grid, plot_curves, save_png
-from .mesh import Normalization
+from .mesh import Mesh, Normalization
 from .render import Renderer
 
 RESULT_FILES = ("stylized.glb", "result.npz", "preview.png", "losses.png", "run.json")
+LOCATE_FILES = ("parts.npz", "parts.ply", "preview.png")
+# Part colors (sRGB 0..1) for previews; rest is light gray.
+PART_PALETTE = np.array(
+    [[0.90, 0.30, 0.20], [0.20, 0.60, 0.90], [0.25, 0.75, 0.30], [0.95, 0.75, 0.15], [0.60, 0.35, 0.80],
+     [0.95, 0.50, 0.70], [0.20, 0.75, 0.75], [0.55, 0.40, 0.25]], dtype=np.float32)
+REST_COLOR = np.array([0.85, 0.85, 0.85], dtype=np.float32)
 PREVIEW_VIEWS = 4
 PREVIEW_SIZE = 256
 BEFORE_GRAY = 0.75  # albedo of the untextured input in the preview's "before" row
+
+
+def part_colors(weights: np.ndarray) -> np.ndarray:
+    """[V, K + 1] part weights -> [V, 3] sRGB preview colors (palette blend, rest gray)."""
+    k = weights.shape[1] - 1
+    palette = np.concatenate((PART_PALETTE[np.arange(k) % len(PART_PALETTE)], REST_COLOR[None]), 0)
+    return (weights @ palette).astype(np.float32)
+
+
+def _staged(out_dir: str, names: tuple[str, ...], write) -> dict[str, str]:
+    """Run ``write(staging_folder)`` and move ``names`` into ``out_dir`` only if it succeeded."""
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".partstyle-", dir=out_dir)
+    try:
+        write(staging)
+        paths = {}
+        for name in names:
+            target = os.path.join(out_dir, name)
+            os.replace(os.path.join(staging, name), target)
+            paths[name] = target
+        return paths
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_result(result: StyleResult, out_dir: str, *, extra_record: dict | None = None) -> dict[str, str]:
@@ -40,18 +73,52 @@ def write_result(result: StyleResult, out_dir: str, *, extra_record: dict | None
     - ``preview.png``: before/after from four views; ``losses.png``: loss curves;
     - ``run.json``: prompt, settings, versions, loss history, timings.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".partstyle-", dir=out_dir)
-    try:
-        _write_all(result, staging, extra_record or {})
-        paths = {}
-        for name in RESULT_FILES:
-            target = os.path.join(out_dir, name)
-            os.replace(os.path.join(staging, name), target)
-            paths[name] = target
-        return paths
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return _staged(out_dir, RESULT_FILES, lambda folder: _write_all(result, folder, extra_record or {}))
+
+
+def write_localization(localization: Localization, mesh: Mesh, out_dir: str) -> dict[str, str]:
+    """Write a localization: ``parts.npz`` (``names``, ``weights`` [V, K+1] with rest last,
+    ``labels`` [V] (-1 = rest), ``confidence`` [V]), ``parts.ply`` (the mesh colored by part) and
+    ``preview.png`` (each view with its boxes above the mesh colored by part)."""
+
+    def write(folder: str) -> None:
+        weights = localization.weights
+        np.savez_compressed(
+            os.path.join(folder, "parts.npz"), names=np.array(weights.names), weights=weights.weights,
+            labels=weights.labels(), confidence=weights.confidence,
+        )
+        colors = (part_colors(weights.weights) * 255).round().astype(np.uint8)
+        trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=colors, process=False).export(os.path.join(folder, "parts.ply"))
+        save_png(os.path.join(folder, "preview.png"), localization_preview(localization, mesh))
+
+    return _staged(out_dir, LOCATE_FILES, write)
+
+
+def localization_preview(localization: Localization, mesh: Mesh, *, size: int = 256) -> np.ndarray:
+    """uint8 image: the detector's views with the part boxes drawn, above the mesh colored by part."""
+    from PIL import Image, ImageDraw
+
+    images = localization.images
+    scale = size / images.shape[1]
+    top = []
+    for view, image in enumerate(images):
+        pil = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+        draw = ImageDraw.Draw(pil)
+        for k, part in enumerate(localization.boxes[view]):
+            color = tuple(int(c * 255) for c in PART_PALETTE[k % len(PART_PALETTE)])
+            for box, score in zip(part.boxes, part.scores):
+                draw.rectangle([float(v) * scale for v in box], outline=color, width=2)
+                draw.text((float(box[0]) * scale + 3, float(box[1]) * scale + 2), f"{localization.weights.names[k]} {score:.2f}", fill=color)
+        top.append(np.asarray(pil))
+    vertices = torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices))
+    colors = torch.from_numpy(part_colors(localization.weights.weights))
+    with torch.no_grad():
+        out = Renderer(RenderSettings()).render(
+            vertices, torch.from_numpy(mesh.faces), localization.cameras, colors=colors, resolution=size
+        )
+    bottom = [image.permute(1, 2, 0).numpy() for image in out.color]
+    count = min(len(top), len(bottom))
+    return image_grid([top[:count], bottom[:count]], row_labels=["boxes", "parts"])
 
 
 def _write_all(result: StyleResult, folder: str, extra_record: dict) -> None:
@@ -65,6 +132,9 @@ def _write_all(result: StyleResult, folder: str, extra_record: dict) -> None:
         colors_linear=colors_linear,
         extra_attributes={"displacement": result.displacement},
     )
+    parts = {}
+    if result.parts is not None:
+        parts = {"part_names": np.array(result.parts.names), "part_weights": result.parts.weights}
     np.savez_compressed(
         os.path.join(folder, "result.npz"),
         colors_linear=colors_linear,
@@ -72,10 +142,11 @@ def _write_all(result: StyleResult, folder: str, extra_record: dict) -> None:
         displacement=result.displacement,
         vertices=displaced,
         faces=mesh.faces,
+        **parts,
     )
     save_png(os.path.join(folder, "preview.png"), before_after_grid(result))
     curves = {k: v for k, v in result.history.items() if k != "learning_rate"}
-    save_png(os.path.join(folder, "losses.png"), plot_curves(curves, title=f"losses: {result.prompt}"))
+    save_png(os.path.join(folder, "losses.png"), plot_curves(curves, title=f"losses: {result.prompt.full_text()}"))
     with open(os.path.join(folder, "run.json"), "w", encoding="utf-8") as fh:
         json.dump(run_record(result, extra_record), fh, indent=2)
 
@@ -105,8 +176,11 @@ def run_record(result: StyleResult, extra: dict) -> dict:
     """The JSON-serializable record of a run."""
     import transformers
 
+    prompt = result.prompt
     return {
-        "prompt": result.prompt,
+        "prompt": prompt.full_text(),
+        "parts": [{"part": p.part, "style": p.style} for p in prompt.pairs],
+        "parts_source": None if result.parts is None else result.parts.source,
         "seed": result.settings.run.seed,
         "mesh": {"name": result.mesh.name, "vertices": result.mesh.num_vertices, "faces": result.mesh.num_faces},
         **extra,
@@ -120,5 +194,5 @@ def run_record(result: StyleResult, extra: dict) -> dict:
             "numpy": np.__version__,
             "platform": platform.platform(),
         },
-        "losses": result.history,
+        "losses": {k: [None if math.isnan(v) else v for v in series] for k, series in result.history.items()},
     }

@@ -1,9 +1,10 @@
 """The neural style field (METHOD section 4): unit-frame position -> (sRGB color, displacement).
 
 Random Fourier features of the position feed an MLP trunk with a color head and a displacement
-head. The heads' last layers start at zero, so a new field leaves the mesh unchanged (gray color,
-zero displacement). All initialization draws from an explicit generator, so a seed fixes the
-field exactly.
+head. With part prompts the heads give one output per styled part (METHOD section 7: "one head
+per part" on a shared trunk); ``compose.py`` blends them with the part weights. The heads' last
+layers start at zero, so a new field leaves the mesh unchanged (gray color, zero displacement).
+All initialization draws from an explicit generator, so a seed fixes the field exactly.
 """
 
 from __future__ import annotations
@@ -51,33 +52,34 @@ class FourierFeatures(nn.Module):
 class StyleField(nn.Module):
     """Fourier features -> trunk -> (color head, displacement head)."""
 
-    def __init__(self, settings: FieldSettings, generator: torch.Generator):
+    def __init__(self, settings: FieldSettings, generator: torch.Generator, *, parts: int = 1):
         super().__init__()
         self.settings = settings
+        self.parts = parts
         self.encoding = FourierFeatures(settings.fourier_features, settings.sigma, generator)
         width = settings.width
         self.trunk = _mlp(self.encoding.out_features, width, settings.trunk_depth, generator)
-        self.color_head = _head(width, settings.head_depth, 3, generator)
-        self.displacement_head = _head(width, settings.head_depth, 1, generator)
+        self.color_head = _head(width, settings.head_depth, 3 * parts, generator)
+        self.displacement_head = _head(width, settings.head_depth, parts, generator)
 
     def encode(self, points: torch.Tensor) -> torch.Tensor:
         """[V, 3] unit frame -> [V, 3 + 2M] features (constant for a mesh: compute once per run)."""
         return self.encoding(points)
 
     def decode(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features [V, D] (optionally masked by a [D] frequency mask) -> colors, displacement.
+        """Features [V, D] (optionally masked by a [D] frequency mask) -> per-part outputs.
 
         Returns:
-            colors: [V, 3] sRGB in (0, 1).
-            displacement: [V] signed, unit-frame units, |d| < ``max_displacement``.
+            colors: [V, P, 3] sRGB in (0, 1), one color per styled part.
+            displacement: [V, P] signed, unit-frame units, |d| < ``max_displacement``.
         """
         hidden = self.trunk(features if mask is None else features * mask)
         colors = BASE_COLOR + 0.5 * torch.tanh(self.color_head(hidden))
-        displacement = self.settings.max_displacement * torch.tanh(self.displacement_head(hidden)).squeeze(-1)
-        return colors, displacement
+        displacement = self.settings.max_displacement * torch.tanh(self.displacement_head(hidden))
+        return colors.view(-1, self.parts, 3), displacement
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[V, 3] unit frame -> ([V, 3] sRGB colors, [V] displacement); see :meth:`decode`."""
+        """[V, 3] unit frame -> ([V, P, 3] sRGB colors, [V, P] displacement); see :meth:`decode`."""
         return self.decode(self.encode(points))
 
 

@@ -2,10 +2,11 @@
 
 Sources:
 - ``tiny``: the project's own small models, built in code; never touches disk or network.
-- ``default``: the real models by hub id (:data:`DEFAULT_CLIP`), taken from the local Hugging
-  Face cache; downloaded only when the store was created with ``allow_download=True``.
-- a folder path: a folder holding one sub-folder per model role (``clip/``), or a CLIP model
-  folder itself (``config.json`` + ``model.safetensors`` + tokenizer files).
+- ``default``: the real models by hub id (:data:`DEFAULT_CLIP`, :data:`DEFAULT_GROUNDING`), taken
+  from the local Hugging Face cache; downloaded only when the store was created with
+  ``allow_download=True``.
+- a folder path: a folder holding one sub-folder per model role (``clip/``, ``grounding/``), or a
+  model folder itself (``config.json`` + ``model.safetensors`` + tokenizer files).
 
 Only safetensors weights are loaded (pickled ``.bin`` files can run code when loaded), and
 ``trust_remote_code`` is never used.
@@ -23,9 +24,19 @@ import torch
 from .errors import ModelFormatError, ModelNotFound
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_GROUNDING = "IDEA-Research/grounding-dino-tiny"
 # CLIP's image normalization (the processor's image_mean / image_std) where a model folder has none.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Grounding DINO's image normalization (ImageNet) and resize rule (shortest edge, longest-edge cap)
+# where a model folder has no preprocessor_config.json.
+GROUNDING_MEAN = (0.485, 0.456, 0.406)
+GROUNDING_STD = (0.229, 0.224, 0.225)
+GROUNDING_SIZE = 800
+GROUNDING_MAX_SIZE = 1333
+# The tiny model is run smaller: shortest edge 256, the same longest/shortest cap as 800/1333.
+TINY_GROUNDING_SIZE = 256
+TINY_GROUNDING_MAX_SIZE = 427
 FETCH_COMMAND = "python -m engine fetch-models"
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
 
@@ -50,6 +61,28 @@ class ClipBundle:
     name: str
 
 
+@dataclass(frozen=True)
+class GroundingBundle:
+    """A loaded Grounding DINO: the model (eval mode, frozen), its tokenizer and its preprocessing.
+
+    Attributes:
+        model: ``transformers.GroundingDinoForObjectDetection`` on the target device.
+        tokenizer: the matching BERT tokenizer (fast, with offset mappings).
+        size: the shortest image edge, in pixels, the processor resizes to.
+        max_size: the cap on the longest edge after resizing.
+        mean, std: per-channel normalization of 0..1 RGB images.
+        name: where it came from (``tiny``, a hub id, or a folder).
+    """
+
+    model: object
+    tokenizer: object
+    size: int
+    max_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str
+
+
 class ModelStore:
     """Loads models from one source and keeps them for reuse within a process."""
 
@@ -57,7 +90,7 @@ class ModelStore:
         self.source = source
         self.allow_download = allow_download
         self.cache_dir = cache_dir
-        self._loaded: dict[tuple[str, str], ClipBundle] = {}
+        self._loaded: dict[tuple[str, str], ClipBundle | GroundingBundle] = {}
 
     def describe(self) -> str:
         return self.source if self.source in ("tiny", "default") else os.path.abspath(self.source)
@@ -79,6 +112,26 @@ class ModelStore:
             return ClipBundle(model, tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, "tiny")
         folder = self.resolve(DEFAULT_CLIP, role="clip")
         return load_clip_folder(folder, name=DEFAULT_CLIP if self.source == "default" else folder)
+
+    def grounding(self, device: torch.device | str = "cpu") -> GroundingBundle:
+        """The Grounding DINO model of this source, frozen, on ``device``."""
+        key = ("grounding", str(device))
+        if key not in self._loaded:
+            bundle = self._load_grounding()
+            bundle.model.requires_grad_(False)
+            self._loaded[key] = dataclasses.replace(bundle, model=bundle.model.to(device))
+        return self._loaded[key]
+
+    def _load_grounding(self) -> GroundingBundle:
+        if self.source == "tiny":
+            from .tiny_models import build_tiny_grounding_dino
+
+            model, tokenizer = build_tiny_grounding_dino()
+            return GroundingBundle(
+                model, tokenizer, TINY_GROUNDING_SIZE, TINY_GROUNDING_MAX_SIZE, GROUNDING_MEAN, GROUNDING_STD, "tiny"
+            )
+        folder = self.resolve(DEFAULT_GROUNDING, role="grounding")
+        return load_grounding_folder(folder, name=DEFAULT_GROUNDING if self.source == "default" else folder)
 
     def resolve(self, model_id: str, *, role: str) -> str:
         """A local folder holding ``model_id`` (for ``default``) or the ``role`` model of a folder source."""
@@ -137,6 +190,40 @@ def load_clip_folder(folder: str, *, name: str) -> ClipBundle:
     return ClipBundle(model.eval(), tokenizer, model.config.vision_config.image_size, mean, std, name)
 
 
+def load_grounding_folder(folder: str, *, name: str) -> GroundingBundle:
+    """Load a Grounding DINO model folder (safetensors only) with its tokenizer and preprocessing.
+
+    The processor settings (``size``, ``image_mean``, ``image_std``) come from the folder's
+    ``preprocessor_config.json`` where it has one, else the library's defaults (800 / 1333, ImageNet).
+    """
+    from transformers import BertTokenizer, GroundingDinoForObjectDetection
+
+    require_safetensors(folder)
+    model = GroundingDinoForObjectDetection.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    tokenizer = BertTokenizer.from_pretrained(folder, local_files_only=True)
+    size, max_size, mean, std = GROUNDING_SIZE, GROUNDING_MAX_SIZE, GROUNDING_MEAN, GROUNDING_STD
+    processor_config = os.path.join(folder, "preprocessor_config.json")
+    if os.path.isfile(processor_config):
+        with open(processor_config, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+        sizes = cfg.get("size") or {}
+        size = int(sizes.get("shortest_edge", size))
+        max_size = int(sizes.get("longest_edge", max_size))
+        mean = tuple(cfg.get("image_mean", mean))
+        std = tuple(cfg.get("image_std", std))
+    # The model splits captions at hard-coded token ids ([CLS], [SEP], ".", "?" of bert-base-uncased);
+    # a tokenizer that gives these tokens other ids would silently break every phrase.
+    delimiters = ["[CLS]", "[SEP]", ".", "?"]
+    ids = tokenizer.convert_tokens_to_ids(delimiters)
+    expected = [int(i) for i in model.model.special_tokens.tolist()]
+    if ids != expected:
+        raise ModelFormatError(
+            f"the tokenizer in '{folder}' gives {delimiters} the ids {ids}, but the model splits phrases at "
+            f"{expected}; use the tokenizer that belongs to the model."
+        )
+    return GroundingBundle(model.eval(), tokenizer, size, max_size, mean, std, name)
+
+
 def require_safetensors(folder: str) -> None:
     """Raise :class:`ModelFormatError` unless ``folder`` holds safetensors weights."""
     names = os.listdir(folder)
@@ -156,4 +243,6 @@ def fetch_models(source: str = "default", *, cache_dir: str | None = None) -> li
     """Download the real models into the Hugging Face cache; returns their local folders."""
     if source != "default":
         raise ModelNotFound("only --models default can be fetched; tiny models are built in, folders are yours.")
-    return [hub_folder(DEFAULT_CLIP, allow_download=True, cache_dir=cache_dir)]
+    return [
+        hub_folder(model_id, allow_download=True, cache_dir=cache_dir) for model_id in (DEFAULT_CLIP, DEFAULT_GROUNDING)
+    ]

@@ -97,3 +97,138 @@ def build_tiny_clip(seed: int = 0):
         torch.manual_seed(seed)
         model = CLIPModel(config)
     return model.eval(), tokenizer
+
+
+# Grounding DINO hard-codes the ids of its phrase delimiters ([CLS], [SEP], "." and "?") as those of
+# bert-base-uncased (``SPECIAL_TOKENS`` in transformers' modeling_grounding_dino, a non-persistent
+# buffer); the tiny vocabulary keeps bert-base-uncased's layout so these ids mean the same tokens.
+GROUNDING_DELIMITER_IDS: dict[str, int] = {"[CLS]": 101, "[SEP]": 102, ".": 1012, "?": 1029}
+
+
+def tiny_bert_vocabulary(words: tuple[str, ...] = TINY_VOCABULARY) -> dict[str, int]:
+    """A WordPiece vocabulary laid out as bert-base-uncased's start, with ``words`` as whole tokens.
+
+    Ids: ``[PAD]`` 0, ``[unused0..98]`` 1-99, ``[UNK]`` 100, ``[CLS]`` 101, ``[SEP]`` 102,
+    ``[MASK]`` 103, ``[unused99..]`` up to 998, then the printable ASCII characters except the
+    upper-case letters from 999 (so ``.`` is 1012 and ``?`` is 1029, as in bert-base-uncased), then
+    the continuation pieces ``##a``..``##z``, ``##0``..``##9``, then the words. A word the
+    vocabulary does not know is split into single letters and ``##`` pieces, so lower-case ASCII
+    text never becomes ``[UNK]``.
+    """
+    vocab: dict[str, int] = {"[PAD]": 0}
+    vocab.update({f"[unused{i}]": 1 + i for i in range(99)})
+    vocab.update({"[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103})
+    for i in range(99, 994):
+        vocab[f"[unused{i}]"] = len(vocab)
+    for code in range(ord("!"), ord("~") + 1):
+        if not "A" <= chr(code) <= "Z":
+            vocab[chr(code)] = len(vocab)
+    for piece in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab["##" + piece] = len(vocab)
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    assert all(vocab[token] == index for token, index in GROUNDING_DELIMITER_IDS.items())
+    return vocab
+
+
+def build_tiny_grounding_dino(seed: int = 0):
+    """A small randomly initialized ``GroundingDinoForObjectDetection`` and its BERT tokenizer.
+
+    Same architecture family as grounding-dino-tiny (Swin backbone with three output stages plus one
+    extra level, BERT text encoder, two-stage deformable encoder-decoder), with a few layers of
+    width 32. ``two_stage=True``, so the outputs hold the encoder's dense proposals
+    (``enc_outputs_class`` [N, S, 256], ``enc_outputs_coord_logits`` [N, S, 4]) beside the decoder's
+    ``num_queries`` = 30 queries (``logits`` [N, 30, 256], ``pred_boxes`` [N, 30, 4]). Images need
+    at least 30 dense positions (about 96 px and up).
+
+    Returns ``(model, tokenizer)``; the model is in eval mode. The global RNG is left as it was.
+    """
+    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection
+
+    vocab = tiny_bert_vocabulary()
+    # vocab= (a dict) is what builds the WordPiece model; vocab_file= is ignored in transformers 5.
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
+    config = GroundingDinoConfig(
+        backbone_config=dict(
+            model_type="swin",
+            embed_dim=16,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 2, 2],
+            window_size=4,
+            image_size=224,
+            out_indices=[2, 3, 4],
+        ),
+        text_config=dict(
+            model_type="bert",
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            pad_token_id=vocab["[PAD]"],
+        ),
+        d_model=32,  # GroupNorm(32, d_model) in the input projections: a multiple of 32
+        encoder_layers=1,
+        decoder_layers=2,  # the library needs at least 2
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        num_queries=30,
+        max_text_len=256,
+        two_stage=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GroundingDinoForObjectDetection(config)
+    return model.eval(), tokenizer
+
+
+def real_size_grounding_config():
+    """The architecture of IDEA-Research/grounding-dino-tiny as a ``GroundingDinoConfig`` (no download).
+
+    Swin-T backbone (embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7, stages 2-4 out),
+    bert-base-uncased text encoder (12 layers, width 768, vocabulary 30522), d_model 256, 6 encoder
+    and 6 decoder layers, 900 queries, 256 text tokens, two-stage. These are also the library's
+    defaults; they are spelled out so a change of defaults cannot change the benchmark.
+    ``GroundingDinoForObjectDetection(real_size_grounding_config())`` has about 172 M parameters.
+    """
+    from transformers import GroundingDinoConfig
+
+    return GroundingDinoConfig(
+        backbone_config=dict(
+            model_type="swin",
+            embed_dim=96,
+            depths=[2, 2, 6, 2],
+            num_heads=[3, 6, 12, 24],
+            window_size=7,
+            image_size=224,
+            drop_path_rate=0.1,
+            out_indices=[2, 3, 4],
+        ),
+        text_config=dict(
+            model_type="bert",
+            vocab_size=30522,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            max_position_embeddings=512,
+        ),
+        d_model=256,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_n_points=4,
+        decoder_n_points=4,
+        num_feature_levels=4,
+        num_queries=900,
+        max_text_len=256,
+        two_stage=True,
+    )

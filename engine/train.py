@@ -13,10 +13,12 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from .cameras import sample_views
+from .compose import Composition
 from .config import Settings
 from .errors import Cancelled, CheckpointError, NumericalError
 from .events import CancelToken, EventSink, NoticeEvent, PreviewEvent, StageEvent, StepEvent, ignore_events
@@ -48,6 +50,26 @@ class SurfaceInputs:
     faces: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What the trainer optimizes towards.
+
+    Attributes:
+        text: [D] unit-norm embedding of the whole prompt (global and geometry losses).
+        composition: how the field's P per-part outputs become per-vertex results.
+        part_names: the P styled parts (empty for a holistic prompt).
+        part_texts: [P, D] unit-norm embeddings of the styled parts' phrases (None: holistic).
+        grounding: the grounding-space part loss, ``[N, 3, H, W] renders -> scalar``, used on
+            grounding steps (None: never).
+    """
+
+    text: torch.Tensor
+    composition: Composition
+    part_names: tuple[str, ...] = ()
+    part_texts: torch.Tensor | None = None
+    grounding: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
 @dataclass
 class TrainResult:
     """The optimized per-vertex outputs, unit frame, on the CPU.
@@ -74,21 +96,22 @@ class StyleTrainer:
     def __init__(
         self,
         surface: SurfaceInputs,
-        text_embedding: torch.Tensor,
+        objective: Objective,
         guidance: ClipGuidance,
         settings: Settings,
         *,
         fingerprint: str = "",
     ):
         self.surface = surface
-        self.text = text_embedding
+        self.objective = objective
+        self.composition = objective.composition.to(surface.vertices.device)
         self.guidance = guidance
         self.settings = settings
         self.fingerprint = fingerprint
         self.device = surface.vertices.device
         self.renderer = Renderer(settings.render)
         seed = settings.run.seed
-        self.field = StyleField(settings.field, seeded_generator(seed, "field")).to(self.device)
+        self.field = StyleField(settings.field, seeded_generator(seed, "field"), parts=self.composition.num_styled).to(self.device)
         self.sampling = seeded_generator(seed, "sampling")
         opt = settings.optim
         optimizer_cls = torch.optim.AdamW if opt.optimizer == "adamw" else torch.optim.Adam
@@ -103,11 +126,16 @@ class StyleTrainer:
     # -- one iteration -------------------------------------------------------------------------
 
     def outputs(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The field's current ([V, 3] sRGB colors, [V] unit-frame displacement), float32."""
+        """The current composed ([V, 3] sRGB colors, [V] unit-frame displacement), float32."""
         bf16 = self.settings.field.precision == "bfloat16"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
             colors, displacement = self.field.decode(self.features, mask)
-        return colors.float(), displacement.float()
+        return self.composition.apply(colors.float(), displacement.float())
+
+    def is_grounding_step(self) -> bool:
+        """Whether the coming iteration takes the grounding-space step (METHOD 5.2 / 6)."""
+        every = self.settings.guidance.grounding_every
+        return self.objective.grounding is not None and every > 0 and (self.step_index + 1) % every == 0
 
     def frequency_mask(self) -> torch.Tensor | None:
         steps = self.settings.field.progressive_steps
@@ -120,10 +148,25 @@ class StyleTrainer:
         s = self.settings
         colors, displacement = self.outputs(self.frequency_mask())
         positions = self.surface.vertices + displacement.unsqueeze(-1) * self.surface.normals
+        if self.is_grounding_step():
+            cameras = sample_views(s.guidance.grounding_views, s.views, s.render, self.sampling, device=self.device)
+            out = self.renderer.render(positions, self.surface.faces, cameras, colors=colors,
+                                       resolution=s.guidance.grounding_resolution)
+            value = self.objective.grounding(out.color)
+            return {"grounding": value, "total": value}, out.color[0].detach()
         cameras = sample_views(s.views.count, s.views, s.render, self.sampling, device=self.device)
-        geometry = s.guidance.geometry_crops > 0
-        out = self.renderer.render(positions, self.surface.faces, cameras, colors=colors, geometry=geometry)
-        losses = self.guidance.losses(out.color, out.geometry, self.text, self.sampling)
+        part_mode = self.objective.part_texts is not None
+        out = self.renderer.render(
+            positions, self.surface.faces, cameras, colors=colors, geometry=s.guidance.geometry_crops > 0,
+            attributes=self.composition.weights if part_mode else None,
+        )
+        losses = self.guidance.losses(out.color, out.geometry, self.objective.text, self.sampling, local=not part_mode)
+        if part_mode:
+            part_losses = self.guidance.part_losses(out.color, out.attributes, self.objective.part_texts, self.sampling)
+            for name, value in zip(self.objective.part_names, part_losses):
+                if value is not None:
+                    losses[f"part:{name}"] = value
+                    losses["total"] = losses["total"] + s.guidance.part_weight * value
         return losses, out.color[0].detach()
 
     def step(self) -> tuple[dict[str, float], torch.Tensor | None, bool]:
@@ -181,8 +224,7 @@ class StyleTrainer:
             if ok:
                 good_state = self._snapshot()
                 bad_in_a_row = 0
-                for key, value in values.items():
-                    self.history.setdefault(key, []).append(value)
+                self._record(values)
             else:
                 self.skipped += 1
                 bad_in_a_row += 1
@@ -205,6 +247,15 @@ class StyleTrainer:
                 self.save_checkpoint(checkpoint_path)
         colors, displacement = self._final_outputs()
         return TrainResult(colors, displacement, self.history, self.step_index, self.skipped, time.perf_counter() - started)
+
+    def _record(self, values: dict[str, float]) -> None:
+        """Append one iteration's values to the history; a key this iteration lacks (grounding and
+        CLIP steps report different losses) gets NaN, so every series has one value per step."""
+        done = len(self.history.get("total", []))
+        for key in values.keys() - self.history.keys():
+            self.history[key] = [math.nan] * done
+        for key, series in self.history.items():
+            series.append(values.get(key, math.nan))
 
     def _final_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():

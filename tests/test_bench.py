@@ -19,3 +19,8 @@ def test_quick_benchmark_reports_every_figure():
     assert all(fast[p] > 0 for p in phases)
     assert fast["images"] == 9 and fast["views"] == 3
     assert abs(fast["ratio"] - fast["whole_step"] / (fast["guidance_forward"] + fast["guidance_backward"])) < 1e-9
+    parts = figures["parts"]["fast"]
+    every = parts["grounding_every"]
+    assert every == 25 and parts["clip_step"] > 0 and parts["grounding_step"] > 0
+    assert abs(parts["average"] - ((every - 1) * parts["clip_step"] + parts["grounding_step"]) / every) < 1e-9
+    assert "# part prompts" in text and "# localization" in text and figures["localization"][256] > 0

@@ -131,5 +131,6 @@ def wait_for(proc: subprocess.Popen, pattern: re.Pattern, timeout: float) -> boo
 def test_settings_and_info_commands():
     settings = engine("settings", "--preset", "faithful")
     assert settings.returncode == 0 and "optim.iterations = 1500" in settings.stdout
+    assert "guidance.grounding_every = 2" in settings.stdout
     info = engine("info")
     assert info.returncode == 0 and "torch" in info.stdout and "tiny" in info.stdout

@@ -20,7 +20,7 @@ from engine.config import (
 )
 from engine.errors import PartstyleError, SettingsError
 
-SECTIONS = ("render", "views", "field", "guidance", "optim", "run")
+SECTIONS = ("render", "views", "field", "guidance", "localize", "optim", "run")
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -30,9 +30,18 @@ def test_every_preset_builds_settings(preset):
     assert tuple(f.name for f in dataclasses.fields(s)) == SECTIONS
 
 
-def test_faithful_preset_is_text2mesh():
-    """The Text2Mesh reference schedule and field (METHOD: T2M's published numbers)."""
+def test_faithful_preset_is_3dstyleglip():
+    """3DStyleGLIP's schedule (METHOD: AdamW 5e-4, 1501 iterations, 3 views, glip/clip ratio 1)."""
     s = settings_for("faithful")
+    assert s.optim.optimizer == "adamw" and s.optim.learning_rate == pytest.approx(5e-4)
+    assert s.optim.iterations == 1500 and s.views.count == 3
+    assert s.guidance.grounding_every == 2  # every other iteration is a grounding step
+    assert s.field == Settings().field and s.render == Settings().render
+
+
+def test_text2mesh_preset_is_text2mesh():
+    """The Text2Mesh reference schedule and field (METHOD: T2M's published numbers)."""
+    s = settings_for("text2mesh")
     assert s.optim.iterations == 1500
     assert s.optim.learning_rate == pytest.approx(5e-4)
     assert s.optim.lr_decay == pytest.approx(0.9)
@@ -56,7 +65,7 @@ def test_faithful_preset_is_text2mesh():
 
 
 def test_fast_and_preview_presets_are_lighter():
-    fast, preview, faithful = settings_for("fast"), settings_for("preview"), settings_for("faithful")
+    fast, preview, faithful = settings_for("fast"), settings_for("preview"), settings_for("text2mesh")
     # "fast": 3 views, one crop of each kind per view, 300 iterations at a higher rate
     assert fast.views.count == 3
     assert fast.guidance.local_crops == 1 and fast.guidance.geometry_crops == 1
@@ -161,7 +170,7 @@ def test_malformed_assignment(text):
 
 
 def test_apply_overrides_returns_a_copy():
-    base = settings_for("faithful")
+    base = settings_for("text2mesh")
     changed = apply_overrides(base, {"optim.iterations": 7})
     assert changed.optim.iterations == 7
     assert base.optim.iterations == 1500 and base == Settings()

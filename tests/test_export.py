@@ -10,6 +10,7 @@ import pytest
 from engine import export
 from engine.api import StyleResult
 from engine.config import settings_for
+from engine.prompt import parse_prompt
 from engine.samples import sample_mesh
 
 
@@ -17,7 +18,8 @@ def fake_result(shade: float) -> StyleResult:
     mesh = sample_mesh("mug", 5000)
     colors = np.full((mesh.num_vertices, 3), shade, dtype=np.float32)
     displacement = np.linspace(-0.001, 0.001, mesh.num_vertices, dtype=np.float32)
-    return StyleResult(mesh, "a mug", colors, displacement, settings_for("preview"), {"total": [1.0, 0.5]}, {})
+    return StyleResult(mesh, parse_prompt("a mug"), colors, displacement, settings_for("preview"),
+                       history={"total": [1.0, 0.5]})
 
 
 def test_export_failure_keeps_the_previous_result(tmp_path, monkeypatch):

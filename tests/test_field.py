@@ -8,8 +8,8 @@ from engine.config import FieldSettings
 from engine.field import StyleField
 
 
-def field(seed: int = 0, **overrides) -> StyleField:
-    return StyleField(FieldSettings(**overrides), torch.Generator().manual_seed(seed))
+def field(seed: int = 0, parts: int = 1, **overrides) -> StyleField:
+    return StyleField(FieldSettings(**overrides), torch.Generator().manual_seed(seed), parts=parts)
 
 
 def points(n: int = 500) -> torch.Tensor:
@@ -17,7 +17,8 @@ def points(n: int = 500) -> torch.Tensor:
 
 
 def test_a_new_field_leaves_the_mesh_unchanged():
-    colors, displacement = field()(points())
+    colors, displacement = field(parts=3)(points())
+    assert colors.shape == (500, 3, 3) and displacement.shape == (500, 3)
     assert torch.all(colors == 0.5)
     assert torch.all(displacement == 0)
 

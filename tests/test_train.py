@@ -16,7 +16,8 @@ from engine.events import CancelToken, NoticeEvent, PreviewEvent, StepEvent
 from engine.guidance import ClipGuidance
 from engine.mesh import mesh_from_arrays
 from engine.models import ModelStore
-from engine.train import StyleTrainer, SurfaceInputs
+from engine.compose import whole_object
+from engine.train import Objective, StyleTrainer, SurfaceInputs
 
 STORE = ModelStore("tiny")  # shared: the tiny model is built once for the module
 
@@ -145,7 +146,8 @@ def trainer_with(blob, bad_calls, *extra):
     v = torch.from_numpy(blob.vertices)
     v = (v - v.mean(0)) / (v - v.mean(0)).norm(dim=1).max()
     surface = SurfaceInputs(v.float(), torch.from_numpy(blob.vertex_normals), torch.from_numpy(blob.faces))
-    return StyleTrainer(surface, guidance.encode_text(["a red blob"])[0], guidance, settings)
+    objective = Objective(guidance.encode_text(["a red blob"])[0], whole_object(blob.num_vertices))
+    return StyleTrainer(surface, objective, guidance, settings)
 
 
 def test_a_non_finite_step_is_skipped_and_the_run_continues(blob):
@@ -178,6 +180,12 @@ def test_optimization_lowers_the_loss(blob):
 def test_empty_prompt_is_refused(blob):
     with pytest.raises(PromptError, match="empty"):
         stylize(blob, "   ", models=STORE)
+
+
+def test_a_holistic_prompt_styles_every_vertex(blob):
+    result = run(blob, small_settings())
+    assert result.prompt.is_holistic and result.parts is None
+    assert np.all(np.abs(result.colors_srgb - 0.5).max(1) > 0)
 
 
 def test_bfloat16_field_runs_and_stays_close_to_float32(blob):

@@ -64,18 +64,18 @@ def resample(
     """Sample augmented images.
 
     Args:
-        images: [N, 3, H, W] source renders (differentiable).
+        images: [N, C, H, W] source renders (differentiable).
         source: [B] int64, which render each output samples.
         grid: [B, S, S, 2] normalized source positions.
         fill: value for positions outside the source (white, as the render background).
     Returns:
-        [B, 3, S, S].
+        [B, C, S, S].
     """
     ones = torch.ones_like(images[:, :1])
     picked = torch.cat((images, ones), dim=1).index_select(0, source.to(images.device))  # deterministic backward
     sampled = F.grid_sample(picked, grid.to(images.device, images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-    rgb, inside = sampled[:, :3], sampled[:, 3:]
-    return rgb + (1.0 - inside) * fill
+    values, inside = sampled[:, :-1], sampled[:, -1:]
+    return values + (1.0 - inside) * fill
 
 
 def _homography(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

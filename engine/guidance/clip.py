@@ -55,13 +55,14 @@ class ClipGuidance:
         return F.normalize(_pooled(self.bundle.model.get_image_features(pixel_values=pixels)), dim=-1)
 
     def augment(
-        self, color: torch.Tensor, geometry: torch.Tensor | None, generator: torch.Generator
+        self, color: torch.Tensor, geometry: torch.Tensor | None, generator: torch.Generator, *, local: bool = True
     ) -> AugmentedBatch:
         """Build the iteration's augmented images from [N, 3, H, W] renders (0..1, white background).
 
         - ``global``: each view resized to the model size, perspective-distorted
           ``global_augmentations`` times;
-        - ``local``: ``local_crops`` crops per view at ``local_crop_area``, each distorted too;
+        - ``local``: ``local_crops`` crops per view at ``local_crop_area``, each distorted too
+          (skipped when ``local`` is False: part prompts crop the parts instead);
         - ``geometry``: the same kind of crops of the gray render, ``geometry_crops`` per view.
         """
         s = self.settings
@@ -80,14 +81,20 @@ class ClipGuidance:
             count = n * s.global_augmentations
             grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator)
             add("global", resample(whole, torch.arange(count) % n, grid))
-        if s.local_crops:
+        if local and s.local_crops:
             add("local", self._crops(color, s.local_crops, generator))
         if geometry is not None and s.geometry_crops:
             add("geometry", self._crops(geometry, s.geometry_crops, generator))
         return AugmentedBatch(images=torch.cat(parts), groups=groups)
 
     def losses(
-        self, color: torch.Tensor, geometry: torch.Tensor | None, text: torch.Tensor, generator: torch.Generator
+        self,
+        color: torch.Tensor,
+        geometry: torch.Tensor | None,
+        text: torch.Tensor,
+        generator: torch.Generator,
+        *,
+        local: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Scalar losses per group plus ``total`` (geometry weighted by ``geometry_weight``).
 
@@ -95,8 +102,9 @@ class ClipGuidance:
             color: [N, 3, H, W] shaded color renders in 0..1.
             geometry: [N, 3, H, W] gray renders, or None to skip the geometry loss.
             text: [D] unit-norm text embedding.
+            local: include the local crops.
         """
-        batch = self.augment(color, geometry, generator)
+        batch = self.augment(color, geometry, generator, local=local)
         embeddings = self.encode_images(batch.images)
         out: dict[str, torch.Tensor] = {}
         for name, rows in batch.groups.items():
@@ -105,6 +113,69 @@ class ClipGuidance:
         total = sum(v * (self.settings.geometry_weight if k == "geometry" else 1.0) for k, v in out.items())
         out["total"] = total
         return out
+
+    def part_losses(
+        self, color: torch.Tensor, masks: torch.Tensor, texts: torch.Tensor, generator: torch.Generator
+    ) -> list[torch.Tensor | None]:
+        """One loss per part: its crops, isolated on white by its mask, against its style phrase.
+
+        Args:
+            color: [N, 3, H, W] shaded color renders in 0..1.
+            masks: [N, P, H, W] per-part weights rendered to pixels (0..1, no gradient needed).
+            texts: [P, D] unit-norm embeddings of the parts' style phrases.
+        Returns:
+            per part, ``1 - cos(mean crop embedding, text)``, or None where no view shows the part.
+        """
+        batch = self.part_crops(color, masks, generator)
+        if batch is None:
+            return [None] * masks.shape[1]
+        images, owner = batch
+        embeddings = self.encode_images(images)
+        losses: list[torch.Tensor | None] = []
+        for part in range(masks.shape[1]):
+            rows = (owner == part).nonzero().squeeze(1).to(embeddings.device)
+            if rows.numel() == 0:
+                losses.append(None)
+                continue
+            mean = F.normalize(embeddings.index_select(0, rows).mean(0), dim=-1)
+            losses.append(1.0 - (mean * texts[part]).sum())
+        return losses
+
+    def part_crops(
+        self, color: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Crops of every part visible in every view: ([B, 3, S, S] images, [B] part index).
+
+        Each crop is the part's mask box with a margin (aspect ratio at most 2:1, so thin parts
+        are not lost in background), jittered in scale and position, perspective-distorted, and
+        resampled to the model size; pixels outside the part's mask blend to white.
+        """
+        s = self.settings
+        size = self.bundle.image_size
+        n, p, h, w = masks.shape
+        hard = masks.detach() > 0.5
+        counts = hard.flatten(2).sum(-1).cpu()  # [N, P]
+        present = (counts >= s.part_min_pixels).nonzero()
+        if present.numel() == 0:
+            return None
+        views, parts = present[:, 0], present[:, 1]
+        boxes = _mask_boxes(hard.cpu()[views, parts])  # [C, 4] centre x, centre y, half w, half h (normalized)
+        count = boxes.shape[0] * s.part_crops
+        boxes = boxes.repeat_interleave(s.part_crops, 0)
+        scale = 1.1 + 0.2 * torch.rand(count, generator=generator)
+        shift = (torch.rand(count, 2, generator=generator) * 2.0 - 1.0) * 0.1
+        half = boxes[:, 2:] * scale[:, None]
+        half = torch.maximum(half, half.amax(1, keepdim=True) / 2.0).clamp(max=1.0)  # aspect <= 2:1
+        centre = boxes[:, :2] + shift * half
+        grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator)
+        grid = centre[:, None, None, :] + half[:, None, None, :] * grid
+        source = views.repeat_interleave(s.part_crops)
+        part_index = parts.repeat_interleave(s.part_crops)
+        mask_channel = masks.detach()[source, part_index].unsqueeze(1)  # [B, 1, H, W]
+        picked = torch.cat((color.index_select(0, source.to(color.device)), mask_channel.to(color.dtype)), 1)
+        sampled = resample(picked, torch.arange(count), grid, fill=0.0)
+        rgb, alpha = sampled[:, :3], sampled[:, 3:].clamp(0.0, 1.0)
+        return rgb * alpha + (1.0 - alpha), part_index
 
     def _crops(self, images: torch.Tensor, per_view: int, generator: torch.Generator) -> torch.Tensor:
         """``per_view`` random crops of each image, perspective-distorted, at the model size."""
@@ -115,6 +186,23 @@ class ClipGuidance:
         grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator)
         grid = boxes[:, None, None, :2] + boxes[:, None, None, 2:] * grid
         return resample(images, torch.arange(count) % images.shape[0], grid)
+
+
+def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] bool masks (non-empty, square images) -> [C, 4] (cx, cy, half w, half h) in
+    grid_sample's normalized coordinates, covering the mask's pixels."""
+    c, h, w = masks.shape
+    rows, cols = masks.any(2), masks.any(1)  # [C, H], [C, W]
+    index_h, index_w = torch.arange(h), torch.arange(w)
+    y0 = torch.where(rows, index_h, h).amin(1)
+    y1 = torch.where(rows, index_h, -1).amax(1) + 1
+    x0 = torch.where(cols, index_w, w).amin(1)
+    x1 = torch.where(cols, index_w, -1).amax(1) + 1
+    to_unit_x, to_unit_y = 2.0 / w, 2.0 / h
+    return torch.stack(
+        ((x0 + x1) * 0.5 * to_unit_x - 1.0, (y0 + y1) * 0.5 * to_unit_y - 1.0, (x1 - x0) * 0.5 * to_unit_x, (y1 - y0) * 0.5 * to_unit_y),
+        dim=1,
+    ).float()
 
 
 def _pooled(output) -> torch.Tensor:

@@ -1,0 +1,311 @@
+"""Grounding DINO wrapper: captions and spans, preprocessing equals the library's, phrase logits, detections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.errors import ModelFormatError, ModelNotFound, PromptError
+from engine.grounding import INVALID_PROPOSAL_LOGIT, GroundingDetector, build_caption, resized_shape, span_mean
+from engine.models import DEFAULT_GROUNDING, FETCH_COMMAND, ModelStore
+from engine.tiny_models import GROUNDING_DELIMITER_IDS, TINY_VOCABULARY, build_tiny_grounding_dino
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return GroundingDetector(ModelStore("tiny").grounding("cpu"))
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """uint8 [H, W, 3]: low-frequency content, where resampling filters agree closely."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((6, 8, 3))
+    return np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC))
+
+
+def as_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+def random_images(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+# --- captions -------------------------------------------------------------------------------------
+
+
+def test_caption_spans_cover_exactly_the_tokens_of_each_phrase(detector):
+    tokenizer = detector.tokenizer
+    phrases = ["base", "Lamp  Shade", "zebra tube", "xylophone"]
+    caption = build_caption(tokenizer, phrases)
+    assert caption.text == "base . lamp shade . zebra tube . xylophone ."
+    assert caption.phrases == ("base", "lamp shade", "zebra tube", "xylophone")
+    ids = caption.input_ids[0].tolist()
+    assert caption.input_ids.shape == caption.attention_mask.shape == (1, len(ids))
+    assert bool(caption.attention_mask.all())
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+    # Words the vocabulary does not know are split into pieces, and the span holds all of them.
+    assert "zebra" not in TINY_VOCABULARY and "xylophone" not in TINY_VOCABULARY
+    for phrase, (start, end) in zip(caption.phrases, caption.token_spans):
+        assert tokenizer.decode(ids[start:end]) == phrase
+        assert tokens[start - 1] == "." or start == 1  # nothing of the phrase before the span
+        assert tokens[end] == "."  # ... nor after it
+    zebra = tokens[slice(*caption.token_spans[2])]
+    assert zebra[0] == "z" and "##a" in zebra and zebra[-1] == "tube"
+    # Everything outside the spans is a delimiter or a special token.
+    inside = {i for start, end in caption.token_spans for i in range(start, end)}
+    assert {tokens[i] for i in range(len(ids)) if i not in inside} == {"[CLS]", ".", "[SEP]"}
+
+
+def test_a_single_phrase_and_repeated_words_get_their_own_spans(detector):
+    caption = build_caption(detector.tokenizer, ["gold tube", "tube"])
+    assert caption.text == "gold tube . tube ."
+    assert caption.token_spans == ((1, 3), (4, 5))
+
+
+@pytest.mark.parametrize("phrases", [[], ["base", "   "], ["base.top"], ["what?"]])
+def test_unusable_phrases_are_prompt_errors(detector, phrases):
+    with pytest.raises(PromptError):
+        build_caption(detector.tokenizer, phrases)
+
+
+def test_a_caption_longer_than_the_model_reads_is_a_prompt_error(detector):
+    caption = build_caption(detector.tokenizer, ["red base"] * 90)  # 3 tokens each: > 256
+    with pytest.raises(PromptError, match="at most 256"):
+        detector.phrase_logits(random_images(1, 64, 64), caption)
+
+
+def test_span_mean_averages_each_span_and_ignores_padding():
+    values = torch.tensor([[0.0, 1.0, 3.0, 5.0, float("-inf"), float("-inf")]])
+    assert torch.equal(span_mean(values, ((1, 3), (3, 4))), torch.tensor([[2.0, 5.0]]))
+
+
+# --- tiny model -----------------------------------------------------------------------------------
+
+
+def test_tiny_vocabulary_gives_the_delimiters_the_ids_the_model_splits_at():
+    model, tokenizer = build_tiny_grounding_dino()
+    delimiters = list(GROUNDING_DELIMITER_IDS)
+    assert tokenizer.convert_tokens_to_ids(delimiters) == model.model.special_tokens.tolist()
+    assert tokenizer.convert_tokens_to_ids(delimiters) == [101, 102, 1012, 1029]
+    assert tokenizer.tokenize("a gold lamp shade") == ["a", "gold", "lamp", "shade"]
+    ids = tokenizer("quizzical-jumpy 3D vase!")["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_tiny_grounding_dino_is_the_same_on_every_build_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    (a, _), (b, _) = build_tiny_grounding_dino(), build_tiny_grounding_dino()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    (c, _) = build_tiny_grounding_dino(seed=1)
+    assert not torch.equal(a.model.level_embed, c.model.level_embed)
+    assert a.config.two_stage and a.config.decoder_layers >= 2
+
+
+# --- preprocessing --------------------------------------------------------------------------------
+
+
+def test_resized_shape_follows_the_library_rule():
+    from transformers.image_transforms import get_size_with_aspect_ratio
+
+    for height in (37, 90, 200, 256, 300, 427, 512, 800, 1333, 2000):
+        for width in (41, 90, 256, 333, 640, 801, 1500, 4000):
+            for size, max_size in ((800, 1333), (256, 427), (512, 512)):
+                expected = get_size_with_aspect_ratio((height, width), size, max_size)
+                assert resized_shape(height, width, size, max_size) == tuple(expected), (height, width, size)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (300, 400), (512, 200), (90, 120)])
+def test_preprocessing_matches_the_grounding_dino_image_processor(detector, shape):
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    image = smooth_image(*shape)
+    processor = GroundingDinoImageProcessorPil(size={"shortest_edge": detector.size, "longest_edge": detector.max_size})
+    expected = processor(images=Image.fromarray(image), return_tensors="pt")
+    pixel_values, pixel_mask = detector.preprocess(as_tensor(image))
+    assert pixel_values.shape == expected["pixel_values"].shape
+    assert pixel_mask.dtype == expected["pixel_mask"].dtype and torch.equal(pixel_mask, expected["pixel_mask"])
+    difference = (pixel_values - expected["pixel_values"]).abs()
+    assert float(difference.mean()) < 0.01, float(difference.mean())
+    # The processor resizes 8-bit images and rounds to 8 bits; in 0..1 units the two stay within one level.
+    std = torch.tensor(detector.bundle.std).view(1, 3, 1, 1)
+    assert float((difference * std).max()) * 255 < 1.0, float((difference * std).max()) * 255
+
+
+def test_preprocessing_is_differentiable_and_size_is_configurable(detector):
+    images = random_images(2, 120, 160).requires_grad_(True)
+    small = GroundingDetector(detector.bundle, size=96, max_size=1000)
+    pixel_values, pixel_mask = small.preprocess(images)
+    assert pixel_values.shape == (2, 3, 96, 128) and pixel_mask.shape == (2, 96, 128)
+    pixel_values.sum().backward()
+    assert images.grad is not None and float(images.grad.abs().sum()) > 0
+
+
+# --- phrase logits --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proposals", [True, False])
+def test_phrase_logits_shapes_and_gradient_to_the_image(detector, proposals):
+    caption = detector.caption(["base", "lamp shade", "gold tube"])
+    images = random_images(2, 256, 256).requires_grad_(True)
+    boxes, logits = detector.phrase_logits(images, caption, proposals=proposals)
+    # Dense proposals: feature levels at strides 8, 16, 32, 64 of a 256 px image.
+    regions = 32 * 32 + 16 * 16 + 8 * 8 + 4 * 4 if proposals else detector.model.config.num_queries
+    assert boxes.shape == (2, regions, 4) and logits.shape == (2, regions, 3)
+    assert bool(torch.isfinite(logits).all()) and bool(((boxes >= 0) & (boxes <= 1)).all())
+    logits.sum().backward()  # a loss on raw logits: a sigmoid saturates with random weights
+    grad = images.grad
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+    assert float(grad[0].abs().sum()) > 0 and float(grad[1].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("proposals", [True, False])
+def test_phrase_logits_are_span_means_of_the_library_outputs(detector, proposals):
+    caption = detector.caption(["base", "lamp shade"])
+    images = random_images(1, 200, 240, seed=1)
+    with torch.no_grad():
+        boxes, logits = detector.phrase_logits(images, caption, proposals=proposals)
+        _, scores = detector.phrase_scores(images, caption, proposals=proposals)
+        pixel_values, pixel_mask = detector.preprocess(images)
+        out = detector.model(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=caption.input_ids)
+    tokens = out.enc_outputs_class if proposals else out.logits
+    expected_boxes = out.enc_outputs_coord_logits.sigmoid() if proposals else out.pred_boxes
+    assert tokens.shape[-1] == detector.max_text_len  # padded to max_text_len with -inf
+    assert bool(torch.isinf(tokens[..., caption.input_ids.shape[1] :]).all())
+    assert caption.token_spans == ((1, 2), (3, 5))
+    assert torch.allclose(logits[..., 0], tokens[..., 1], atol=1e-5)
+    assert torch.allclose(logits[..., 1], tokens[..., 3:5].mean(-1), atol=1e-5)
+    assert torch.allclose(scores[..., 1], tokens[..., 3:5].sigmoid().mean(-1), atol=1e-6)
+    assert torch.allclose(boxes, expected_boxes)
+
+
+def test_proposals_the_library_marks_invalid_are_never_scored(detector):
+    # At 512 px the finest level is 64 wide: its border cells centre within 1 % of the edge.
+    large = GroundingDetector(detector.bundle, size=512, max_size=512)
+    caption = large.caption(["base", "tube"])
+    images = random_images(1, 512, 512, seed=2)
+    with torch.no_grad():
+        boxes, logits = large.phrase_logits(images, caption)
+        _, scores = large.phrase_scores(images, caption)
+        pixel_values, _ = large.preprocess(images)
+        out = large.model(pixel_values=pixel_values, input_ids=caption.input_ids)
+    invalid = ~torch.isfinite(out.enc_outputs_coord_logits).all(-1)
+    assert 0 < int(invalid.sum()) < invalid.numel()
+    assert bool((logits[invalid] == INVALID_PROPOSAL_LOGIT).all()) and bool((boxes[invalid] == 0).all())
+    assert bool((scores[invalid] == 0).all())
+    assert bool((logits[~invalid] > INVALID_PROPOSAL_LOGIT).all()) and bool(torch.isfinite(boxes).all())
+
+
+# --- detection ------------------------------------------------------------------------------------
+
+
+def test_detections_are_boxes_in_pixels_with_per_phrase_scores(detector):
+    images = random_images(2, 180, 300, seed=3)
+    phrases = ["base", "lamp shade", "tube"]
+    detections = detector.detect(images, phrases, box_threshold=-1.0)  # keep every query
+    caption = detector.caption(phrases)
+    with torch.no_grad():
+        boxes, scores = detector.phrase_scores(images, caption, proposals=False)
+    for det, image_boxes, image_scores in zip(detections, boxes, scores):
+        queries = detector.model.config.num_queries
+        assert det.boxes.shape == (queries, 4) and det.scores.shape == (queries, 3)
+        assert det.phrases == ("base", "lamp shade", "tube")
+        assert bool(((det.scores >= 0) & (det.scores <= 1)).all())
+        best = det.scores.max(-1).values
+        assert bool((best[:-1] >= best[1:]).all())  # sorted, best first
+        order = torch.argsort(image_scores.max(-1).values, descending=True, stable=True)
+        cx, cy, w, h = image_boxes[order].unbind(-1)
+        size = torch.tensor([300.0, 180.0, 300.0, 180.0])
+        expected = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1) * size
+        expected = torch.minimum(expected.clamp(min=0), size)
+        assert torch.allclose(det.boxes, expected, atol=1e-4)
+        assert torch.allclose(det.scores, image_scores[order])
+        x0, y0, x1, y1 = det.boxes.unbind(-1)
+        assert bool(((0 <= x0) & (x0 <= x1) & (x1 <= 300) & (0 <= y0) & (y0 <= y1) & (y1 <= 180)).all())
+        # One phrase's boxes, as the lifting step takes them.
+        boxes_1, scores_1 = det.select(1, 0.5)
+        assert torch.equal(scores_1, det.scores[det.scores[:, 1] > 0.5, 1])
+        assert torch.equal(boxes_1, det.boxes[det.scores[:, 1] > 0.5])
+
+
+def test_detection_threshold_and_determinism(detector):
+    images = random_images(2, 160, 200, seed=4)
+    first = detector.detect(images, ["base", "tube"], box_threshold=0.25)
+    second = detector.detect(images, ["base", "tube"], box_threshold=0.25)
+    for a, b in zip(first, second):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
+        assert bool((a.scores.max(-1).values > 0.25).all())
+    assert sum(len(d.boxes) for d in first) > 0
+    for det in detector.detect(images, ["base", "tube"], box_threshold=1.01):
+        assert det.boxes.shape == (0, 4) and det.scores.shape == (0, 2)
+    assert not any(r.requires_grad for r in (first[0].boxes, first[0].scores))
+
+
+# --- model store ----------------------------------------------------------------------------------
+
+
+def test_tiny_store_gives_a_frozen_model_once():
+    store = ModelStore("tiny")
+    bundle = store.grounding("cpu")
+    assert store.grounding("cpu") is bundle
+    assert not any(p.requires_grad for p in bundle.model.parameters())
+    assert not bundle.model.training
+    assert bundle.name == "tiny" and bundle.mean == (0.485, 0.456, 0.406)
+
+
+def test_default_grounding_offline_names_the_model_and_the_fetch_command(tmp_path):
+    store = ModelStore("default", allow_download=False, cache_dir=str(tmp_path))
+    with pytest.raises(ModelNotFound) as err:
+        store.grounding("cpu")
+    assert DEFAULT_GROUNDING == "IDEA-Research/grounding-dino-tiny"
+    assert DEFAULT_GROUNDING in str(err.value) and FETCH_COMMAND in str(err.value)
+
+
+def test_fetch_models_fetches_clip_and_grounding(monkeypatch):
+    import engine.models as models
+
+    fetched = []
+    monkeypatch.setattr(models, "hub_folder", lambda model_id, **kw: fetched.append((model_id, kw)) or model_id)
+    assert models.fetch_models("default") == [models.DEFAULT_CLIP, DEFAULT_GROUNDING]
+    assert all(kw["allow_download"] for _, kw in fetched)
+
+
+def test_a_saved_folder_loads_back_with_the_same_outputs(tmp_path, detector):
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    model, tokenizer = build_tiny_grounding_dino()
+    folder = tmp_path / "models" / "grounding"
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    GroundingDinoImageProcessorPil(size={"shortest_edge": 224, "longest_edge": 400}).save_pretrained(folder)
+    bundle = ModelStore(str(tmp_path / "models")).grounding("cpu")
+    assert (bundle.size, bundle.max_size) == (224, 400)
+    assert not any(p.requires_grad for p in bundle.model.parameters())
+    loaded = GroundingDetector(bundle, size=detector.size, max_size=detector.max_size)
+    phrases = ["zebra base", "lamp shade"]
+    caption = loaded.caption(phrases)
+    assert torch.equal(caption.input_ids, detector.caption(phrases).input_ids)
+    images = random_images(1, 200, 200, seed=5)
+    with torch.no_grad():
+        for proposals in (True, False):
+            expected = detector.phrase_logits(images, caption, proposals=proposals)
+            got = loaded.phrase_logits(images, caption, proposals=proposals)
+            assert torch.allclose(expected[0], got[0]) and torch.allclose(expected[1], got[1], atol=1e-5)
+
+
+def test_a_tokenizer_with_other_delimiter_ids_is_refused(tmp_path):
+    from transformers import BertTokenizer
+
+    model, _ = build_tiny_grounding_dino()
+    folder = tmp_path / "grounding"
+    model.save_pretrained(folder, safe_serialization=True)
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", "base"])}
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    with pytest.raises(ModelFormatError, match="splits phrases"):
+        ModelStore(str(folder)).grounding("cpu")
