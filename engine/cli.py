@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-vertices", action="store_true")
     p.set_defaults(handler=cmd_locate)
 
+    p = sub.add_parser("eval-localization", help="mIoU per part of the localization on the procedural samples")
+    p.add_argument("--models", default=None, help="also score this model source's grounding (tiny, default or a folder)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(handler=cmd_eval_localization, up_axis=None)
+
     p = sub.add_parser("info", help="versions, devices and which models are present")
     p.set_defaults(handler=cmd_info)
 
@@ -227,6 +233,19 @@ def cmd_locate(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n}: {int((counts == k).sum())} vertices" for k, n in enumerate(localization.weights.names))
     print(f"{summary}; rest: {int((counts < 0).sum())}")
     print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}: {', '.join(paths)}")
+    return 0
+
+
+def cmd_eval_localization(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_localization
+    from .models import ModelStore
+
+    store = ModelStore(args.models) if args.models else None
+    scores = evaluate_localization(settings_from_args(args), store=store, device=args.device)
+    print(f"{'sample':<8} {'boxes':<8} {'mIoU':>6}  per part")
+    for score in scores:
+        parts = ", ".join(f"{name} {value:.3f}" for name, value in score.iou.items()) or score.error
+        print(f"{score.sample:<8} {score.source:<8} {score.miou:>6.3f}  {parts}")
     return 0
 
 

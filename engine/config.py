@@ -86,9 +86,9 @@ class GuidanceSettings:
     geometry_crops: crops per view of a gray render (color ignored) that train displacement on its
         own (T2M's geometry loss); 0 switches the geometry loss off.
     geometry_weight: weight of the geometry loss in the total.
-    part_crops: with a part prompt, crops per view and part of the part's box, the part isolated
-        by its rendered mask on white, scored against the part's style phrase; they replace the
-        local crops.
+    part_crops: with a part prompt, crops of each part per iteration (each from a random view
+        that shows it) of the part's box, the part isolated by its rendered mask on white, scored
+        against the part's style phrase; they replace the local crops.
     part_min_pixels: a part smaller than this many pixels in a view is not cropped there.
     part_weight: weight of the summed per-part losses in the total.
     grounding_every: with a part prompt, every k-th iteration is a grounding step (the
@@ -105,7 +105,7 @@ class GuidanceSettings:
     local_crop_area: float = 0.1
     geometry_crops: int = 4
     geometry_weight: float = 1.0
-    part_crops: int = 2
+    part_crops: int = 4
     part_min_pixels: int = 64
     part_weight: float = 1.0
     grounding_every: int = 0

@@ -202,3 +202,21 @@ def test_grounding_steps_follow_the_schedule(lamp):
     assert all(f"part:{p}" in steps[0] for p in parts.names)
     grounding = result.history["grounding"]
     assert math.isnan(grounding[0]) and not math.isnan(grounding[1]) and len(grounding) == 5
+
+
+def test_grounding_part_loss_sends_gradient_to_the_render():
+    from engine.grounding.detector import GroundingDetector
+    from engine.guidance.grounding_loss import GroundingPartLoss
+
+    detector = GroundingDetector(STORE.grounding("cpu"), size=128)
+    loss_fn = GroundingPartLoss(detector, ["base", "shade"], ["pottery base", "linen shade"], threshold=0.0)
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    selected = loss_fn.selection(images)
+    assert selected.shape[0] == 2 and selected.shape[2] == 2 and bool(selected.all())  # threshold 0 selects all
+    loss = loss_fn(images)
+    assert 0.0 < float(loss.detach()) < 1.0
+    loss.backward()
+    assert images.grad is not None and float(images.grad.abs().sum()) > 0
+    strict = GroundingPartLoss(detector, ["base"], ["pottery base"], threshold=1.5)  # above any score
+    nothing = strict(images.detach().requires_grad_(True))
+    assert float(nothing.detach()) == 0.0  # no region shows the part: no signal, no error

@@ -144,24 +144,30 @@ class ClipGuidance:
     def part_crops(
         self, color: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Crops of every part visible in every view: ([B, 3, S, S] images, [B] part index).
+        """``part_crops`` crops of each part, each from a random view that shows it:
+        ([B, 3, S, S] images, [B] part index).
 
         Each crop is the part's mask box with a margin (aspect ratio at most 2:1, so thin parts
         are not lost in background), jittered in scale and position, perspective-distorted, and
-        resampled to the model size; pixels outside the part's mask blend to white.
+        resampled to the model size; pixels outside the part's mask blend to white. A part no
+        view shows with ``part_min_pixels`` pixels gets no crop.
         """
         s = self.settings
         size = self.bundle.image_size
-        n, p, h, w = masks.shape
         hard = masks.detach() > 0.5
         counts = hard.flatten(2).sum(-1).cpu()  # [N, P]
-        present = (counts >= s.part_min_pixels).nonzero()
-        if present.numel() == 0:
+        views, parts = [], []
+        for part in range(masks.shape[1]):
+            showing = (counts[:, part] >= s.part_min_pixels).nonzero().squeeze(1)
+            if showing.numel():
+                pick = torch.randint(showing.numel(), (s.part_crops,), generator=generator)
+                views.append(showing[pick])
+                parts.append(torch.full((s.part_crops,), part, dtype=torch.int64))
+        if not views:
             return None
-        views, parts = present[:, 0], present[:, 1]
-        boxes = _mask_boxes(hard.cpu()[views, parts])  # [C, 4] centre x, centre y, half w, half h (normalized)
-        count = boxes.shape[0] * s.part_crops
-        boxes = boxes.repeat_interleave(s.part_crops, 0)
+        views, parts = torch.cat(views), torch.cat(parts)
+        boxes = _mask_boxes(hard.cpu()[views, parts])  # [B, 4] centre x, centre y, half w, half h (normalized)
+        count = boxes.shape[0]
         scale = 1.1 + 0.2 * torch.rand(count, generator=generator)
         shift = (torch.rand(count, 2, generator=generator) * 2.0 - 1.0) * 0.1
         half = boxes[:, 2:] * scale[:, None]
@@ -169,13 +175,11 @@ class ClipGuidance:
         centre = boxes[:, :2] + shift * half
         grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator)
         grid = centre[:, None, None, :] + half[:, None, None, :] * grid
-        source = views.repeat_interleave(s.part_crops)
-        part_index = parts.repeat_interleave(s.part_crops)
-        mask_channel = masks.detach()[source, part_index].unsqueeze(1)  # [B, 1, H, W]
-        picked = torch.cat((color.index_select(0, source.to(color.device)), mask_channel.to(color.dtype)), 1)
+        mask_channel = masks.detach()[views.to(masks.device), parts.to(masks.device)].unsqueeze(1)  # [B, 1, H, W]
+        picked = torch.cat((color.index_select(0, views.to(color.device)), mask_channel.to(color.dtype)), 1)
         sampled = resample(picked, torch.arange(count), grid, fill=0.0)
         rgb, alpha = sampled[:, :3], sampled[:, 3:].clamp(0.0, 1.0)
-        return rgb * alpha + (1.0 - alpha), part_index
+        return rgb * alpha + (1.0 - alpha), parts
 
     def _crops(self, images: torch.Tensor, per_view: int, generator: torch.Generator) -> torch.Tensor:
         """``per_view`` random crops of each image, perspective-distorted, at the model size."""
