@@ -22,8 +22,7 @@ from .errors import DeviceError, PromptError
 from .events import CancelToken, EventSink, StageEvent, ignore_events
 from .field import BASE_COLOR
 from .grounding.detector import GroundingDetector
-from .grounding.lift import PartBoxes
-from .grounding.locate import Localization, locate
+from .grounding.locate import Localization, detector_boxes, locate
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .mesh import Mesh, Normalization
@@ -33,8 +32,6 @@ from .prompt import StylePrompt, parse_prompt
 from .train import Objective, StyleTrainer, SurfaceInputs
 
 MAX_PROMPT_CHARACTERS = 300
-# Views the grounding model sees at once while locating parts: bounds memory at 800 px.
-DETECT_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -112,11 +109,13 @@ def locate_parts(
     models: ModelStore | str = "tiny",
     device: str | torch.device = "auto",
     on_event: EventSink = ignore_events,
+    cancel: CancelToken | None = None,
 ) -> Localization:
     """Find the named parts on ``mesh`` with the grounding model (METHOD section 5.1).
 
     Returns the per-vertex :class:`PartWeights` with the boxes and views they came from. Raises
-    :class:`PartNotFound` when a part has no support in any view.
+    :class:`PartNotFound` when a part has no support in any view, :class:`Cancelled` when
+    ``cancel`` is set while the model runs.
     """
     settings = settings or settings_for()
     dev = resolve_device(device)
@@ -128,15 +127,7 @@ def locate_parts(
     detector = GroundingDetector(store.grounding(dev), size=settings.localize.resolution)
     on_event(StageEvent("locating parts", ", ".join(names)))
     vertices = torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(dev)
-    threshold = settings.localize.box_threshold
-
-    def detect(images: torch.Tensor, phrases: list[str]) -> list[list[PartBoxes]]:
-        found = [d for chunk in images.split(DETECT_BATCH) for d in detector.detect(chunk, phrases, box_threshold=threshold)]
-        return [
-            [PartBoxes(d.boxes.cpu().numpy(), d.scores[:, k].cpu().numpy()) for k in range(len(phrases))]
-            for d in found
-        ]
-
+    detect = detector_boxes(detector, settings.localize.box_threshold, cancel)
     return locate(vertices, torch.from_numpy(mesh.faces).to(dev), names, detect, settings)
 
 
@@ -188,9 +179,10 @@ def stylize(
     if not parsed.is_holistic:
         part_weights = (
             parts.select(parsed.parts) if parts is not None
-            else locate_parts(mesh, parsed.parts, settings=settings, models=store, device=dev, on_event=on_event).weights
+            else locate_parts(mesh, parsed.parts, settings=settings, models=store, device=dev, on_event=on_event,
+                              cancel=cancel).weights
         )
-    composition = _composition(mesh, parsed, part_weights, lock, previous, base_colors, normalization)
+    composition = _composition(mesh, parsed, part_weights, lock, previous, base_colors, normalization, parts is not None)
 
     on_event(StageEvent("loading models", store.describe()))
     guidance = ClipGuidance(store.clip(dev), settings.guidance)
@@ -235,11 +227,16 @@ def stylize(
     )
 
 
-def _composition(mesh, parsed, part_weights, lock, previous, base_colors, normalization) -> Composition:
+def _composition(mesh, parsed, part_weights, lock, previous, base_colors, normalization, given_parts) -> Composition:
     """The blend of per-part outputs for this request (holistic: the whole mesh is one part)."""
     if parsed.is_holistic:
         if lock:
             raise PromptError("--lock needs a part prompt; a holistic prompt has no parts to keep.")
+        if given_parts:
+            raise PromptError(
+                f"parts were given but the prompt {parsed.full_text()!r} names none; write the styles per part "
+                "(e.g. 'red base, blue shade') or leave the parts out."
+            )
         return whole_object(mesh.num_vertices)
     unknown = [p for p in lock if p not in parsed.parts]
     if unknown:

@@ -31,8 +31,7 @@ from .compose import compose_parts, whole_object
 from .config import settings_for
 from .errors import PartNotFound
 from .grounding.detector import GroundingDetector
-from .grounding.lift import PartBoxes
-from .grounding.locate import locate
+from .grounding.locate import detector_boxes, locate
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .mesh import Normalization
@@ -238,11 +237,7 @@ def localization_timing(size: int, device: torch.device, *, models: "BenchmarkMo
     """Seconds to locate 3 parts on the 20k-face lamp from ``LOCATE_VIEWS`` views at ``size`` px."""
     settings = settings_for("fast", [f"localize.views={LOCATE_VIEWS}", f"localize.resolution={size}", "localize.box_threshold=0"])
     mesh, surface = lamp_surface(20_000, device)
-    detector = GroundingDetector(models.grounding, size=size)
-
-    def detect(images, phrases):
-        found = [d for chunk in images.split(2) for d in detector.detect(chunk, phrases, box_threshold=0.0)]
-        return [[PartBoxes(d.boxes.cpu().numpy(), d.scores[:, k].cpu().numpy()) for k in range(len(phrases))] for d in found]
+    detect = detector_boxes(GroundingDetector(models.grounding, size=size), 0.0)
 
     def run():
         try:

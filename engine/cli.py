@@ -216,6 +216,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
 
 def cmd_locate(args: argparse.Namespace) -> int:
     from .api import locate_parts
+    from .events import CancelToken
     from .export import write_localization
     from .models import ModelStore
     from .prompt import parse_prompt
@@ -226,8 +227,13 @@ def cmd_locate(args: argparse.Namespace) -> int:
     if any(not n for n in names):
         parse_prompt(args.parts)  # raises the prompt grammar's error naming the empty phrase
     progress = ProgressPrinter()
-    localization = locate_parts(mesh, names, settings=settings, device=args.device, on_event=progress,
-                                models=ModelStore(args.models, allow_download=args.allow_download))
+    cancel = CancelToken()
+    old_handler = _install_interrupt(cancel)
+    try:
+        localization = locate_parts(mesh, names, settings=settings, device=args.device, on_event=progress, cancel=cancel,
+                                    models=ModelStore(args.models, allow_download=args.allow_download))
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
     paths = write_localization(localization, mesh, args.out)
     counts = localization.weights.labels()
     summary = ", ".join(f"{n}: {int((counts == k).sum())} vertices" for k, n in enumerate(localization.weights.names))

@@ -145,15 +145,25 @@ class StyleTrainer:
 
     def loss(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Render this iteration's views and score them. Returns (losses, front-view image [3, H, W])."""
-        s = self.settings
         colors, displacement = self.outputs(self.frequency_mask())
         positions = self.surface.vertices + displacement.unsqueeze(-1) * self.surface.normals
         if self.is_grounding_step():
-            cameras = sample_views(s.guidance.grounding_views, s.views, s.render, self.sampling, device=self.device)
-            out = self.renderer.render(positions, self.surface.faces, cameras, colors=colors,
-                                       resolution=s.guidance.grounding_resolution)
-            value = self.objective.grounding(out.color)
-            return {"grounding": value, "total": value}, out.color[0].detach()
+            return self._grounding_step_loss(positions, colors)
+        return self._clip_step_loss(positions, colors)
+
+    def _grounding_step_loss(self, positions: torch.Tensor, colors: torch.Tensor):
+        """The grounding-space part loss on ``grounding_views`` renders at ``grounding_resolution``."""
+        s = self.settings
+        cameras = sample_views(s.guidance.grounding_views, s.views, s.render, self.sampling, device=self.device)
+        out = self.renderer.render(positions, self.surface.faces, cameras, colors=colors,
+                                   resolution=s.guidance.grounding_resolution)
+        value = self.objective.grounding(out.color)
+        return {"grounding": value, "total": value}, out.color[0].detach()
+
+    def _clip_step_loss(self, positions: torch.Tensor, colors: torch.Tensor):
+        """CLIP losses: global and geometry on the whole prompt, plus local crops (holistic) or
+        per-part crops against the parts' phrases (part prompt)."""
+        s = self.settings
         cameras = sample_views(s.views.count, s.views, s.render, self.sampling, device=self.device)
         part_mode = self.objective.part_texts is not None
         out = self.renderer.render(

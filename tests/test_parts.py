@@ -153,6 +153,8 @@ def test_locking_needs_a_part_of_the_prompt_and_a_previous_result(lamp):
         stylize(lamp, "red base, blue shade", parts=parts, lock=("shade",), settings=small(), models=STORE)
     with pytest.raises(PromptError, match="holistic"):
         stylize(lamp, "a golden lamp", lock=("shade",), settings=small(), models=STORE)
+    with pytest.raises(PromptError, match="names none"):
+        stylize(lamp, "a golden lamp", parts=parts, settings=small(), models=STORE)
 
 
 # -- losses and schedule ---------------------------------------------------------------------------
@@ -220,3 +222,15 @@ def test_grounding_part_loss_sends_gradient_to_the_render():
     strict = GroundingPartLoss(detector, ["base"], ["pottery base"], threshold=1.5)  # above any score
     nothing = strict(images.detach().requires_grad_(True))
     assert float(nothing.detach()) == 0.0  # no region shows the part: no signal, no error
+
+
+def test_locating_parts_can_be_cancelled(lamp):
+    from engine.api import locate_parts
+    from engine.errors import Cancelled
+    from engine.events import CancelToken
+
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        locate_parts(lamp, ["base", "shade"], models=STORE, device="cpu", cancel=token,
+                     settings=settings_for("fast", ["localize.views=2", "localize.resolution=128"]))

@@ -11,6 +11,8 @@ import torch
 from ..cameras import Cameras
 from ..config import Settings
 from ..errors import PartNotFound
+from ..events import CancelToken
+from .detector import GroundingDetector
 from ..parts import PartWeights
 from ..render import Renderer
 from .lift import PartBoxes, lift_boxes, localization_views, visibility
@@ -20,8 +22,31 @@ UNTEXTURED_GRAY = 0.7
 # A part is "found" when at least this many vertices end up assigned to it.
 MIN_PART_VERTICES = 3
 
+# Views the grounding model sees at once: bounds memory at 800 px, and is how often cancel is checked.
+DETECT_BATCH = 2
+
 # (images [N, 3, H, W] in 0..1, part names) -> per view, per part: boxes above the threshold.
 BoxDetector = Callable[[torch.Tensor, list[str]], list[list[PartBoxes]]]
+
+
+def detector_boxes(detector: GroundingDetector, threshold: float, cancel: CancelToken | None = None) -> BoxDetector:
+    """A :data:`BoxDetector` over a grounding model: each view's boxes, split per part.
+
+    Views go through the model ``DETECT_BATCH`` at a time; ``cancel`` is checked between batches.
+    """
+
+    def detect(images: torch.Tensor, phrases: list[str]) -> list[list[PartBoxes]]:
+        found = []
+        for chunk in images.split(DETECT_BATCH):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            found += detector.detect(chunk, phrases, box_threshold=threshold)
+        return [
+            [PartBoxes(d.boxes.cpu().numpy(), d.scores[:, k].cpu().numpy()) for k in range(len(phrases))]
+            for d in found
+        ]
+
+    return detect
 
 
 @dataclass(frozen=True)
