@@ -97,9 +97,17 @@ class ModelStore:
 
     def clip(self, device: torch.device | str = "cpu") -> ClipBundle:
         """The CLIP model of this source, frozen, on ``device``."""
-        key = ("clip", str(device))
+        return self._cached("clip", device, self._load_clip)
+
+    def grounding(self, device: torch.device | str = "cpu") -> GroundingBundle:
+        """The Grounding DINO model of this source, frozen, on ``device``."""
+        return self._cached("grounding", device, self._load_grounding)
+
+    def _cached(self, role: str, device: torch.device | str, load):
+        """Load a role's bundle once per device, frozen and moved there."""
+        key = (role, str(device))
         if key not in self._loaded:
-            bundle = self._load_clip()
+            bundle = load()
             bundle.model.requires_grad_(False)
             self._loaded[key] = dataclasses.replace(bundle, model=bundle.model.to(device))
         return self._loaded[key]
@@ -112,15 +120,6 @@ class ModelStore:
             return ClipBundle(model, tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, "tiny")
         folder = self.resolve(DEFAULT_CLIP, role="clip")
         return load_clip_folder(folder, name=DEFAULT_CLIP if self.source == "default" else folder)
-
-    def grounding(self, device: torch.device | str = "cpu") -> GroundingBundle:
-        """The Grounding DINO model of this source, frozen, on ``device``."""
-        key = ("grounding", str(device))
-        if key not in self._loaded:
-            bundle = self._load_grounding()
-            bundle.model.requires_grad_(False)
-            self._loaded[key] = dataclasses.replace(bundle, model=bundle.model.to(device))
-        return self._loaded[key]
 
     def _load_grounding(self) -> GroundingBundle:
         if self.source == "tiny":
