@@ -1,6 +1,6 @@
 """Partstyle's task runner: one command per job, each doing its own set-up.
 
-    python build.py demo    # stylize the bundled sample lamp offline -> out/demo/
+    python build.py demo    # stylize the parts of the bundled sample lamp offline -> out/demo/
     python build.py test    # run the test suite
     python build.py bench   # print performance figures (docs/performance.md)
 
@@ -32,7 +32,8 @@ TORCH = os.environ.get("PARTSTYLE_TORCH", "torch==2.13.0")
 STAMP = os.path.join(VENV, "partstyle-installed.txt")
 DEMO_ARGS = [
     "stylize", "sample:lamp",
-    "--prompt", "a lamp made of gold",
+    "--prompt", "pottery base, gold tube, linen shade",
+    "--parts-from", "labels",  # the sample's exact parts: the offline tiny models are not trained yet
     "--preset", "fast",
     "--seed", "0",
     "--out", os.path.join(ROOT, "out", "demo"),
