@@ -32,8 +32,8 @@ TORCH = os.environ.get("PARTSTYLE_TORCH", "torch==2.13.0")
 STAMP = os.path.join(VENV, "partstyle-installed.txt")
 DEMO_ARGS = [
     "stylize", "sample:lamp",
-    "--prompt", "pottery base, gold tube, linen shade",
-    "--parts-from", "labels",  # the sample's exact parts: the offline tiny models are not trained yet
+    "--prompt", "red base, yellow tube, blue shade",  # words the shipped tiny CLIP was trained on
+    "--parts-from", "labels",  # the sample's exact parts: the tiny grounding model is not trained yet
     "--preset", "fast",
     "--seed", "0",
     "--out", os.path.join(ROOT, "out", "demo"),

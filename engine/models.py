@@ -1,7 +1,9 @@
 """The model store: resolves a model source to loaded models. The only place that may download.
 
 Sources:
-- ``tiny``: the project's own small models, built in code; never touches disk or network.
+- ``tiny``: the project's own small models: the CLIP trained on the project's synthetic renders
+  and shipped in ``engine/assets/tiny/`` (see docs/training.md), the rest built in code; never
+  touches the network.
 - ``default``: the real models by hub id (:data:`DEFAULT_CLIP`, :data:`DEFAULT_GROUNDING`), taken
   from the local Hugging Face cache; downloaded only when the store was created with
   ``allow_download=True``.
@@ -38,6 +40,9 @@ GROUNDING_MAX_SIZE = 1333
 TINY_GROUNDING_SIZE = 256
 TINY_GROUNDING_MAX_SIZE = 427
 FETCH_COMMAND = "python -m engine fetch-models"
+# The tiny CLIP trained by `python -m engine train-tiny-clip`, shipped with the engine; where it is
+# missing, `tiny` falls back to the untrained tiny CLIP built in code.
+TINY_CLIP_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny", "clip")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
 
 
@@ -114,6 +119,8 @@ class ModelStore:
 
     def _load_clip(self) -> ClipBundle:
         if self.source == "tiny":
+            if os.path.isfile(os.path.join(TINY_CLIP_FOLDER, "model.safetensors")):
+                return load_clip_folder(TINY_CLIP_FOLDER, name="tiny")
             from .tiny_models import build_tiny_clip
 
             model, tokenizer = build_tiny_clip()

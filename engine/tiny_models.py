@@ -67,11 +67,22 @@ def tiny_clip_vocabulary(words: tuple[str, ...] = TINY_VOCABULARY) -> tuple[dict
     return vocab, merges
 
 
-def build_tiny_clip(seed: int = 0):
+def build_tiny_clip(
+    seed: int = 0,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    projection_dim: int = 64,
+):
     """A small randomly initialized ``CLIPModel`` (ViT 224 px / patch 32) and its tokenizer.
 
-    Returns ``(model, tokenizer)``; the model is in eval mode. The global RNG is left as it was.
+    The sizes apply to both towers. Returns ``(model, tokenizer)``; the model is in eval mode.
+    The global RNG is left as it was.
     """
+    sizes = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
+                 num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads)
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     vocab, merges = tiny_clip_vocabulary()
@@ -79,19 +90,14 @@ def build_tiny_clip(seed: int = 0):
     config = CLIPConfig(
         text_config=dict(
             vocab_size=len(vocab),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **sizes,
             max_position_embeddings=77,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
-        vision_config=dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32
-        ),
-        projection_dim=64,
+        vision_config=dict(**sizes, image_size=224, patch_size=32),
+        projection_dim=projection_dim,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -172,7 +172,8 @@ def test_part_crops_isolate_each_visible_part_on_white():
     centre = images[:, :, 112, 112]
     corner = images[:, :, 2, 2]
     assert torch.all(centre < 0.05) and torch.all(corner > 0.95)  # the part is black, around it white
-    assert guidance.part_losses(color, masks, torch.randn(3, 64), torch.Generator())[2] is None
+    texts = guidance.encode_text(["red base", "blue tube", "green shade"])
+    assert guidance.part_losses(color, masks, texts, torch.Generator())[2] is None
 
 
 def test_grounding_steps_follow_the_schedule(lamp):
