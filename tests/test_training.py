@@ -68,3 +68,12 @@ def test_a_few_training_steps_run_and_report():
 def test_the_shipped_tiny_clip_names_colors_of_held_out_renders():
     bundle = ModelStore("tiny").clip("cpu")
     assert color_accuracy(bundle.model, bundle.tokenizer, scenes=100) >= 0.9
+
+
+def test_the_learning_rate_warms_up_then_decays_with_whichever_limit_ends_the_run():
+    from engine.training.train_clip import scheduled_rate
+
+    assert scheduled_rate(1.0, 0, 1000, 0.0, 3600.0) == pytest.approx(1 / 50)
+    assert scheduled_rate(1.0, 500, 1000, 10.0, 3600.0) == pytest.approx(0.5, abs=1e-6)  # steps limit
+    assert scheduled_rate(1.0, 999, 1000, 10.0, 3600.0) < 1e-4
+    assert scheduled_rate(1.0, 100, 1000, 3600.0, 3600.0) < 1e-9  # the time budget is spent

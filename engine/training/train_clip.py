@@ -34,6 +34,13 @@ class ClipTrainReport:
     color_accuracy: float
 
 
+def scheduled_rate(base: float, step: int, max_steps: int, elapsed: float, budget: float, warmup: int = 50) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 over the run, whose length is
+    whichever limit ends it first: ``max_steps`` or the time ``budget`` (seconds)."""
+    progress = min(1.0, max(elapsed / budget, step / max_steps))
+    return base * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def contrastive_loss(image_embeddings: torch.Tensor, captions: list[str], encode_text: Callable, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric contrastive loss with shared captions. image_embeddings: [B, D] unit norm."""
     unique = sorted(set(captions))
@@ -78,9 +85,9 @@ def train_tiny_clip(
     budget = minutes * 60.0
     step, loss_value, smoothed = 0, float("nan"), None
     while step < max_steps and time.perf_counter() - started < budget:
-        progress = min(1.0, (time.perf_counter() - started) / budget, step / max_steps)
-        for group in optimizer.param_groups:  # warm-up, then cosine decay over the time budget
-            group["lr"] = learning_rate * min(1.0, (step + 1) / 50) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        rate = scheduled_rate(learning_rate, step, max_steps, time.perf_counter() - started, budget)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
         images, captions = data.batch(batch_size)
         loss = contrastive_loss(embed_images(model, images), captions,
                                 lambda texts: embed_texts(model, tokenizer, texts), model.logit_scale.exp().clamp(max=100))
