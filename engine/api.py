@@ -126,7 +126,7 @@ def locate_parts(
     on_event(StageEvent("loading models", f"grounding ({store.describe()})"))
     detector = GroundingDetector(store.grounding(dev), size=settings.localize.resolution)
     on_event(StageEvent("locating parts", ", ".join(names)))
-    vertices = torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(dev)
+    vertices = torch.from_numpy(mesh.unit_vertices()).to(dev)
     detect = detector_boxes(detector, settings.localize.box_threshold, cancel)
     return locate(vertices, torch.from_numpy(mesh.faces).to(dev), names, detect, settings)
 

@@ -34,7 +34,7 @@ from .grounding.detector import GroundingDetector
 from .grounding.locate import detector_boxes, locate
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
-from .mesh import Normalization
+
 from .models import CLIP_MEAN, CLIP_STD, GROUNDING_MEAN, GROUNDING_STD, ClipBundle, GroundingBundle
 from .parts import PartWeights
 from .prompt import parse_prompt
@@ -119,7 +119,7 @@ def render_timing(faces: int, size: int, device: torch.device, reps: int) -> tup
     """Median (forward ms, backward ms) for 5 views of the lamp with ``faces`` faces at ``size`` px."""
     settings = settings_for("text2mesh")
     mesh = sample_mesh("lamp", faces)
-    vertices = torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(device)
+    vertices = torch.from_numpy(mesh.unit_vertices()).to(device)
     face_tensor = torch.from_numpy(mesh.faces).to(device)
     renderer = Renderer(settings.render)
     cameras = sample_views(5, settings.views, settings.render, torch.Generator().manual_seed(0), device=device)
@@ -142,7 +142,7 @@ def lamp_surface(faces: int, device: torch.device) -> tuple:
     """(mesh, SurfaceInputs) of the sample lamp with ``faces`` faces, unit frame."""
     mesh = sample_mesh("lamp", faces)
     surface = SurfaceInputs(
-        torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(device),
+        torch.from_numpy(mesh.unit_vertices()).to(device),
         torch.from_numpy(mesh.vertex_normals).to(device),
         torch.from_numpy(mesh.faces).to(device),
     )

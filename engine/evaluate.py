@@ -18,7 +18,7 @@ from .api import locate_parts, resolve_device
 from .config import Settings
 from .errors import PartNotFound
 from .grounding.lift import boxes_from_labels, lift_boxes, localization_views, visibility
-from .mesh import Normalization
+
 from .models import ModelStore
 from .samples import SAMPLE_NAMES, sample_mesh
 
@@ -45,7 +45,7 @@ def evaluate_localization(
     scores = []
     for name in SAMPLE_NAMES:
         mesh = sample_mesh(name, faces)
-        vertices = torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices)).to(dev)
+        vertices = torch.from_numpy(mesh.unit_vertices()).to(dev)
         faces_t = torch.from_numpy(mesh.faces).to(dev)
         cameras = localization_views(settings.localize, settings.views, settings.render, device=dev)
         seen = visibility(vertices, faces_t, cameras, settings.localize.resolution)

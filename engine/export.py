@@ -110,7 +110,7 @@ def localization_preview(localization: Localization, mesh: Mesh, *, size: int = 
                 draw.rectangle([float(v) * scale for v in box], outline=color, width=2)
                 draw.text((float(box[0]) * scale + 3, float(box[1]) * scale + 2), f"{localization.weights.names[k]} {score:.2f}", fill=color)
         top.append(np.asarray(pil))
-    vertices = torch.from_numpy(Normalization.fit(mesh.vertices).to_unit(mesh.vertices))
+    vertices = torch.from_numpy(mesh.unit_vertices())
     colors = torch.from_numpy(part_colors(localization.weights.weights))
     with torch.no_grad():
         out = Renderer(RenderSettings()).render(

@@ -52,6 +52,10 @@ class Mesh:
     def num_faces(self) -> int:
         return int(self.faces.shape[0])
 
+    def unit_vertices(self) -> np.ndarray:
+        """[V, 3] float32 vertices in the unit frame (see :class:`Normalization`)."""
+        return Normalization.fit(self.vertices).to_unit(self.vertices)
+
     @cached_property
     def vertex_normals(self) -> np.ndarray:
         """[V, 3] float32 unit normals, area-weighted average of the adjacent face normals.

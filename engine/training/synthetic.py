@@ -20,7 +20,7 @@ from ..cameras import fixed_views
 from ..config import GuidanceSettings, settings_for
 from ..guidance.augment import perspective_grid, resample
 from ..guidance.clip import ClipGuidance
-from ..mesh import Normalization, mesh_from_arrays
+from ..mesh import mesh_from_arrays
 from ..render import Renderer
 from ..samples import sample_mesh
 from .vocabulary import COLORS, PART_OBJECTS, PATTERNS, PRIMITIVES, nearest_color
@@ -57,7 +57,7 @@ def scene_mesh(name: str) -> SceneMesh:
         shape = shapes[name]()
         mesh = mesh_from_arrays(shape.vertices, shape.faces, name=name)
         labels, parts = np.zeros(mesh.num_vertices, np.int64), ("body",)
-    unit = Normalization.fit(mesh.vertices).to_unit(mesh.vertices)
+    unit = mesh.unit_vertices()
     return SceneMesh(name, torch.from_numpy(unit), torch.from_numpy(mesh.faces), torch.from_numpy(labels), tuple(parts))
 
 
