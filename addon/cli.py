@@ -1,0 +1,160 @@
+"""Headless batch stylization of objects in a .blend file.
+
+With Blender::
+
+    blender -b file.blend --python-exit-code 1 --python addon/cli.py -- \\
+        --object NAME [--object NAME ...] --prompt "pottery base, linen shade" --out result.blend \\
+        [--use-groups] [--lock PART] [--preset fast] [--seed 0] [--iterations N] \\
+        [--device auto|cpu|cuda] [--models tiny|default|FOLDER] [--allow-download] [--set KEY=VALUE]
+
+With Blender as a Python module (``pip install bpy``), the same options plus ``--blend``::
+
+    python addon/cli.py --blend file.blend -- --object NAME --prompt "..." --out result.blend
+
+Each object is stylized synchronously (the same run as the panel's Stylize button), with progress
+lines on stdout. The result file is written only when every object succeeded; otherwise the
+command prints ``error: ...`` on stderr and exits 1 (2 for bad arguments, 130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blender -b FILE.blend --python addon/cli.py --",
+        description="Stylize mesh objects of a .blend file with Partstyle and save the result.")
+    parser.add_argument("--blend", help="the .blend file to open (only needed with the bpy module; "
+                                        "Blender opens the file given before --python)")
+    parser.add_argument("--object", action="append", required=True, metavar="NAME",
+                        help="a mesh object to stylize (repeat for several)")
+    parser.add_argument("--prompt", required=True,
+                        help='styles per part ("pottery base, linen shade") or one for the whole object')
+    parser.add_argument("--out", required=True, help="where to save the resulting .blend file")
+    parser.add_argument("--use-groups", action="store_true",
+                        help="take the parts from the objects' part:<name> vertex groups instead of locating them")
+    parser.add_argument("--lock", action="append", default=[], metavar="PART",
+                        help="keep this part's existing Partstyle result (repeatable)")
+    parser.add_argument("--preset", default="fast", help="fast, faithful, text2mesh or preview (default fast)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iterations", type=int, default=0, help="optimization steps (default: the preset's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--models", default="tiny", help="tiny (offline), default (hub models) or a folder")
+    parser.add_argument("--allow-download", action="store_true", help="let --models default download")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an engine setting, e.g. --set views.count=2 (python -m engine settings lists them)")
+    return parser
+
+
+def script_args(argv: list[str]) -> list[str]:
+    """The options meant for this script in ``sys.argv``.
+
+    Under Blender everything before ``--`` is Blender's; run as ``python addon/cli.py`` the options
+    before ``--`` (``--blend``) are ours too.
+    """
+    if "--" in argv:
+        split = argv.index("--")
+        before, after = argv[1:split], argv[split + 1:]
+    else:
+        before, after = argv[1:], []
+    as_script = os.path.splitext(os.path.basename(argv[0] if argv else ""))[0] == "cli"
+    return (before if as_script else []) + after
+
+
+def import_addon():
+    """The add-on package this file belongs to (``addon`` in the repository, ``partstyle`` in the
+    extension), importable by putting its parent folder on ``sys.path``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root, package = os.path.dirname(here), os.path.basename(here)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]  # `python addon/cli.py` puts it first
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(package)
+
+
+class ProgressLines:
+    """Engine events of one object -> a few lines on stdout (about every tenth of the run)."""
+
+    def __init__(self, name: str, events):
+        self.name, self.events = name, events
+
+    def __call__(self, event) -> None:
+        e = self.events
+        if isinstance(event, e.StageEvent):
+            self._line(f"{event.name}: {event.detail}" if event.detail else event.name)
+        elif isinstance(event, e.StepEvent):
+            every = max(1, event.total // 10)
+            if event.step in (1, event.total) or event.step % every == 0:
+                loss = event.losses.get("total", float("nan"))
+                self._line(f"step {event.step}/{event.total} loss {loss:.4f}, {event.eta:.0f} s left")
+        elif isinstance(event, e.NoticeEvent):
+            self._line(f"notice: {event.message}")
+
+    def _line(self, text: str) -> None:
+        print(f"[{self.name}] {text}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the batch; ``argv`` are the script's options (default: taken from ``sys.argv``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(script_args(sys.argv) if argv is None else argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else 0
+    if not args.out.lower().endswith(".blend"):
+        print(f"error: --out {args.out}: the result is a Blender file; give a path ending in .blend", file=sys.stderr)
+        return EXIT_USAGE
+    import bpy
+
+    addon = import_addon()
+    engine_link, jobs, runs = addon.engine_link, addon.jobs, addon.runs
+    if args.blend:
+        if not os.path.isfile(args.blend):
+            print(f"error: --blend {args.blend}: no such file", file=sys.stderr)
+            return EXIT_ERROR
+        bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.blend))
+    try:
+        failed = [name for name in args.object if not stylize_object(name, args, engine_link, jobs, runs)]
+    except KeyboardInterrupt:
+        print("cancelled: interrupted; nothing was saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if failed:
+        print(f"error: {len(failed)} of {len(args.object)} object(s) failed ({', '.join(failed)}); "
+              "nothing was saved", file=sys.stderr)
+        return EXIT_ERROR
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
+    print(f"saved {out}", flush=True)
+    return 0
+
+
+def stylize_object(name: str, args, engine_link, jobs, runs) -> bool:
+    """Stylize one object; prints its outcome. True on success."""
+    request = runs.Request(
+        object_name=name, prompt=args.prompt, lock=tuple(args.lock), use_groups=args.use_groups,
+        preset=args.preset, iterations=args.iterations, seed=args.seed, device=args.device,
+        models=args.models, allow_download=args.allow_download, overrides=tuple(args.overrides))
+    run = runs.StyleRun(request)
+    try:
+        job = runs.start(run, threaded=False, listener=ProgressLines(name, jobs.load_events()))
+    except engine_link.user_errors() as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr)
+        return False
+    jobs.drain(job)
+    level, message = runs.conclude(job, run)
+    if level == 'ERROR':
+        print(f"error: {name}: {message}", file=sys.stderr)
+        return False
+    print(f"[{name}] {message} ({job.seconds:.1f} s)", flush=True)
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The add-on's operators. Thin: they read the panel into a :class:`runs.Request`, start a job, and
+report what came back. Every engine or add-on error ends as ``self.report({'ERROR'}, message)``.
+
+Locate parts and Stylize run in two ways:
+
+- ``invoke`` (a click in the UI): the engine runs on a worker thread; the operator stays modal,
+  drains the job's queue on a window timer (progress, live preview), and Esc cancels. Blender stays
+  responsive. The writeback happens when the job ends, inside this one operator, so one undo step
+  removes it.
+- ``execute`` (scripts, ``--background``): the same job, synchronously.
+"""
+
+
+import bpy
+from bpy.props import BoolProperty
+
+from . import engine_link, jobs, preferences, runs
+
+TIMER_SECONDS = 0.2
+
+
+def _user_errors():
+    return engine_link.user_errors()
+
+
+def _mesh_poll(cls, context) -> bool:
+    obj = context.active_object
+    if obj is None or obj.type != 'MESH':
+        cls.poll_message_set("Select a mesh object (it must be the active object)")
+        return False
+    if obj.mode == 'EDIT':
+        cls.poll_message_set("Leave Edit Mode first (Tab): Partstyle reads and writes the mesh in Object Mode")
+        return False
+    return True
+
+
+def _run_poll(cls, context) -> bool:
+    if not _mesh_poll(cls, context):
+        return False
+    job = jobs.current()
+    if job is not None:
+        cls.poll_message_set(f"{job.kind} is running on '{job.object_name}'; wait for it or cancel it (Esc)")
+        return False
+    state = engine_link.status()
+    if not state.ok:
+        cls.poll_message_set(state.summary())
+        return False
+    settings = context.scene.partstyle
+    if not settings.parts and not settings.prompt.strip():
+        cls.poll_message_set("Write a prompt (or add part rows) first")
+        return False
+    return True
+
+
+def request_from(context, *, styles: bool = True) -> runs.Request:
+    """The panel's state as a run request for the active object.
+
+    With part rows, the rows are the prompt (``part: style; ...``); without, the prompt field is.
+    ``styles=False`` (Locate parts) needs only the rows' part names.
+    """
+    settings = context.scene.partstyle
+    rows = list(settings.parts)
+    names = tuple(" ".join(row.part.split()) for row in rows)
+    for number, (name, row) in enumerate(zip(names, rows), 1):
+        if not name:
+            raise engine_link.AddonError(f"Row {number} has no part name; fill it in or remove the row.")
+        if styles and not row.style.strip():
+            raise engine_link.AddonError(f"Row {number} ({name}) has no style; write one or remove the row.")
+    prompt = settings.prompt
+    if rows and styles:
+        prompt = engine_link.load("prompt", light=True).format_pairs([(n, row.style) for n, row in zip(names, rows)])
+    return runs.Request(
+        object_name=context.active_object.name, prompt=prompt, part_names=names,
+        lock=tuple(n for n, row in zip(names, rows) if row.lock), use_groups=settings.use_vertex_groups,
+        preset=settings.preset, iterations=settings.iterations, seed=settings.seed,
+        overrides=tuple(settings.overrides.split()), swatches=tuple(tuple(row.color) for row in rows),
+        **preferences.effective(settings, context))
+
+
+def show_vertex_colors(context) -> None:
+    """Solid-shaded 3D views show the active color attribute (where the results are)."""
+    screen = getattr(context, "screen", None)
+    for area in screen.areas if screen else ():
+        for space in area.spaces:
+            if space.type == 'VIEW_3D' and space.shading.type == 'SOLID':
+                space.shading.color_type = 'VERTEX'
+
+
+def redraw(context) -> None:
+    screen = getattr(context, "screen", None)
+    for area in screen.areas if screen else ():
+        if area.type == 'VIEW_3D':
+            area.tag_redraw()
+
+
+class _RunOperator:
+    """Shared by Locate parts and Stylize: a job, synchronous or modal."""
+
+    bl_options = {'REGISTER', 'UNDO'}
+    run_class = runs.StyleRun
+    needs_styles = True
+
+    @classmethod
+    def poll(cls, context):
+        return _run_poll(cls, context)
+
+    def _start(self, context, threaded: bool):
+        try:
+            self._run = self.run_class(request_from(context, styles=self.needs_styles))
+            self._job = runs.start(self._run, threaded=threaded)
+        except _user_errors() as exc:
+            self.report({'ERROR'}, str(exc))
+            return False
+        return True
+
+    def execute(self, context):
+        if not self._start(context, threaded=False):
+            return {'CANCELLED'}
+        jobs.drain(self._job)
+        return self._finish(context)
+
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        if not self._start(context, threaded=True):
+            return {'CANCELLED'}
+        manager = context.window_manager
+        self._timer = manager.event_timer_add(TIMER_SECONDS, window=context.window)
+        manager.modal_handler_add(self)
+        return {'RUNNING_MODAL'}
+
+    def modal(self, context, event):
+        if event.type == 'ESC' and event.value == 'PRESS':
+            self._job.cancel()
+            return {'RUNNING_MODAL'}
+        if event.type != 'TIMER':
+            return {'PASS_THROUGH'}
+
+        def preview(preview_event):
+            self._run.preview(preview_event)
+            show_vertex_colors(context)
+
+        state = jobs.drain(self._job, preview)
+        redraw(context)
+        if state == jobs.RUNNING:
+            return {'PASS_THROUGH'}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._finish(context)
+
+    def cancel(self, context):
+        """Blender ends the modal run (a file is loaded, the window closes): stop and put back."""
+        context.window_manager.event_timer_remove(self._timer)
+        self._job.cancel()
+        if jobs.current() is self._job:  # else a new file was loaded: the object is gone already
+            jobs.release(self._job)
+            self._run.restore()
+
+    def _finish(self, context):
+        level, message = runs.conclude(self._job, self._run)
+        self.report({level}, message)
+        redraw(context)
+        if self._job.state == jobs.FINISHED and level != 'ERROR':
+            if not bpy.app.background:
+                show_vertex_colors(context)
+            return {'FINISHED'}
+        return {'CANCELLED'}
+
+
+class PARTSTYLE_OT_stylize(_RunOperator, bpy.types.Operator):
+    """Stylize the active object's parts from the prompt (Esc cancels)"""
+
+    bl_idname = "partstyle.stylize"
+    bl_label = "Stylize"
+    run_class = runs.StyleRun
+
+
+class PARTSTYLE_OT_locate(_RunOperator, bpy.types.Operator):
+    """Find the prompt's parts on the active object and store one part:<name> vertex group per part"""
+
+    bl_idname = "partstyle.locate"
+    bl_label = "Locate parts"
+    run_class = runs.LocateRun
+    needs_styles = False
+
+    @classmethod
+    def poll(cls, context):
+        if not _run_poll(cls, context):
+            return False
+        if context.scene.partstyle.use_vertex_groups:
+            cls.poll_message_set("'Use my vertex groups' is on: the parts come from your part:<name> groups")
+            return False
+        return True
+
+
+class PARTSTYLE_OT_cancel(bpy.types.Operator):
+    """Stop the running Partstyle job; the object is left as it was before"""
+
+    bl_idname = "partstyle.cancel"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        if jobs.current() is None:
+            cls.poll_message_set("Nothing is running")
+            return False
+        return True
+
+    def execute(self, context):
+        job = jobs.current()
+        job.cancel()
+        self.report({'INFO'}, f"Cancelling {job.kind} on '{job.object_name}'...")
+        return {'FINISHED'}
+
+
+class PARTSTYLE_OT_clear(bpy.types.Operator):
+    """Remove everything Partstyle wrote on the active object: colors, displacement, its modifier and material, part groups"""
+
+    bl_idname = "partstyle.clear"
+    bl_label = "Clear results"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    keep_groups: BoolProperty(name="Keep part groups", description="Leave the part:<name> vertex groups")
+
+    @classmethod
+    def poll(cls, context):
+        if not _mesh_poll(cls, context):
+            return False
+        job = jobs.current()
+        if job is not None and job.object_name == context.active_object.name:
+            cls.poll_message_set("A run is in progress on this object; cancel it first")
+            return False
+        return True
+
+    def execute(self, context):
+        removed = runs.clear(context.active_object, keep_groups=self.keep_groups)
+        self.report({'INFO'}, f"Removed {', '.join(removed)}." if removed else "Nothing to clear.")
+        return {'FINISHED'}

@@ -1,0 +1,136 @@
+"""The 3D Viewport sidebar tab "Partstyle". Draws only: every action is an operator."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import engine_link, jobs, nodes
+
+
+class PARTSTYLE_UL_parts(bpy.types.UIList):
+    """A part row: swatch, part, style, lock, and a button to see its weights."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
+        row = layout.row(align=True)
+        swatch = row.row(align=True)
+        swatch.ui_units_x = 1.2
+        swatch.prop(item, "color", text="")
+        row.prop(item, "part", text="", emboss=False)
+        row.prop(item, "style", text="")
+        row.prop(item, "lock", text="", icon='LOCKED' if item.lock else 'UNLOCKED', emboss=False)
+        paint = row.operator("partstyle.paint_part", text="", icon='GROUP_VERTEX', emboss=False)
+        paint.index = index
+
+
+class _Panel:
+    bl_space_type = 'VIEW_3D'
+    bl_region_type = 'UI'
+    bl_category = "Partstyle"
+
+
+class PARTSTYLE_PT_main(_Panel, bpy.types.Panel):
+    """The prompt and its part rows."""
+
+    bl_label = "Partstyle"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.partstyle
+        state = engine_link.status()
+        if not state.ok:
+            box = layout.box()
+            box.label(text="Engine not ready", icon='ERROR')
+            box.label(text=state.summary()[:120])
+            box.operator("partstyle.copy_install_command", icon='COPYDOWN')
+        obj = context.active_object
+        layout.label(text=f"Object: {obj.name}" if obj is not None and obj.type == 'MESH' else "Select a mesh object",
+                     icon='MESH_DATA' if obj is not None and obj.type == 'MESH' else 'INFO')
+        row = layout.row(align=True)
+        row.prop(settings, "prompt", text="")
+        row.operator("partstyle.parse_prompt", text="", icon='SORTALPHA')
+        row = layout.row()
+        row.template_list("PARTSTYLE_UL_parts", "", settings, "parts", settings, "active_part", rows=3)
+        col = row.column(align=True)
+        col.operator("partstyle.part_add", text="", icon='ADD')
+        col.operator("partstyle.part_remove", text="", icon='REMOVE')
+        if not settings.parts and settings.prompt.strip():
+            layout.label(text="No rows: the prompt is used as written.", icon='INFO')
+
+
+class PARTSTYLE_PT_parts(_Panel, bpy.types.Panel):
+    """Where the parts are: located, or the user's own vertex groups."""
+
+    bl_label = "Parts"
+    bl_parent_id = "PARTSTYLE_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.partstyle
+        layout.prop(settings, "use_vertex_groups")
+        row = layout.row(align=True)
+        row.operator("partstyle.locate", icon='VIEWZOOM')
+        row.operator("partstyle.show_parts", icon='COLOR')
+
+
+class PARTSTYLE_PT_stylize(_Panel, bpy.types.Panel):
+    """Settings of a run, the run itself, its progress."""
+
+    bl_label = "Stylize"
+    bl_parent_id = "PARTSTYLE_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.partstyle
+        col = layout.column()
+        col.use_property_split = True
+        col.prop(settings, "preset")
+        col.prop(settings, "iterations")
+        col.prop(settings, "seed")
+        col.prop(settings, "device")
+        col.prop(settings, "models")
+        if settings.models == 'folder':
+            col.prop(settings, "model_folder")
+        col.prop(settings, "overrides")
+        job = jobs.current()
+        if job is None:
+            layout.operator("partstyle.stylize", icon='BRUSH_DATA')
+            return
+        box = layout.box()
+        box.label(text=f"{job.kind}: {job.object_name}", icon='TIME')
+        label = "Cancelling..." if job.cancelling else job.progress.text()
+        if job.progress.total:
+            box.progress(factor=job.progress.fraction, type='BAR', text=label)
+        else:
+            box.label(text=label)
+        box.operator("partstyle.cancel", icon='CANCEL')
+
+
+class PARTSTYLE_PT_results(_Panel, bpy.types.Panel):
+    """The displacement strength and Clear results."""
+
+    bl_label = "Results"
+    bl_parent_id = "PARTSTYLE_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        obj = context.active_object
+        modifier = nodes.displace_modifier(obj) if obj is not None and obj.type == 'MESH' else None
+        key = nodes.strength_key(modifier) if modifier is not None else None
+        if key is not None:
+            layout.prop(modifier, f'["{key}"]', text="Displacement strength")
+        else:
+            layout.label(text="No result on this object yet.")
+        layout.operator("partstyle.clear", icon='TRASH')
+
+
+classes = (PARTSTYLE_UL_parts, PARTSTYLE_PT_main, PARTSTYLE_PT_parts, PARTSTYLE_PT_stylize, PARTSTYLE_PT_results)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,91 @@
+"""The add-on's settings on the Scene (``scene.partstyle``): the prompt, its part rows, the run.
+
+Everything here is saved with the .blend file. Device and models may say "As in Preferences" to
+follow the add-on's preferences.
+"""
+
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatVectorProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+from .runs import PALETTE, PRESETS
+
+PRESET_HELP = {
+    "fast": "CPU-friendly: 300 iterations, 3 views, few crops",
+    "faithful": "3DStyleGLIP's schedule: 1500 iterations, grounding-space part loss (GPU)",
+    "text2mesh": "Text2Mesh's schedule: 1500 iterations, 5 views, many crops (GPU)",
+    "preview": "A first look in about a minute: 60 iterations, 2 views",
+}
+DEVICE_ITEMS = [
+    ('auto', "Auto", "The GPU when PyTorch sees one, else the CPU"),
+    ('cpu', "CPU", "Always the CPU"),
+    ('cuda', "CUDA", "An NVIDIA GPU (needs a CUDA build of PyTorch)"),
+]
+MODEL_ITEMS = [
+    ('tiny', "Tiny (offline)", "The small models shipped with Partstyle: a small vocabulary, no download"),
+    ('default', "Hub default", "The real CLIP and Grounding DINO from the Hugging Face cache (downloads if allowed)"),
+    ('folder', "Local folder", "Models in a folder on this computer"),
+]
+_FOLLOW = ('PREFERENCES', "As in Preferences", "Use the add-on's preferences")
+
+
+def _palette_color(index: int) -> tuple[float, float, float]:
+    return PALETTE[index % len(PALETTE)]
+
+
+class PARTSTYLE_PG_part(bpy.types.PropertyGroup):
+    """One row: a part of the object and the style it should get."""
+
+    part: StringProperty(name="Part", description="The part's name, e.g. 'shade' (its vertex group is part:<name>)")
+    style: StringProperty(name="Style", description="The look of this part, e.g. 'woven linen'")
+    lock: BoolProperty(name="Lock", description="Keep this part's current result while restyling the others")
+    color: FloatVectorProperty(name="Swatch", subtype='COLOR', size=3, min=0.0, max=1.0, default=(0.8, 0.1, 0.1),
+                               description="The color this part's weights are shown in (Show parts)")
+
+
+class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
+    """The panel's state, saved with the scene."""
+
+    prompt: StringProperty(
+        name="Prompt", description="Styles per part, e.g. 'pottery base, gold tube, linen shade', "
+        "or one style for the whole object, e.g. 'a lamp made of gold'")
+    parts: CollectionProperty(type=PARTSTYLE_PG_part)
+    active_part: IntProperty(name="Active part", default=0)
+    use_vertex_groups: BoolProperty(
+        name="Use my vertex groups", description="Take the parts from the part:<name> vertex groups "
+        "(painted or located earlier) instead of finding them with the grounding model")
+    preset: EnumProperty(name="Preset", items=[(p, p.capitalize(), PRESET_HELP.get(p, p)) for p in PRESETS],
+                         default="fast")
+    iterations: IntProperty(name="Iterations", min=0, max=100000, default=0,
+                            description="Optimization steps; 0 keeps the preset's")
+    seed: IntProperty(name="Seed", min=0, default=0, description="Same seed, same result on the same machine")
+    device: EnumProperty(name="Device", items=[_FOLLOW] + DEVICE_ITEMS, default='PREFERENCES')
+    models: EnumProperty(name="Models", items=[_FOLLOW] + MODEL_ITEMS, default='PREFERENCES')
+    model_folder: StringProperty(name="Model folder", subtype='DIR_PATH',
+                                 description="Folder with clip/ and grounding/ model folders (Models: Local folder)")
+    overrides: StringProperty(
+        name="Settings", description="Extra engine settings as key=value separated by spaces, e.g. "
+        "'views.count=2 optim.learning_rate=0.002' (see the engine's settings list)")
+
+    def add_row(self, part: str = "", style: str = "") -> PARTSTYLE_PG_part:
+        row = self.parts.add()
+        row.part, row.style = part, style
+        row.color = _palette_color(len(self.parts) - 1)
+        self.active_part = len(self.parts) - 1
+        return row
+
+
+classes = (PARTSTYLE_PG_part, PARTSTYLE_PG_settings)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.partstyle = PointerProperty(type=PARTSTYLE_PG_settings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.partstyle
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,292 @@
+"""What one click (or one headless object) runs: the request, the engine call, and the writeback.
+
+A run has four steps, and only one of them leaves the main thread:
+
+1. ``prepare()`` (main thread): read the object into arrays, check the prompt and the parts, snapshot
+   what a live preview may change. Errors here are reported before anything starts.
+2. ``work(on_event, cancel)`` (worker thread or synchronous): the engine's door, nothing else; it
+   sees numpy arrays and plain values, never ``bpy``.
+3. ``preview(event)`` (main thread, while running): the object's colors from a PreviewEvent.
+4. ``apply(result)`` or ``restore()`` (main thread, at the end): the writeback in one go, or the
+   object put back as it was. :func:`conclude` picks one and says what happened.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import bridge, engine_link, jobs, nodes
+
+UP_AXIS = "views.up_axis=z"  # Blender's frame: Z up, front view looking along +Y
+PRESETS = ("fast", "faithful", "text2mesh", "preview")  # engine.config.PRESETS (a test keeps them equal)
+PALETTE = ((0.8, 0.1, 0.1), (0.1, 0.5, 0.9), (0.95, 0.75, 0.05), (0.2, 0.7, 0.2), (0.6, 0.2, 0.8),
+           (0.95, 0.45, 0.1), (0.1, 0.8, 0.8), (0.9, 0.3, 0.6))  # linear RGB, one per part row
+_stores: dict = {}
+
+
+@dataclass
+class Request:
+    """Everything a run needs, in plain values (built from the panel or from the command line).
+
+    Attributes:
+        object_name: the mesh object, by name.
+        prompt: what the engine parses: ``part: style; ...`` or one style for the whole object.
+        part_names: the parts to locate (default: the prompt's).
+        lock: parts that keep the object's current Partstyle result.
+        use_groups: parts come from the ``part:<name>`` vertex groups instead of grounding.
+        iterations: 0 keeps the preset's.
+        models: ``tiny``, ``default`` or a folder; ``allow_download`` only matters for ``default``.
+        overrides: ``key=value`` settings (``python -m engine settings`` lists them).
+        swatches: linear RGB per part, in prompt order, for the parts view.
+    """
+
+    object_name: str
+    prompt: str
+    part_names: tuple[str, ...] = ()
+    lock: tuple[str, ...] = ()
+    use_groups: bool = False
+    preset: str = "fast"
+    iterations: int = 0
+    seed: int = 0
+    device: str = "auto"
+    models: str = "tiny"
+    allow_download: bool = False
+    overrides: tuple[str, ...] = ()
+    swatches: tuple[tuple[float, float, float], ...] = field(default_factory=tuple)
+
+    def settings(self, *, live: bool = True):
+        """The engine's Settings: the preset, then seed, iterations, Blender's up axis, overrides.
+
+        ``live``: previews about every 20th of the run (at most the preset's interval); without
+        (synchronous runs) none, as nobody would see them.
+        """
+        config = engine_link.load("config", light=True)
+        base = config.settings_for(self.preset)
+        total = self.iterations or base.optim.iterations
+        preview = max(1, min(base.run.preview_every or 1, total // 20)) if live else 0
+        assignments = [f"run.seed={self.seed}", UP_AXIS, f"run.preview_every={preview}"]
+        if self.iterations:
+            assignments.append(f"optim.iterations={self.iterations}")
+        return config.settings_for(self.preset, assignments + list(self.overrides))
+
+    def parsed_prompt(self):
+        """The prompt parsed by the engine's grammar (raises its PromptError)."""
+        return engine_link.load("prompt", light=True).parse_prompt(self.prompt)
+
+    def swatch(self, k: int) -> tuple[float, float, float]:
+        return tuple(self.swatches[k]) if k < len(self.swatches) else PALETTE[k % len(PALETTE)]
+
+
+def model_store(source: str, allow_download: bool):
+    """One ModelStore per source for the Blender session, so models load once (worker thread)."""
+    key = (source, allow_download)
+    if key not in _stores:
+        _stores[key] = engine_link.load("models").ModelStore(source, allow_download=allow_download)
+    return _stores[key]
+
+
+def _engine_mesh(obj, notices: list[str]):
+    """The object's base mesh as the engine's Mesh; repairs (dropped faces) become notices."""
+    vertices, faces = bridge.mesh_arrays(obj)
+    mesh_module = engine_link.load("mesh", light=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mesh = mesh_module.mesh_from_arrays(vertices, faces, name=obj.name)
+    notices += [str(w.message) for w in caught]
+    return mesh
+
+
+class StyleRun:
+    """Stylize one object: colors, displacement and (when grounding found them) part groups."""
+
+    kind = "Stylize"
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.notices: list[str] = []
+
+    def prepare(self, *, live: bool = True) -> "StyleRun":
+        r = self.request
+        obj = bridge.mesh_object(r.object_name)
+        self.settings = r.settings(live=live)
+        self.parsed = r.parsed_prompt()
+        self.mesh = _engine_mesh(obj, self.notices)
+        self.parts = None
+        if r.use_groups and not self.parsed.is_holistic:
+            groups = bridge.read_groups(obj, list(self.parsed.parts))
+            self.parts = engine_link.load("parts", light=True).PartWeights.from_vertex_groups(
+                groups, self.mesh.num_vertices)
+        colors = engine_link.load("colors", light=True)
+        self.previous = None
+        if r.lock:
+            linear = bridge.read_color(obj.data, bridge.COLOR_ATTRIBUTE)
+            if linear is None:
+                raise engine_link.AddonError(
+                    f"Nothing to keep for the locked part(s) {', '.join(r.lock)}: '{obj.name}' has no Partstyle "
+                    "result yet. Stylize once without locks first.")
+            shift = bridge.read_float(obj.data, bridge.DISPLACEMENT_ATTRIBUTE)
+            self.previous = (colors.linear_to_srgb(linear), np.zeros(len(linear), np.float32) if shift is None else shift)
+        user = bridge.user_colors(obj.data)
+        self.base_colors = None if user is None else colors.linear_to_srgb(user)
+        self.snapshot = bridge.ColorSnapshot(obj.data)
+        return self
+
+    def work(self, on_event, cancel):
+        """The engine's stylize (worker thread: no bpy)."""
+        api = engine_link.load("api")
+        r = self.request
+        previous = None
+        if self.previous is not None:
+            prompt = engine_link.load("prompt", light=True)
+            previous = api.StyleResult(self.mesh, prompt.StylePrompt(holistic_style="previous"),
+                                       self.previous[0], self.previous[1], self.settings)
+        return api.stylize(
+            self.mesh, self.parsed, settings=self.settings, models=model_store(r.models, r.allow_download),
+            device=r.device, parts=self.parts, lock=tuple(bridge.normalize_part(p) for p in r.lock),
+            previous=previous, base_colors=self.base_colors, on_event=on_event, cancel=cancel)
+
+    def _target(self):
+        obj = bridge.mesh_object(self.request.object_name)
+        if len(obj.data.vertices) != self.mesh.num_vertices:
+            raise engine_link.AddonError(
+                f"'{obj.name}' now has {len(obj.data.vertices)} vertices instead of {self.mesh.num_vertices}: "
+                "it was edited during the run, so the result no longer fits. Run again.")
+        return obj
+
+    def preview(self, event) -> None:
+        """Live preview: the object's Partstyle colors from an in-between result."""
+        try:
+            obj = self._target()
+        except engine_link.AddonError:
+            return  # the end of the run reports it
+        colors = engine_link.load("colors", light=True)
+        bridge.write_color(obj.data, bridge.COLOR_ATTRIBUTE, colors.srgb_to_linear(event.colors_srgb))
+
+    def apply(self, result) -> str:
+        """The writeback: colors, displacement + modifier, material if none, located part groups."""
+        obj = self._target()
+        mesh = obj.data
+        bridge.write_color(mesh, bridge.COLOR_ATTRIBUTE, result.colors_linear)
+        bridge.write_float(mesh, bridge.DISPLACEMENT_ATTRIBUTE, result.displacement)
+        nodes.ensure_modifier(obj)
+        nodes.ensure_material(obj)
+        if result.parts is not None and self.parts is None:
+            names = list(result.parts.names)
+            bridge.write_groups(obj, names, result.parts.weights[:, : len(names)])
+        obj.data.update()
+        obj.update_tag()
+        steps = result.record.get("steps", 0)
+        return f"Stylized '{obj.name}': {steps} iterations on {result.record.get('device', '?')}."
+
+    def restore(self) -> None:
+        self.snapshot.restore()
+
+
+class LocateRun:
+    """Locate the prompt's parts on one object: one ``part:<name>`` vertex group per part."""
+
+    kind = "Locate parts"
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.notices: list[str] = []
+
+    def prepare(self, *, live: bool = True) -> "LocateRun":
+        r = self.request
+        obj = bridge.mesh_object(r.object_name)
+        self.settings = r.settings(live=live)
+        if r.part_names:
+            self.names = [bridge.normalize_part(p) for p in r.part_names]
+        else:
+            parsed = r.parsed_prompt()
+            if parsed.is_holistic:
+                raise engine_link.AddonError(
+                    f"'{r.prompt}' describes the whole object and names no parts; write one row per part "
+                    "(or a prompt such as 'pottery base, linen shade') to locate parts.")
+            self.names = list(parsed.parts)
+        self.mesh = _engine_mesh(obj, self.notices)
+        return self
+
+    def work(self, on_event, cancel):
+        """The engine's locate_parts (worker thread: no bpy)."""
+        r = self.request
+        return engine_link.load("api").locate_parts(
+            self.mesh, self.names, settings=self.settings, models=model_store(r.models, r.allow_download),
+            device=r.device, on_event=on_event, cancel=cancel).weights
+
+    def preview(self, event) -> None:
+        """Localization sends no previews."""
+
+    def apply(self, weights) -> str:
+        obj = bridge.mesh_object(self.request.object_name)
+        if len(obj.data.vertices) != self.mesh.num_vertices:
+            raise engine_link.AddonError(f"'{obj.name}' was edited during the run; locate its parts again.")
+        k = len(weights.names)
+        bridge.write_groups(obj, list(weights.names), weights.weights[:, :k])
+        swatches = np.array([self.request.swatch(i) for i in range(k)], np.float32)
+        bridge.write_color(obj.data, bridge.PARTS_ATTRIBUTE, bridge.parts_colors(weights.weights, swatches))
+        labels = weights.labels()
+        counts = ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(weights.names))
+        return f"Located parts on '{obj.name}' (vertices per part: {counts}; rest {int((labels < 0).sum())})."
+
+    def restore(self) -> None:
+        """Nothing was written before the end."""
+
+
+def conclude(job: jobs.Job, run) -> tuple[str, str]:
+    """Apply or restore after the job ended; returns a report ``(level, message)``. Releases the job."""
+    jobs.release(job)
+    notices = run.notices + job.notices
+    if job.state == jobs.FINISHED:
+        try:
+            message = run.apply(job.result)
+        except engine_link.user_errors() as exc:
+            run.restore()
+            return 'ERROR', str(exc)
+        return ('WARNING', message + " Notes: " + " ".join(notices)) if notices else ('INFO', message)
+    run.restore()
+    if job.state == jobs.CANCELLED:
+        return 'WARNING', f"{run.kind} cancelled; '{job.object_name}' is as it was before."
+    error = job.error
+    if isinstance(error, engine_link.user_errors()):
+        return 'ERROR', str(error)
+    return 'ERROR', (f"{run.kind} failed ({type(error).__name__}: {error}); '{job.object_name}' is unchanged. "
+                     "Details are in the system console.")
+
+
+def start(run, *, threaded: bool, listener=None) -> jobs.Job:
+    """Prepare ``run`` and start its job (registered as the running one); previews only when ``threaded``."""
+    run.prepare(live=threaded)
+    job = jobs.Job(run.kind, run.request.object_name, run.work, listener=listener)
+    return jobs.claim(job).start(threaded=threaded)
+
+
+def show_parts(obj, parts: list[str], swatches) -> str:
+    """Paint the ``Partstyle Parts`` colors from the ``part:<name>`` groups, one swatch per part."""
+    groups = bridge.read_groups(obj, parts)
+    weights = np.stack([groups[bridge.normalize_part(p)] for p in parts], 1)
+    total = weights.sum(1, keepdims=True)
+    weights = np.where(total > 1.0, weights / np.maximum(total, 1e-12), weights)
+    weights = np.concatenate([weights, np.clip(1.0 - weights.sum(1, keepdims=True), 0.0, 1.0)], 1)
+    bridge.write_color(obj.data, bridge.PARTS_ATTRIBUTE, bridge.parts_colors(weights, np.asarray(swatches, np.float32)))
+    return f"Showing {len(parts)} part(s) of '{obj.name}' in their row colors."
+
+
+def clear(obj, *, keep_groups: bool = False) -> list[str]:
+    """Remove everything the add-on wrote on ``obj``; returns what was removed, for the report."""
+    mesh = obj.data
+    removed = [name for name in bridge.OUR_ATTRIBUTES if bridge.remove_attribute(mesh, name)]
+    bridge.give_back_active_color(mesh)
+    if nodes.remove_modifier(obj):
+        removed.append(f"modifier {nodes.MODIFIER_NAME}")
+    if nodes.remove_material(obj):
+        removed.append(f"material {nodes.MATERIAL_NAME}")
+    if not keep_groups:
+        for name in list(bridge.part_groups(obj).values()):
+            obj.vertex_groups.remove(obj.vertex_groups[name])
+            removed.append(f"group {name}")
+    mesh.update()
+    return removed
