@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
+from .training.commands import add_training_commands
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
@@ -85,13 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_eval_localization, up_axis=None)
 
-    p = sub.add_parser("train-tiny-clip", help="train the shipped tiny CLIP on synthetic renders (CPU, ~30 min)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny", "clip"),
-                   help="where to write model.safetensors, config and tokenizer (default: the shipped location)")
-    p.add_argument("--steps", type=int, default=1200, help="training steps of 64 images (default 1200)")
-    p.add_argument("--minutes", type=float, default=120.0, help="stop earlier when this time is spent")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=cmd_train_tiny_clip)
+    add_training_commands(sub)
 
     p = sub.add_parser("info", help="versions, devices and which models are present")
     p.set_defaults(handler=cmd_info)
@@ -260,36 +255,6 @@ def cmd_eval_localization(args: argparse.Namespace) -> int:
     for score in scores:
         parts = ", ".join(f"{name} {value:.3f}" for name, value in score.iou.items()) or score.error
         print(f"{score.sample:<8} {score.source:<8} {score.miou:>6.3f}  {parts}")
-    return 0
-
-
-def cmd_train_tiny_clip(args: argparse.Namespace) -> int:
-    import json
-    import time
-
-    from tqdm import tqdm
-
-    from .training.train_clip import color_accuracy, save_clip, train_tiny_clip
-
-    bar = tqdm(total=args.steps, unit="step", file=sys.stderr, dynamic_ncols=True)
-
-    def progress(step: int, loss: float, seconds: float) -> None:
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        bar.update(step - bar.n)
-
-    started = time.perf_counter()
-    model, tokenizer, steps, loss = train_tiny_clip(seed=args.seed, minutes=args.minutes, max_steps=args.steps,
-                                                    on_progress=progress)
-    bar.close()
-    trained = time.perf_counter() - started
-    accuracy = color_accuracy(model, tokenizer)
-    save_clip(model, tokenizer, args.out)
-    record = {"seed": args.seed, "steps": steps, "batch": 64, "seconds": round(trained, 1),
-              "final_loss": round(loss, 4), "held_out_color_accuracy": accuracy}
-    with open(os.path.join(args.out, "training.json"), "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=2)
-    print(f"trained {steps} steps in {trained / 60:.1f} min, loss {loss:.3f}; "
-          f"held-out zero-shot color accuracy {accuracy:.1%}; wrote {args.out}")
     return 0
 
 

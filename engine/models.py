@@ -1,9 +1,9 @@
 """The model store: resolves a model source to loaded models. The only place that may download.
 
 Sources:
-- ``tiny``: the project's own small models: the CLIP trained on the project's synthetic renders
-  and shipped in ``engine/assets/tiny/`` (see docs/training.md), the rest built in code; never
-  touches the network.
+- ``tiny``: the project's own small models, CLIP and Grounding DINO, trained on the project's
+  synthetic renders and shipped in ``engine/assets/tiny/`` (see docs/training.md); where a folder
+  is missing, the untrained model of the same kind is built in code. Never touches the network.
 - ``default``: the real models by hub id (:data:`DEFAULT_CLIP`, :data:`DEFAULT_GROUNDING`), taken
   from the local Hugging Face cache; downloaded only when the store was created with
   ``allow_download=True``.
@@ -43,6 +43,8 @@ FETCH_COMMAND = "python -m engine fetch-models"
 # The tiny CLIP trained by `python -m engine train-tiny-clip`, shipped with the engine; where it is
 # missing, `tiny` falls back to the untrained tiny CLIP built in code.
 TINY_CLIP_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny", "clip")
+# The tiny Grounding DINO trained by `python -m engine train-tiny-grounding`, likewise.
+TINY_GROUNDING_FOLDER = os.path.join(os.path.dirname(TINY_CLIP_FOLDER), "grounding")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
 
 
@@ -130,6 +132,8 @@ class ModelStore:
 
     def _load_grounding(self) -> GroundingBundle:
         if self.source == "tiny":
+            if os.path.isfile(os.path.join(TINY_GROUNDING_FOLDER, "model.safetensors")):
+                return load_grounding_folder(TINY_GROUNDING_FOLDER, name="tiny")
             from .tiny_models import build_tiny_grounding_dino
 
             model, tokenizer = build_tiny_grounding_dino()

@@ -137,12 +137,26 @@ def tiny_bert_vocabulary(words: tuple[str, ...] = TINY_VOCABULARY) -> dict[str, 
     return vocab
 
 
-def build_tiny_grounding_dino(seed: int = 0):
+def build_tiny_grounding_dino(
+    seed: int = 0,
+    *,
+    embed_dim: int = 16,
+    depths: tuple[int, int, int, int] = (1, 1, 1, 1),
+    text_hidden_size: int = 32,
+    text_layers: int = 1,
+    d_model: int = 32,
+    encoder_layers: int = 1,
+    decoder_layers: int = 2,
+    ffn_dim: int = 64,
+    heads: int = 2,
+    num_queries: int = 30,
+):
     """A small randomly initialized ``GroundingDinoForObjectDetection`` and its BERT tokenizer.
 
     Same architecture family as grounding-dino-tiny (Swin backbone with three output stages plus one
-    extra level, BERT text encoder, two-stage deformable encoder-decoder), with a few layers of
-    width 32. ``two_stage=True``, so the outputs hold the encoder's dense proposals
+    extra level, BERT text encoder, two-stage deformable encoder-decoder), small: by default a few
+    layers of width 32 (the sizes are keyword arguments; ``d_model`` must be a multiple of 32 and
+    ``decoder_layers`` at least 2). ``two_stage=True``, so the outputs hold the encoder's dense proposals
     (``enc_outputs_class`` [N, S, 256], ``enc_outputs_coord_logits`` [N, S, 4]) beside the decoder's
     ``num_queries`` = 30 queries (``logits`` [N, 30, 256], ``pred_boxes`` [N, 30, 4]). Images need
     at least 30 dense positions (about 96 px and up).
@@ -157,9 +171,9 @@ def build_tiny_grounding_dino(seed: int = 0):
     config = GroundingDinoConfig(
         backbone_config=dict(
             model_type="swin",
-            embed_dim=16,
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 2, 2],
+            embed_dim=embed_dim,
+            depths=list(depths),
+            num_heads=[1, 1, 2, 2] if embed_dim <= 16 else [1, 2, 4, 4],
             window_size=4,
             image_size=224,
             out_indices=[2, 3, 4],
@@ -167,23 +181,23 @@ def build_tiny_grounding_dino(seed: int = 0):
         text_config=dict(
             model_type="bert",
             vocab_size=len(vocab),
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
+            hidden_size=text_hidden_size,
+            num_hidden_layers=text_layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * text_hidden_size,
             max_position_embeddings=256,
             pad_token_id=vocab["[PAD]"],
         ),
-        d_model=32,  # GroupNorm(32, d_model) in the input projections: a multiple of 32
-        encoder_layers=1,
-        decoder_layers=2,  # the library needs at least 2
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
+        d_model=d_model,  # GroupNorm(32, d_model) in the input projections: a multiple of 32
+        encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers,  # the library needs at least 2
+        encoder_ffn_dim=ffn_dim,
+        decoder_ffn_dim=ffn_dim,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
         encoder_n_points=2,
         decoder_n_points=2,
-        num_queries=30,
+        num_queries=num_queries,
         max_text_len=256,
         two_stage=True,
     )

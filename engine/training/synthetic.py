@@ -89,9 +89,9 @@ class Scene:
     part_phrases: tuple[str, ...]
 
 
-def random_scene(generator: torch.Generator) -> Scene:
-    """An object with a color (and pattern) per part, captioned like the prompts guidance scores."""
-    names = PART_OBJECTS + PRIMITIVES
+def random_scene(generator: torch.Generator, objects: tuple[str, ...] = PART_OBJECTS + PRIMITIVES) -> Scene:
+    """One of ``objects`` with a color (and pattern) per part, captioned like the prompts guidance scores."""
+    names = objects
     mesh = scene_mesh(names[int(torch.randint(len(names), (1,), generator=generator))])
     color_names = list(COLORS)
     same = len(mesh.part_names) == 1 or float(torch.rand((), generator=generator)) < 0.35
