@@ -62,11 +62,31 @@ class EngineStatus:
         return ", ".join(f"{name} {version}" for name, version in self.versions.items())
 
 
+def _modules_folder() -> str | None:
+    """Blender's user ``scripts/modules`` folder: on ``sys.path`` in every Blender session."""
+    try:
+        import bpy
+
+        return bpy.utils.user_resource('SCRIPTS', path="modules", create=False)
+    except Exception:  # not inside Blender, or no user folder
+        return None
+
+
 def install_command() -> str:
-    """The command that installs the engine's dependencies into the Python running Blender."""
+    """The command that installs the engine's dependencies for the Python running Blender.
+
+    Packages go to Blender's user ``scripts/modules`` folder (Blender's own site-packages is often
+    read-only, and Blender ignores the user site-packages); numpy is pinned to the version Blender
+    already has, so pip does not pull another one next to it.
+    """
     python = sys.executable or "python"
-    packages = " ".join(f'"{p}"' if any(c in p for c in "<>=,") else p for p in PIP_PACKAGES)
-    return f'"{python}" -m pip install {packages}'
+    packages = list(PIP_PACKAGES)
+    numpy_version = _version("numpy")
+    if numpy_version:
+        packages.append(f"numpy=={numpy_version}")
+    quoted = " ".join(f'"{p}"' if any(c in p for c in "<>=,") else p for p in packages)
+    target = _modules_folder()
+    return f'"{python}" -m pip install' + (f' --target "{target}"' if target else "") + f" {quoted}"
 
 
 def _engine_candidates() -> list[str]:

@@ -246,6 +246,10 @@ def conclude(job: jobs.Job, run) -> tuple[str, str]:
         except engine_link.user_errors() as exc:
             run.restore()
             return 'ERROR', str(exc)
+        except Exception as exc:  # a bug in the writeback: say so, keep the details for the console
+            jobs.log.error("Partstyle %s: writing the result failed", run.kind, exc_info=exc)
+            run.restore()
+            return 'ERROR', f"{run.kind}: writing the result failed ({type(exc).__name__}: {exc}); see the console."
         return ('WARNING', message + " Notes: " + " ".join(notices)) if notices else ('INFO', message)
     run.restore()
     if job.state == jobs.CANCELLED:

@@ -175,7 +175,7 @@ def test_rerun_replaces_and_clear_restores_the_users_data(scene):
     set_panel()
     assert bpy.ops.partstyle.stylize() == {'FINISHED'}
     bpy.context.scene.partstyle.seed = SEED + 1
-    assert bpy.ops.partstyle.stylize() == {'FINISHED'}
+    assert bpy.ops.partstyle.stylize('INVOKE_DEFAULT') == {'FINISHED'}  # --background: invoke runs synchronously
     after = object_state(obj)
     ours = {bridge.COLOR_ATTRIBUTE, bridge.DISPLACEMENT_ATTRIBUTE}
     assert set(after["attributes"]) - set(before["attributes"]) == ours
@@ -255,3 +255,143 @@ def test_results_survive_save_and_reload(scene, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=path)
     assert_same_state(saved, object_state(bpy.data.objects["Lamp"]))
     assert bpy.context.scene.partstyle.prompt == PROMPT and len(bpy.context.scene.partstyle.parts) == 3
+
+
+def test_drain_handles_events_results_errors_and_cancel_without_timers():
+    from engine.errors import PromptError
+    from engine.events import NoticeEvent, PreviewEvent, StageEvent, StepEvent
+
+    def work(on_event, cancel):
+        on_event(StageEvent("loading models"))
+        for step in (1, 2, 3):
+            on_event(StepEvent(step, 3, {"total": 0.5}, 1e-3, 0.1 * step, 0.1 * (3 - step)))
+            on_event(PreviewEvent(step, 3, np.full((4, 3), step, np.float32), np.zeros(4, np.float32)))
+        on_event(NoticeEvent("a skipped step"))
+        return "result"
+
+    job = jobs.Job("Stylize", "Lamp", work).start(threaded=False)
+    assert job.state == jobs.RUNNING, "nothing happens on the main thread before drain"
+    previews = []
+    assert jobs.drain(job, previews.append) == jobs.FINISHED
+    assert [p.step for p in previews] == [3], "only the newest preview is shown"
+    assert job.result == "result" and job.notices == ["a skipped step"]
+    assert (job.progress.step, job.progress.total, job.progress.fraction) == (3, 3, 1.0)
+
+    def failing(on_event, cancel):
+        raise PromptError("phrase 2 is empty")
+
+    job = jobs.Job("Stylize", "Lamp", failing).start(threaded=True)
+    job.thread.join(10)
+    assert jobs.drain(job) == jobs.FAILED and str(job.error) == "phrase 2 is empty"
+
+    def waiting(on_event, cancel):
+        while True:
+            cancel.raise_if_cancelled()
+            time.sleep(0.005)
+
+    job = jobs.Job("Stylize", "Lamp", waiting).start(threaded=True)
+    assert jobs.drain(job) == jobs.RUNNING
+    job.cancel()
+    assert job.cancelling
+    job.thread.join(10)
+    assert jobs.drain(job) == jobs.CANCELLED
+
+
+def test_missing_dependencies_are_explained(monkeypatch):
+    state = engine_link.EngineStatus("engine", {"numpy": "1.26.4"}, ("torch", "transformers"))
+    assert not state.ok
+    assert "needs torch, transformers" in state.summary() and "-m pip install" in state.summary()
+    assert "reinstall" in engine_link.EngineStatus("").summary()
+    monkeypatch.setattr(engine_link, "status", lambda: state)
+    with pytest.raises(engine_link.AddonError, match="needs torch"):
+        engine_link.load("api")
+    assert engine_link.load("prompt", light=True).parse_prompt("red base, blue shade").parts == ("base", "shade")
+
+
+class _Layout:
+    """Records what a draw function asks for and checks that every property and operator exists."""
+
+    def __init__(self, calls):
+        self.calls, self.use_property_split, self.ui_units_x = calls, False, 0
+
+    def _child(self, *args, **kwargs):
+        return _Layout(self.calls)
+
+    row = column = box = split = _child
+
+    def prop(self, data, name, **kwargs):
+        base = name.split("[")[0]
+        assert base == "" or base in data.bl_rna.properties.keys(), f"no property {name!r} on {data}"
+        self.calls.append(("prop", name))
+
+    def operator(self, idname, **kwargs):
+        group, name = idname.split(".")
+        assert hasattr(getattr(bpy.ops, group), name), f"no operator {idname}"
+        self.calls.append(("operator", idname))
+        return type("Props", (), {})()
+
+    def label(self, **kwargs):
+        self.calls.append(("label", kwargs.get("text", "")))
+
+    def progress(self, **kwargs):
+        self.calls.append(("progress", kwargs["factor"], kwargs["text"]))
+
+    def template_list(self, list_type, list_id, data, prop, active_data, active_prop, **kwargs):
+        assert prop in data.bl_rna.properties.keys() and active_prop in active_data.bl_rna.properties.keys()
+        self.calls.append(("list", prop))
+
+
+def _draw(panel_class, context, **attributes):
+    calls = []
+    panel = type("Fake", (), {"layout": _Layout(calls), **attributes})()
+    panel_class.draw(panel, context)
+    return calls
+
+
+def test_panels_and_preferences_draw_existing_properties(scene):
+    from addon import panels, preferences
+
+    obj = make_lamp()
+    set_panel()
+    assert bpy.ops.partstyle.stylize() == {'FINISHED'}
+    context = bpy.context
+    calls = [c for p in panels.classes[1:] for c in _draw(p, context)]
+    assert ("operator", "partstyle.stylize") in calls and ("operator", "partstyle.locate") in calls
+    assert ("prop", f'["{nodes.strength_key(nodes.displace_modifier(obj))}"]') in calls
+    job = jobs.claim(jobs.Job("Stylize", "Lamp", lambda on_event, cancel: None))
+    try:
+        job.progress.step, job.progress.total, job.progress.eta = 30, 300, 65
+        calls = _draw(panels.PARTSTYLE_PT_stylize, context)
+        assert ("progress", 0.1, "30/300, 1:05 left") in calls and ("operator", "partstyle.cancel") in calls
+    finally:
+        jobs.release(job)
+    row = bpy.context.scene.partstyle.parts[0]
+    panels.PARTSTYLE_UL_parts.draw_item(None, context, _Layout(calls := []), None, row, 0, None, "", 0)
+    assert ("prop", "style") in calls and ("operator", "partstyle.paint_part") in calls
+    prefs = {"model_source": 'folder', "model_folder": "", "allow_download": True, "device": 'auto',
+             "bl_rna": preferences.PARTSTYLE_AP_preferences.bl_rna}
+    calls = _draw(preferences.PARTSTYLE_AP_preferences, context, **prefs)
+    assert any(c[0] == "label" and "torch" in c[1] for c in calls)
+    assert any(c[0] == "label" and "Online Access" in c[1] for c in calls)
+
+
+def test_locked_part_keeps_its_earlier_result(scene):
+    obj = make_lamp()
+    settings = set_panel()
+    settings.parts[0].lock = True  # base
+    with pytest.raises(RuntimeError, match="Nothing to keep for the locked part"):
+        bpy.ops.partstyle.stylize()
+    settings.parts[0].lock = False
+    assert bpy.ops.partstyle.stylize() == {'FINISHED'}
+    first = bridge.read_color(obj.data, bridge.COLOR_ATTRIBUTE).copy()
+    first_shift = bridge.read_float(obj.data, bridge.DISPLACEMENT_ATTRIBUTE).copy()
+    settings.parts[0].lock = True
+    settings.parts[2].style = "green"
+    settings.seed = SEED + 5
+    assert bpy.ops.partstyle.stylize() == {'FINISHED'}
+    base = group_weights(obj)["part:base"] == 1.0
+    second = bridge.read_color(obj.data, bridge.COLOR_ATTRIBUTE)
+    np.testing.assert_allclose(second[base], first[base], atol=1e-5)
+    np.testing.assert_allclose(bridge.read_float(obj.data, bridge.DISPLACEMENT_ATTRIBUTE)[base], first_shift[base],
+                               atol=1e-6)
+    assert not np.allclose(second[~base], first[~base], atol=1e-4)

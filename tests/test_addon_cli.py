@@ -1,0 +1,86 @@
+"""The add-on's headless batch command (addon/cli.py), end to end in a subprocess.
+
+Without a Blender binary here, the command runs as ``python addon/cli.py --blend FILE -- ...``
+with Blender as the ``bpy`` module: the same code path as ``blender -b FILE --python addon/cli.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+try:
+    import bpy
+except ImportError as exc:
+    pytest.skip(f"Blender's Python module is not importable ({exc}); the add-on tests need "
+                "`pip install bpy==5.0.1` on Python 3.11", allow_module_level=True)
+
+from addon import bridge, nodes
+from addon.cli import script_args
+from addon_fixtures import FAST_OVERRIDES, make_lamp, reset_scene
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(ROOT, "addon", "cli.py")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("PYTHONPATH", None)  # the command must find the add-on and the engine on its own
+    return subprocess.run([sys.executable, CLI, *args], cwd="/", env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def blend_file(tmp_path_factory):
+    reset_scene()
+    make_lamp("Lamp")
+    make_lamp("Lamp2", user_data=True)
+    path = str(tmp_path_factory.mktemp("cli") / "input.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    reset_scene()
+    return path
+
+
+def test_arguments_after_the_double_dash_are_the_scripts():
+    blender = ["/usr/bin/blender", "-b", "f.blend", "--python-exit-code", "1", "--python", "addon/cli.py",
+               "--", "--object", "A"]
+    assert script_args(blender) == ["--object", "A"]
+    assert script_args(["addon/cli.py", "--blend", "f.blend", "--", "--object", "A"]) == [
+        "--blend", "f.blend", "--object", "A"]
+
+
+def test_batch_stylizes_several_objects_and_saves(blend_file, tmp_path):
+    out = str(tmp_path / "result.blend")
+    sets = [a for o in FAST_OVERRIDES for a in ("--set", o)]
+    done = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--object", "Lamp2",
+                   "--prompt", "red base, yellow tube, blue shade", "--use-groups", "--iterations", "2",
+                   "--seed", "1", "--models", "tiny", "--device", "cpu", *sets, "--out", out)
+    assert done.returncode == 0, done.stderr
+    for name in ("Lamp", "Lamp2"):
+        assert f"[{name}] step 2/2" in done.stdout and f"[{name}] Stylized '{name}'" in done.stdout
+    assert f"saved {out}" in done.stdout
+    bpy.ops.wm.open_mainfile(filepath=out)
+    for name in ("Lamp", "Lamp2"):
+        obj = bpy.data.objects[name]
+        colors = bridge.read_color(obj.data, bridge.COLOR_ATTRIBUTE)
+        shift = bridge.read_float(obj.data, bridge.DISPLACEMENT_ATTRIBUTE)
+        assert colors.shape == (len(obj.data.vertices), 3) and np.isfinite(colors).all()
+        assert shift.shape == (len(obj.data.vertices),) and np.isfinite(shift).all()
+        assert nodes.displace_modifier(obj) is not None
+    assert [m.name for m in bpy.data.objects["Lamp2"].data.materials] == ["UserMaterial"]
+    reset_scene()
+
+
+def test_batch_failure_exits_nonzero_and_saves_nothing(blend_file, tmp_path):
+    out = str(tmp_path / "result.blend")
+    done = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--object", "Nope", "--prompt",
+                   "red base, blue shade", "--use-groups", "--iterations", "1", "--out", out)
+    assert done.returncode == 1
+    assert "There is no object named 'Nope'" in done.stderr and "nothing was saved" in done.stderr
+    assert not os.path.exists(out)
+    bad = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--prompt", "x", "--out", "result.txt")
+    assert bad.returncode == 2 and "ending in .blend" in bad.stderr
