@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -119,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --blend {args.blend}: no such file", file=sys.stderr)
             return EXIT_ERROR
         bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.blend))
+    interrupted = _cancel_on_interrupt(jobs)
     try:
-        failed = [name for name in args.object if not stylize_object(name, args, engine_link, jobs, runs)]
+        failed = []
+        for name in args.object:
+            if not stylize_object(name, args, engine_link, jobs, runs):
+                failed.append(name)
+            if interrupted():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         print("cancelled: interrupted; nothing was saved", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -133,6 +140,26 @@ def main(argv: list[str] | None = None) -> int:
     bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
     print(f"saved {out}", flush=True)
     return 0
+
+
+def _cancel_on_interrupt(jobs):
+    """Ctrl-C cancels the running object at its next iteration (a second one stops at once).
+    Returns a function that tells whether Ctrl-C was pressed."""
+
+    pressed = []
+
+    def on_interrupt(signum, frame):
+        job = jobs.current()
+        if pressed or job is None:
+            raise KeyboardInterrupt
+        pressed.append(True)
+        job.cancel()
+
+    try:
+        signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread
+        pass
+    return lambda: bool(pressed)
 
 
 def stylize_object(name: str, args, engine_link, jobs, runs) -> bool:

@@ -85,8 +85,12 @@ class Job:
     def _run(self) -> None:
         try:
             value = self.work(self._on_event, self.cancel_token)
-        except BaseException as exc:  # everything goes back to the main thread, nothing is lost
+        except Exception as exc:  # everything goes back to the main thread, nothing is lost
             self.messages.put((_ERROR, exc))
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: also stop a synchronous caller
+            self.messages.put((_ERROR, exc))
+            if self.thread is None:
+                raise
         else:
             self.messages.put((_DONE, value))
 

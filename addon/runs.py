@@ -144,7 +144,7 @@ class StyleRun:
             previous = api.StyleResult(self.mesh, prompt.StylePrompt(holistic_style="previous"),
                                        self.previous[0], self.previous[1], self.settings)
         return api.stylize(
-            self.mesh, self.parsed, settings=self.settings, models=model_store(r.models, r.allow_download),
+            self.mesh, r.prompt, settings=self.settings, models=model_store(r.models, r.allow_download),
             device=r.device, parts=self.parts, lock=tuple(bridge.normalize_part(p) for p in r.lock),
             previous=previous, base_colors=self.base_colors, on_event=on_event, cancel=cancel)
 
@@ -199,7 +199,7 @@ class LocateRun:
         obj = bridge.mesh_object(r.object_name)
         self.settings = r.settings(live=live)
         if r.part_names:
-            self.names = [bridge.normalize_part(p) for p in r.part_names]
+            self.names = list(dict.fromkeys(bridge.normalize_part(p) for p in r.part_names))
         else:
             parsed = r.parsed_prompt()
             if parsed.is_holistic:
