@@ -4,11 +4,11 @@ register/unregister, nothing else. The engine (and PyTorch) are imported only wh
 needs them, so Blender starts fast and the add-on can say what is missing instead of failing to load.
 """
 
-bl_info = {  # for Blender's legacy add-on loader; extensions read blender_manifest.toml
+bl_info = {  # for Blender's legacy add-on loader; extensions (4.2+) read blender_manifest.toml
     "name": "Partstyle",
     "author": "Partstyle developers",
     "version": (0, 1, 0),
-    "blender": (4, 2, 0),
+    "blender": (3, 4, 0),  # the oldest it loads in: the panel only (docs/blender.md, "A real window")
     "location": "3D Viewport > Sidebar > Partstyle",
     "description": "Restyle parts of a mesh from one text prompt",
     "category": "Mesh",

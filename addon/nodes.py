@@ -22,6 +22,14 @@ GROUP_NAME = "Partstyle Displace"
 MODIFIER_NAME = "Partstyle Displace"
 STRENGTH = "Strength"
 OWNER_KEY = "partstyle"
+#: Node groups' ``interface`` (sockets: ``new_socket``, ``items_tree``) exists from this Blender on;
+#: the legacy add-on loads in older ones (3.4+) to show the panel, without Stylize.
+NODE_INTERFACE_VERSION = (4, 0, 0)
+
+
+def has_node_interface() -> bool:
+    """True where the displacement node group can be built (Blender 4.0+)."""
+    return bpy.app.version >= NODE_INTERFACE_VERSION
 
 
 def is_ours(datablock) -> bool:
@@ -122,7 +130,7 @@ def _group() -> bpy.types.GeometryNodeTree:
 def strength_key(modifier: bpy.types.Modifier) -> str | None:
     """The ID-property key of the modifier's Strength input (``Socket_2``...), or None."""
     group = modifier.node_group
-    if group is None:
+    if group is None or not has_node_interface():
         return None
     for item in group.interface.items_tree:
         if getattr(item, "in_out", None) == 'INPUT' and item.name == STRENGTH:

@@ -14,7 +14,7 @@ Locate parts and Stylize run in two ways:
 import bpy
 from bpy.props import BoolProperty
 
-from . import engine_link, jobs, preferences, runs
+from . import engine_link, jobs, nodes, preferences, runs
 
 TIMER_SECONDS = 0.2
 
@@ -172,6 +172,13 @@ class PARTSTYLE_OT_stylize(_RunOperator, bpy.types.Operator):
     bl_idname = "partstyle.stylize"
     bl_label = "Stylize"
     run_class = runs.StyleRun
+
+    @classmethod
+    def poll(cls, context):
+        if not nodes.has_node_interface():
+            cls.poll_message_set("Stylize needs Blender 4.2 or later (this Blender can show the panel only)")
+            return False
+        return _run_poll(cls, context)
 
 
 class PARTSTYLE_OT_locate(_RunOperator, bpy.types.Operator):

@@ -98,7 +98,7 @@ class PARTSTYLE_PT_stylize(_Panel, bpy.types.Panel):
         box = layout.box()
         box.label(text=f"{job.kind}: {job.object_name}", icon='TIME')
         label = "Cancelling..." if job.cancelling else job.progress.text()
-        if job.progress.total:
+        if job.progress.total and hasattr(box, "progress"):  # layout.progress: Blender 4.0+
             box.progress(factor=job.progress.fraction, type='BAR', text=label)
         else:
             box.label(text=label)
