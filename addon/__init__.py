@@ -19,12 +19,12 @@ import bpy
 from . import jobs, operators, panels, preferences, prompt_ops, properties
 
 _modules = (properties, preferences)
-_classes = (
+_register_operators, _unregister_operators = bpy.utils.register_classes_factory((
     operators.PARTSTYLE_OT_stylize, operators.PARTSTYLE_OT_locate, operators.PARTSTYLE_OT_cancel,
     operators.PARTSTYLE_OT_clear, prompt_ops.PARTSTYLE_OT_parse_prompt, prompt_ops.PARTSTYLE_OT_part_add,
     prompt_ops.PARTSTYLE_OT_part_remove, prompt_ops.PARTSTYLE_OT_show_parts, prompt_ops.PARTSTYLE_OT_paint_part,
     prompt_ops.PARTSTYLE_OT_check_engine, prompt_ops.PARTSTYLE_OT_copy_install_command,
-)
+))
 
 
 @bpy.app.handlers.persistent
@@ -36,8 +36,7 @@ def _on_load_pre(*_args):
 def register():
     for module in _modules:
         module.register()
-    for cls in _classes:
-        bpy.utils.register_class(cls)
+    _register_operators()
     panels.register()
     bpy.app.handlers.load_pre.append(_on_load_pre)
 
@@ -47,7 +46,6 @@ def unregister():
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
     panels.unregister()
-    for cls in reversed(_classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_operators()
     for module in reversed(_modules):
         module.unregister()

@@ -126,11 +126,4 @@ class PARTSTYLE_PT_results(_Panel, bpy.types.Panel):
 classes = (PARTSTYLE_UL_parts, PARTSTYLE_PT_main, PARTSTYLE_PT_parts, PARTSTYLE_PT_stylize, PARTSTYLE_PT_results)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

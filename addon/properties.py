@@ -79,13 +79,14 @@ class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
 classes = (PARTSTYLE_PG_part, PARTSTYLE_PG_settings)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
 def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.partstyle = PointerProperty(type=PARTSTYLE_PG_settings)
 
 
 def unregister() -> None:
     del bpy.types.Scene.partstyle
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()
