@@ -39,8 +39,7 @@ TORCH = os.environ.get("PARTSTYLE_TORCH", "torch==2.13.0")
 STAMP = os.path.join(VENV, "partstyle-installed.txt")
 DEMO_ARGS = [
     "stylize", "sample:lamp",
-    "--prompt", "red base, yellow tube, blue shade",  # words the shipped tiny CLIP was trained on
-    "--parts-from", "labels",  # the sample's exact parts: the tiny grounding model is not trained yet
+    "--prompt", "red base, yellow tube, blue shade",  # words the shipped tiny models were trained on
     "--preset", "fast",
     "--seed", "0",
     "--out", os.path.join(ROOT, "out", "demo"),

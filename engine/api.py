@@ -124,7 +124,7 @@ def locate_parts(
     if not names or any(not n for n in names):
         raise PromptError("give at least one part name to locate, e.g. --parts \"base, tube, shade\".")
     on_event(StageEvent("loading models", f"grounding ({store.describe()})"))
-    detector = GroundingDetector(store.grounding(dev), size=settings.localize.resolution)
+    detector = views_detector(store.grounding(dev), settings.localize.resolution)
     on_event(StageEvent("locating parts", ", ".join(names)))
     vertices = torch.from_numpy(mesh.unit_vertices()).to(dev)
     detect = detector_boxes(detector, settings.localize.box_threshold, cancel)
@@ -255,11 +255,18 @@ def _composition(mesh, parsed, part_weights, lock, previous, base_colors, normal
     )
 
 
+def views_detector(bundle, resolution: int) -> GroundingDetector:
+    """A detector for views rendered at ``resolution`` px: they are shown to the model at its own
+    input size (the bundle's shortest edge: 800 for Grounding DINO, 256 for the tiny one), or at
+    ``resolution`` where that is smaller - never enlarged, and never larger than the model learned."""
+    return GroundingDetector(bundle, size=min(int(resolution), int(bundle.size)))
+
+
 def _grounding_loss(store: ModelStore, device: torch.device, styled, settings: Settings):
     """The grounding-space part loss when the schedule uses it, else None (no model is loaded)."""
     if settings.guidance.grounding_every <= 0:
         return None
-    detector = GroundingDetector(store.grounding(device), size=settings.guidance.grounding_resolution)
+    detector = views_detector(store.grounding(device), settings.guidance.grounding_resolution)
     return GroundingPartLoss(detector, [p.part for p in styled], [p.phrase for p in styled],
                              threshold=settings.guidance.grounding_threshold)
 

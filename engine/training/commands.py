@@ -87,6 +87,7 @@ def cmd_train_tiny_grounding(args: argparse.Namespace) -> int:
     _write_record(args.out, {"seed": args.seed, "steps": steps, "batch": BATCH_SIZE, "seconds": round(trained, 1),
                              "final_loss": round(loss, 4), "held_out_recall_iou50": evaluation.recall,
                              "held_out_recall_by_object": evaluation.recall_by_object,
+                             "held_out_recall_by_part": evaluation.recall_by_part,
                              "held_out_absent_part_box_rate": evaluation.false_positive_rate,
                              "held_out_boxes": evaluation.boxes})
     by_object = ", ".join(f"{name} {value:.1%}" for name, value in evaluation.recall_by_object.items())

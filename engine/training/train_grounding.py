@@ -32,11 +32,13 @@ BATCH_SIZE = 8
 
 @dataclass(frozen=True)
 class GroundingEvaluation:
-    """Held-out figures: ``recall`` of visible parts at IoU 0.5 (per object too), and the share of
-    phrases naming absent parts that still got a box above the threshold (``false_positive_rate``)."""
+    """Held-out figures: ``recall`` of visible parts at IoU 0.5 (per object and per part too), and the
+    share of phrases naming absent parts that still got a box above the threshold
+    (``false_positive_rate``)."""
 
     recall: float
     recall_by_object: dict[str, float]
+    recall_by_part: dict[str, float]
     false_positive_rate: float
     boxes: int
 
@@ -117,6 +119,7 @@ def grounding_recall(model, tokenizer, *, samples: int = 200, seed: int = EVAL_S
     detector = GroundingDetector(tiny_bundle(model, tokenizer))
     data = DetectionSamples(seed)
     hits: dict[str, list[int]] = {}
+    part_hits: dict[str, list[int]] = {}
     absent_named = absent_found = 0
     for _ in range(samples):
         sample = data.sample()
@@ -132,10 +135,12 @@ def grounding_recall(model, tokenizer, *, samples: int = 200, seed: int = EVAL_S
             true_box = torch.tensor((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
             hit = len(scores) > 0 and float(box_iou(boxes[int(scores.argmax())], true_box)) >= IOU_MATCH
             hits.setdefault(sample.object_name, []).append(int(hit))
+            part_hits.setdefault(sample.phrases[phrase], []).append(int(hit))
     every = [h for object_hits in hits.values() for h in object_hits]
     return GroundingEvaluation(
         recall=sum(every) / max(len(every), 1),
         recall_by_object={name: sum(h) / len(h) for name, h in sorted(hits.items())},
+        recall_by_part={name: sum(h) / len(h) for name, h in sorted(part_hits.items())},
         false_positive_rate=absent_found / max(absent_named, 1),
         boxes=len(every),
     )
