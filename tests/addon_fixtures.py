@@ -11,7 +11,7 @@ from engine.samples import sample_mesh
 
 #: Small renders, two views, no grounding-space loss: a few seconds per run on a 2-core CPU.
 FAST_OVERRIDES = ("guidance.grounding_every=0", "render.resolution=96", "views.count=2")
-LOCATE_OVERRIDES = ("localize.views=2", "localize.resolution=128", "localize.box_threshold=0")
+LOCATE_OVERRIDES = ("localize.resolution=256",)  # the tiny model's own input size: no resize
 PROMPT = "red base, yellow tube, blue shade"
 ITERATIONS, SEED = 4, 3
 

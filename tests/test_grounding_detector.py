@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -234,8 +236,25 @@ def test_detections_are_boxes_in_pixels_with_per_phrase_scores(detector):
         assert torch.equal(boxes_1, det.boxes[det.scores[:, 1] > 0.5])
 
 
+def lamp_views(n: int) -> torch.Tensor:
+    """[n, 3, 256, 256] untextured views of the sample lamp, as localization renders them."""
+    from engine.cameras import fixed_views
+    from engine.config import settings_for
+    from engine.grounding.locate import UNTEXTURED_GRAY
+    from engine.render import Renderer
+    from engine.samples import sample_mesh
+
+    settings = settings_for("fast")
+    vertices = torch.from_numpy(sample_mesh("lamp", 3000).unit_vertices())
+    faces = torch.from_numpy(sample_mesh("lamp", 3000).faces)
+    angles = torch.linspace(0.0, 2.0 * np.pi, n + 1)[:n]
+    cameras = fixed_views(torch.full((n,), 0.3), angles, settings.views, settings.render)
+    colors = torch.full_like(vertices, UNTEXTURED_GRAY)
+    return Renderer(settings.render).render(vertices, faces, cameras, colors=colors, resolution=256).color
+
+
 def test_detection_threshold_and_determinism(detector):
-    images = random_images(2, 160, 200, seed=4)
+    images = lamp_views(2)
     first = detector.detect(images, ["base", "tube"], box_threshold=0.25)
     second = detector.detect(images, ["base", "tube"], box_threshold=0.25)
     for a, b in zip(first, second):
@@ -288,6 +307,8 @@ def test_a_saved_folder_loads_back_with_the_same_outputs(tmp_path, detector):
     assert (bundle.size, bundle.max_size) == (224, 400)
     assert not any(p.requires_grad for p in bundle.model.parameters())
     loaded = GroundingDetector(bundle, size=detector.size, max_size=detector.max_size)
+    detector = GroundingDetector(dataclasses.replace(bundle, model=model, tokenizer=tokenizer),
+                                 size=detector.size, max_size=detector.max_size)
     phrases = ["zebra base", "lamp shade"]
     caption = loaded.caption(phrases)
     assert torch.equal(caption.input_ids, detector.caption(phrases).input_ids)
@@ -309,3 +330,13 @@ def test_a_tokenizer_with_other_delimiter_ids_is_refused(tmp_path):
     BertTokenizer(vocab=vocab).save_pretrained(folder)
     with pytest.raises(ModelFormatError, match="splits phrases"):
         ModelStore(str(folder)).grounding("cpu")
+
+
+def test_views_are_shown_at_the_models_own_size_and_never_enlarged(detector):
+    from engine.api import views_detector
+
+    tiny = detector.bundle  # trained at 256 px
+    assert views_detector(tiny, 512).size == tiny.size == 256
+    assert views_detector(tiny, 128).size == 128
+    real = dataclasses.replace(tiny, size=800)  # Grounding DINO's own 800 px
+    assert views_detector(real, 512).size == 512
