@@ -71,7 +71,7 @@ def test_the_shipped_tiny_clip_names_colors_of_held_out_renders():
 
 
 def test_the_learning_rate_warms_up_then_decays_with_whichever_limit_ends_the_run():
-    from engine.training.train_clip import scheduled_rate
+    from engine.training.loop import scheduled_rate
 
     assert scheduled_rate(1.0, 0, 1000, 0.0, 3600.0) == pytest.approx(1 / 50)
     assert scheduled_rate(1.0, 500, 1000, 10.0, 3600.0) == pytest.approx(0.5, abs=1e-6)  # steps limit

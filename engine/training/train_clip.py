@@ -7,9 +7,7 @@ captions, text -> image averages the log-probability of all the caption's images
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 
 from ..guidance.preprocess import normalize
 from ..models import CLIP_MEAN, CLIP_STD
+from .loop import train_loop
 from .synthetic import Scene, SyntheticBatches, pattern_colors, scene_mesh
 from .vocabulary import COLORS, PART_OBJECTS, PRIMITIVES
 
@@ -32,13 +31,6 @@ class ClipTrainReport:
     seconds: float
     final_loss: float
     color_accuracy: float
-
-
-def scheduled_rate(base: float, step: int, max_steps: int, elapsed: float, budget: float, warmup: int = 50) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 over the run, whose length is
-    whichever limit ends it first: ``max_steps`` or the time ``budget`` (seconds)."""
-    progress = min(1.0, max(elapsed / budget, step / max_steps))
-    return base * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def contrastive_loss(image_embeddings: torch.Tensor, captions: list[str], encode_text: Callable, scale: torch.Tensor) -> torch.Tensor:
@@ -81,25 +73,15 @@ def train_tiny_clip(
     model.train()
     data = SyntheticBatches(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)
-    started = time.perf_counter()
-    budget = minutes * 60.0
-    step, loss_value, smoothed = 0, float("nan"), None
-    while step < max_steps and time.perf_counter() - started < budget:
-        rate = scheduled_rate(learning_rate, step, max_steps, time.perf_counter() - started, budget)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
+
+    def batch_loss() -> torch.Tensor:
         images, captions = data.batch(batch_size)
-        loss = contrastive_loss(embed_images(model, images), captions,
+        return contrastive_loss(embed_images(model, images), captions,
                                 lambda texts: embed_texts(model, tokenizer, texts), model.logit_scale.exp().clamp(max=100))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        loss_value = float(loss.detach())
-        smoothed = loss_value if smoothed is None else 0.95 * smoothed + 0.05 * loss_value
-        if on_progress is not None:
-            on_progress(step, smoothed, time.perf_counter() - started)
-    return model.eval(), tokenizer, step, smoothed if smoothed is not None else loss_value
+
+    steps, loss = train_loop(model, optimizer, batch_loss, learning_rate=learning_rate, max_steps=max_steps,
+                             minutes=minutes, warmup=50, smoothing=0.95, on_progress=on_progress)
+    return model.eval(), tokenizer, steps, loss
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,7 +19,8 @@ import torch
 from ..grounding.detector import GroundingDetector
 from ..models import GROUNDING_MEAN, GROUNDING_STD, TINY_GROUNDING_MAX_SIZE, TINY_GROUNDING_SIZE, GroundingBundle
 from .grounding_data import DetectionSample, DetectionSamples
-from .train_clip import EVAL_SEED, scheduled_rate
+from .loop import train_loop
+from .train_clip import EVAL_SEED
 
 # Architecture of the shipped tiny Grounding DINO (about 2.2 M parameters, 8.7 MB as float32).
 TRAINED_GROUNDING_SIZES = dict(embed_dim=32, depths=(1, 1, 2, 1), text_hidden_size=64, text_layers=2, d_model=64,
@@ -83,24 +83,10 @@ def train_tiny_grounding(
     model.train()
     data = DetectionSamples(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    started = time.perf_counter()
-    budget = minutes * 60.0
-    step, smoothed = 0, None
-    while step < max_steps and time.perf_counter() - started < budget:
-        rate = scheduled_rate(learning_rate, step, max_steps, time.perf_counter() - started, budget, warmup=200)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        loss = detection_loss(model, tokenizer, data.batch(batch_size))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP)
-        optimizer.step()
-        step += 1
-        value = float(loss.detach())
-        smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
-        if on_progress is not None:
-            on_progress(step, smoothed, time.perf_counter() - started)
-    return model.eval(), tokenizer, step, float("nan") if smoothed is None else smoothed
+    steps, loss = train_loop(model, optimizer, lambda: detection_loss(model, tokenizer, data.batch(batch_size)),
+                             learning_rate=learning_rate, max_steps=max_steps, minutes=minutes, warmup=200,
+                             smoothing=0.98, clip_norm=GRADIENT_CLIP, on_progress=on_progress)
+    return model.eval(), tokenizer, steps, loss
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
