@@ -99,6 +99,16 @@ def _engine_mesh(obj, notices: list[str]):
     return mesh
 
 
+def _unchanged_object(name: str, mesh):
+    """The object ``name``, checked to still have the vertices of the engine's ``mesh`` it was read into."""
+    obj = bridge.mesh_object(name)
+    if len(obj.data.vertices) != mesh.num_vertices:
+        raise engine_link.AddonError(
+            f"'{obj.name}' now has {len(obj.data.vertices)} vertices instead of {mesh.num_vertices}: "
+            "it was edited during the run, so the result no longer fits. Run again.")
+    return obj
+
+
 class StyleRun:
     """Stylize one object: colors, displacement and (when grounding found them) part groups."""
 
@@ -148,18 +158,10 @@ class StyleRun:
             device=r.device, parts=self.parts, lock=tuple(bridge.normalize_part(p) for p in r.lock),
             previous=previous, base_colors=self.base_colors, on_event=on_event, cancel=cancel)
 
-    def _target(self):
-        obj = bridge.mesh_object(self.request.object_name)
-        if len(obj.data.vertices) != self.mesh.num_vertices:
-            raise engine_link.AddonError(
-                f"'{obj.name}' now has {len(obj.data.vertices)} vertices instead of {self.mesh.num_vertices}: "
-                "it was edited during the run, so the result no longer fits. Run again.")
-        return obj
-
     def preview(self, event) -> None:
         """Live preview: the object's Partstyle colors from an in-between result."""
         try:
-            obj = self._target()
+            obj = _unchanged_object(self.request.object_name, self.mesh)
         except engine_link.AddonError:
             return  # the end of the run reports it
         colors = engine_link.load("colors", light=True)
@@ -167,7 +169,7 @@ class StyleRun:
 
     def apply(self, result) -> str:
         """The writeback: colors, displacement + modifier, material if none, located part groups."""
-        obj = self._target()
+        obj = _unchanged_object(self.request.object_name, self.mesh)
         mesh = obj.data
         bridge.write_color(mesh, bridge.COLOR_ATTRIBUTE, result.colors_linear)
         bridge.write_float(mesh, bridge.DISPLACEMENT_ATTRIBUTE, result.displacement)
@@ -221,9 +223,7 @@ class LocateRun:
         """Localization sends no previews."""
 
     def apply(self, weights) -> str:
-        obj = bridge.mesh_object(self.request.object_name)
-        if len(obj.data.vertices) != self.mesh.num_vertices:
-            raise engine_link.AddonError(f"'{obj.name}' was edited during the run; locate its parts again.")
+        obj = _unchanged_object(self.request.object_name, self.mesh)
         k = len(weights.names)
         bridge.write_groups(obj, list(weights.names), weights.weights[:, :k])
         swatches = np.array([self.request.swatch(i) for i in range(k)], np.float32)

@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
-from .training.commands import add_training_commands
+from .cli_training import add_training_commands
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130

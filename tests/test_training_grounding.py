@@ -100,3 +100,15 @@ def test_the_shipped_model_finds_held_out_parts():
     with open(os.path.join(TINY_GROUNDING_FOLDER, "training.json"), encoding="utf-8") as fh:
         record = json.load(fh)
     assert record["held_out_recall_iou50"] >= 0.6
+
+
+def test_the_training_command_writes_the_model_and_its_record(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["train-tiny-grounding", "--steps", "1", "--seed", "2", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "training.json", encoding="utf-8") as fh:
+        record = json.load(fh)
+    assert record["seed"] == 2 and record["steps"] == 1 and record["batch"] == 8
+    assert 0.0 <= record["held_out_recall_iou50"] <= 1.0 and set(record["held_out_recall_by_part"]) <= set(all_part_names())
+    assert load_grounding_folder(str(tmp_path), name="tiny").size == 256
+    assert "held-out part recall at IoU 0.5" in capsys.readouterr().out

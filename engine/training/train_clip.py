@@ -23,6 +23,7 @@ from .vocabulary import COLORS, PART_OBJECTS, PRIMITIVES
 # Architecture of the shipped tiny CLIP (small enough for CPUs, large enough for the vocabulary).
 TRAINED_CLIP_SIZES = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, projection_dim=128)
 EVAL_SEED = 10_000  # held-out scenes come from a seed range training never uses
+BATCH_SIZE = 64  # images per training step
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def train_tiny_clip(
     seed: int = 0,
     minutes: float = 30.0,
     max_steps: int = 100_000,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     learning_rate: float = 1e-3,
     on_progress: Callable[[int, float, float], None] | None = None,
 ):

@@ -54,12 +54,11 @@ def detection_loss(model, tokenizer, samples: list[DetectionSample]) -> torch.Te
     :meth:`DetectionSamples.batch` for why they must)."""
     if len({s.phrases for s in samples}) != 1:
         raise ValueError("the samples of a batch must share one caption (the library's loss mislabels mixed ones)")
-    mean = torch.tensor(GROUNDING_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(GROUNDING_STD).view(1, 3, 1, 1)
-    pixel_values = (torch.stack([s.image for s in samples]) - mean) / std
+    pixel_values, pixel_mask = GroundingDetector(tiny_bundle(model, tokenizer)).preprocess(
+        torch.stack([s.image for s in samples]))
     tokens = tokenizer([" . ".join(s.phrases) + " ." for s in samples], return_tensors="pt")
     labels = [{"class_labels": s.class_labels, "boxes": s.boxes} for s in samples]
-    outputs = model(pixel_values=pixel_values, input_ids=tokens["input_ids"],
+    outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=tokens["input_ids"],
                     attention_mask=tokens["attention_mask"], labels=labels)
     return outputs.loss
 
