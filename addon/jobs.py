@@ -15,8 +15,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import engine_link
 
@@ -94,7 +95,7 @@ class Job:
         else:
             self.messages.put((_DONE, value))
 
-    def start(self, *, threaded: bool) -> "Job":
+    def start(self, *, threaded: bool) -> Job:
         """Run the work on a daemon thread (``threaded``) or right here, to the end."""
         if threaded:
             self.thread = threading.Thread(target=self._run, name=f"partstyle-{self.kind}", daemon=True)

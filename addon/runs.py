@@ -118,7 +118,7 @@ class StyleRun:
         self.request = request
         self.notices: list[str] = []
 
-    def prepare(self, *, live: bool = True) -> "StyleRun":
+    def prepare(self, *, live: bool = True) -> StyleRun:
         r = self.request
         obj = bridge.mesh_object(r.object_name)
         self.settings = r.settings(live=live)
@@ -196,7 +196,7 @@ class LocateRun:
         self.request = request
         self.notices: list[str] = []
 
-    def prepare(self, *, live: bool = True) -> "LocateRun":
+    def prepare(self, *, live: bool = True) -> LocateRun:
         r = self.request
         obj = bridge.mesh_object(r.object_name)
         self.settings = r.settings(live=live)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -34,7 +35,6 @@ from .grounding.detector import GroundingDetector
 from .grounding.locate import detector_boxes, locate
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
-
 from .models import CLIP_MEAN, CLIP_STD, GROUNDING_MEAN, GROUNDING_STD, ClipBundle, GroundingBundle
 from .parts import PartWeights
 from .prompt import parse_prompt
@@ -150,7 +150,7 @@ def lamp_surface(faces: int, device: torch.device) -> tuple:
 
 
 def iteration_timing(
-    preset: str, device: torch.device, reps: int, *, models: "BenchmarkModels", faces: int, overrides: tuple[str, ...] = ()
+    preset: str, device: torch.device, reps: int, *, models: BenchmarkModels, faces: int, overrides: tuple[str, ...] = ()
 ) -> dict:
     """Phase split of one holistic iteration and the whole ``StyleTrainer.step()``, medians in ms."""
     settings = settings_for(preset, list(overrides))
@@ -195,7 +195,7 @@ def iteration_timing(
     return result
 
 
-def parts_timing(preset: str, device: torch.device, reps: int, *, models: "BenchmarkModels", faces: int) -> dict:
+def parts_timing(preset: str, device: torch.device, reps: int, *, models: BenchmarkModels, faces: int) -> dict:
     """A 3-part iteration of ``preset`` (CLIP steps and grounding steps) next to a holistic one, ms."""
     settings = settings_for(preset)
     guidance = ClipGuidance(models.clip, settings.guidance)
@@ -233,7 +233,7 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: "Bench
             "grounding_every": every, "average": average, "ratio": average / holistic_ms}
 
 
-def localization_timing(size: int, device: torch.device, *, models: "BenchmarkModels") -> float:
+def localization_timing(size: int, device: torch.device, *, models: BenchmarkModels) -> float:
     """Seconds to locate 3 parts on the 20k-face lamp from ``LOCATE_VIEWS`` views at ``size`` px."""
     settings = settings_for("fast", [f"localize.views={LOCATE_VIEWS}", f"localize.resolution={size}", "localize.box_threshold=0"])
     mesh, surface = lamp_surface(20_000, device)

@@ -43,7 +43,7 @@ class Cameras:
     def __len__(self) -> int:
         return int(self.eye.shape[0])
 
-    def to(self, device: torch.device | str) -> "Cameras":
+    def to(self, device: torch.device | str) -> Cameras:
         """The same cameras with their tensors on ``device``."""
         return Cameras(
             *(t.to(device) for t in (self.eye, self.right, self.up, self.forward, self.elevation, self.azimuth)),

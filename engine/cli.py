@@ -13,8 +13,8 @@ import signal
 import sys
 import warnings
 
-from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
 from .cli_training import add_training_commands
+from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130

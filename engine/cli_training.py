@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .models import TINY_CLIP_FOLDER, TINY_GROUNDING_FOLDER
 

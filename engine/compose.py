@@ -40,7 +40,7 @@ class Composition:
         displacement = (self.weights * part_displacement).sum(1) + self.fixed_displacement
         return colors, displacement
 
-    def to(self, device) -> "Composition":
+    def to(self, device) -> Composition:
         return Composition(self.weights.to(device), self.fixed_colors.to(device), self.fixed_displacement.to(device))
 
 

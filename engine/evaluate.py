@@ -18,7 +18,6 @@ from .api import locate_parts, resolve_device
 from .config import Settings
 from .errors import PartNotFound
 from .grounding.lift import boxes_from_labels, lift_boxes, localization_views, visibility
-
 from .models import ModelStore
 from .samples import SAMPLE_NAMES, sample_mesh
 

@@ -8,8 +8,9 @@ preview. Callbacks run on the engine's thread and should return quickly.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Union
 
 import numpy as np
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import colorsys
 import math
 import os
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -196,7 +196,7 @@ def save_png(path: str | os.PathLike, image) -> None:
         pil.save(fh, format="PNG")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(size: int):
     """Pillow's default font at ``size`` (a bitmap font where FreeType is missing)."""
     try:

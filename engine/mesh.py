@@ -181,7 +181,7 @@ class Normalization:
     scale: float
 
     @staticmethod
-    def fit(vertices: np.ndarray, *, center: str = "bbox") -> "Normalization":
+    def fit(vertices: np.ndarray, *, center: str = "bbox") -> Normalization:
         """Fit to [V, 3] object-frame vertices; ``center`` is ``"bbox"`` or ``"mean"``."""
         v = np.asarray(vertices, dtype=np.float64)
         if center == "bbox":

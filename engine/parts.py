@@ -41,7 +41,7 @@ class PartWeights:
         return len(self.names)
 
     @staticmethod
-    def from_labels(labels: np.ndarray, names: tuple[str, ...] | list[str], *, source: str = "labels") -> "PartWeights":
+    def from_labels(labels: np.ndarray, names: tuple[str, ...] | list[str], *, source: str = "labels") -> PartWeights:
         """One-hot weights from [V] integer labels indexing ``names`` (-1 = rest)."""
         labels = np.asarray(labels, dtype=np.int64)
         k = len(names)
@@ -52,7 +52,7 @@ class PartWeights:
         return PartWeights(tuple(_normalize(n) for n in names), weights, np.ones(labels.shape[0], np.float32), source)
 
     @staticmethod
-    def from_vertex_groups(groups: dict[str, np.ndarray], num_vertices: int) -> "PartWeights":
+    def from_vertex_groups(groups: dict[str, np.ndarray], num_vertices: int) -> PartWeights:
         """Weights from per-part [V] weights in 0..1 (e.g. Blender vertex groups).
 
         Where a vertex's part weights sum to more than 1 they are scaled to sum to 1; otherwise
@@ -76,7 +76,7 @@ class PartWeights:
         best = self.weights.argmax(1)
         return np.where(best == self.num_parts, -1, best).astype(np.int64)
 
-    def select(self, parts: tuple[str, ...] | list[str]) -> "PartWeights":
+    def select(self, parts: tuple[str, ...] | list[str]) -> PartWeights:
         """The weights of ``parts`` in that order; other parts fold into rest.
 
         Raises :class:`PartNotFound` naming the missing parts and the available ones.

@@ -35,8 +35,8 @@ Grammar, in the order it is applied:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import PromptError
 

@@ -3,9 +3,8 @@ test's fast settings, and a full description of an object's state for before/aft
 
 from __future__ import annotations
 
-import numpy as np
-
 import bpy
+import numpy as np
 
 from engine.samples import sample_mesh
 

@@ -18,10 +18,23 @@ except ImportError as exc:  # bpy 5.0.x exists for Python 3.11 only
     pytest.skip(f"Blender's Python module is not importable ({exc}); the add-on tests need "
                 "`pip install bpy==5.0.1` on Python 3.11", allow_module_level=True)
 
+from addon_fixtures import (
+    FAST_OVERRIDES,
+    ITERATIONS,
+    LOCATE_OVERRIDES,
+    PROMPT,
+    SEED,
+    assert_same_state,
+    group_weights,
+    lamp_arrays,
+    make_lamp,
+    object_state,
+    reset_scene,
+    set_panel,
+)
+
 import addon
 from addon import bridge, engine_link, jobs, nodes, runs
-from addon_fixtures import (FAST_OVERRIDES, ITERATIONS, LOCATE_OVERRIDES, PROMPT, SEED, assert_same_state,
-                            group_weights, lamp_arrays, make_lamp, object_state, reset_scene, set_panel)
 
 
 def _registered() -> bool:

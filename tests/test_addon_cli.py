@@ -19,9 +19,10 @@ except ImportError as exc:
     pytest.skip(f"Blender's Python module is not importable ({exc}); the add-on tests need "
                 "`pip install bpy==5.0.1` on Python 3.11", allow_module_level=True)
 
+from addon_fixtures import FAST_OVERRIDES, make_lamp, reset_scene
+
 from addon import bridge, nodes
 from addon.cli import script_args
-from addon_fixtures import FAST_OVERRIDES, make_lamp, reset_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "addon", "cli.py")

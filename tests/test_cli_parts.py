@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-
 from test_cli import SMALL, engine
 
 PROMPT = "pottery base, gold tube, linen shade"

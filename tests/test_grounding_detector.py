@@ -229,7 +229,7 @@ def test_detections_are_boxes_in_pixels_with_per_phrase_scores(detector):
         assert torch.allclose(det.boxes, expected, atol=1e-4)
         assert torch.allclose(det.scores, image_scores[order])
         x0, y0, x1, y1 = det.boxes.unbind(-1)
-        assert bool(((0 <= x0) & (x0 <= x1) & (x1 <= 300) & (0 <= y0) & (y0 <= y1) & (y1 <= 180)).all())
+        assert bool(((x0 >= 0) & (x0 <= x1) & (x1 <= 300) & (y0 >= 0) & (y0 <= y1) & (y1 <= 180)).all())
         # One phrase's boxes, as the lifting step takes them.
         boxes_1, scores_1 = det.select(1, 0.5)
         assert torch.equal(scores_1, det.scores[det.scores[:, 1] > 0.5, 1])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_training import SHIPPED
+from test_training_grounding import SHIPPED as GROUNDING_SHIPPED
 
 from engine.api import stylize
 from engine.config import settings_for
@@ -17,8 +19,6 @@ from engine.models import ModelStore
 from engine.parts import PartWeights
 from engine.samples import sample_mesh
 from engine.training.vocabulary import nearest_color
-from test_training import SHIPPED
-from test_training_grounding import SHIPPED as GROUNDING_SHIPPED
 
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="needs the trained tiny CLIP shipped in engine/assets/tiny/clip")
 STORE = ModelStore("tiny")

@@ -21,7 +21,7 @@ from engine.samples import sample_mesh
 FORMATS = ("obj", "ply", "glb", "stl", "off")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mug() -> Mesh:
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from engine.errors import MeshError
-from engine.mesh import MeshWarning
 from engine.samples import SAMPLE_NAMES, parse_sample_spec, sample_mesh
 
 PARTS = {"lamp": ("base", "tube", "shade"), "chair": ("seat", "back", "legs"), "mug": ("body", "handle")}
@@ -23,7 +22,7 @@ def _build(name, faces=20_000):
         return sample_mesh(name, faces)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default(name):
     return _build(name)
 

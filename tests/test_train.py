@@ -10,13 +10,13 @@ import torch
 import trimesh
 
 from engine.api import stylize
+from engine.compose import whole_object
 from engine.config import settings_for
 from engine.errors import Cancelled, CheckpointError, NumericalError, PromptError
 from engine.events import CancelToken, NoticeEvent, PreviewEvent, StepEvent
 from engine.guidance import ClipGuidance
 from engine.mesh import mesh_from_arrays
 from engine.models import ModelStore
-from engine.compose import whole_object
 from engine.train import Objective, StyleTrainer, SurfaceInputs
 
 STORE = ModelStore("tiny")  # shared: the tiny model is built once for the module

@@ -35,7 +35,7 @@ class PartBoxes:
     scores: np.ndarray
 
     @staticmethod
-    def empty() -> "PartBoxes":
+    def empty() -> PartBoxes:
         return PartBoxes(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
 
 

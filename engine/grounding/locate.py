@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -12,9 +12,9 @@ from ..cameras import Cameras
 from ..config import Settings
 from ..errors import PartNotFound
 from ..events import CancelToken
-from .detector import GroundingDetector
 from ..parts import PartWeights
 from ..render import Renderer
+from .detector import GroundingDetector
 from .lift import PartBoxes, lift_boxes, localization_views, visibility
 
 # Albedo of the untextured views the detector sees.

@@ -2,6 +2,6 @@
 
 from .fragments import Fragments, fragments_from_face_ids
 from .raster import rasterize
-from .renderer import RenderOutput, Renderer
+from .renderer import Renderer, RenderOutput
 
 __all__ = ["Fragments", "RenderOutput", "Renderer", "fragments_from_face_ids", "rasterize"]

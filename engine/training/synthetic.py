@@ -10,7 +10,7 @@ Everything is drawn from an explicit generator, so a seed fixes the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ class SceneMesh:
     part_names: tuple[str, ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def scene_mesh(name: str) -> SceneMesh:
     """The object ``name`` normalized to the unit sphere (cached)."""
     if name in PART_OBJECTS:

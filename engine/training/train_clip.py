@@ -8,8 +8,8 @@ captions, text -> image averages the log-probability of all the caption's images
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

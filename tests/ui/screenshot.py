@@ -62,7 +62,7 @@ def parse_args() -> argparse.Namespace:
 ARGS = parse_args()
 REPORT: dict = {"ok": False, "blender": bpy.app.version_string, "python": sys.version.split()[0], "checks": {},
                 "errors": []}
-DRAWN = {name: 0 for name in PANELS}
+DRAWN = dict.fromkeys(PANELS, 0)
 
 
 def check(name: str, value, expected=True) -> None:
@@ -115,6 +115,7 @@ def lamp_arrays():
     """The sample lamp, Z up: (vertices, faces, {part: vertex indices}), or None without numpy."""
     try:
         import numpy as np
+
         from engine.samples import sample_mesh
     except ImportError as exc:
         REPORT["lamp_fallback"] = f"engine.samples unavailable ({exc}); a lamp of primitives"
@@ -253,7 +254,7 @@ def steps():
     REPORT["sidebar_width_before"] = sidebar.width
     yield from widen_sidebar(window, sidebar)
     REPORT["sidebar_width"] = sidebar.width  # cosmetic: not a check
-    DRAWN.update({name: 0 for name in PANELS})
+    DRAWN.update(dict.fromkeys(PANELS, 0))
     sidebar.tag_redraw()
     yield
     check("tab_hidden_before", DRAWN["PARTSTYLE_PT_main"] == 0 or hasattr(sidebar, "active_panel_category"))
@@ -261,7 +262,7 @@ def steps():
     # Park the pointer over the viewport so no button in the sidebar is highlighted.
     window.event_simulate(type='MOUSEMOVE', value='NOTHING', x=main_region.x + main_region.width // 3,
                           y=main_region.y + 40)
-    DRAWN.update({name: 0 for name in PANELS})
+    DRAWN.update(dict.fromkeys(PANELS, 0))
     sidebar.tag_redraw()
     yield
     yield
