@@ -1,7 +1,7 @@
 """Partstyle's task runner: one command per job, each doing its own set-up.
 
     python build.py demo    # stylize the parts of the bundled sample lamp offline -> out/demo/
-    python build.py test    # run the test suite
+    python build.py test    # lint, the test suite, and the suite again with the lowest declared versions
     python build.py bench   # print performance figures (docs/performance.md)
     python build.py extension  # build the Blender extension zip -> dist/partstyle-<version>.zip
 
@@ -15,6 +15,7 @@ Environment variables:
     PARTSTYLE_TORCH   the torch requirement to install first (default torch==2.13.0), e.g. a
                       CUDA build's spec on a GPU machine.
     PARTSTYLE_VENV    where to keep the virtual environment (default .venv in this folder).
+    PARTSTYLE_VENV_LOWEST  where to keep the lowest-versions environment (default .venv-lowest).
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import venv
 import zipfile
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: say so instead of a traceback
+    sys.exit(f"Partstyle needs Python 3.11 or newer to build (found {sys.version.split()[0]}).")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV = os.environ.get("PARTSTYLE_VENV", os.path.join(ROOT, ".venv"))
 TORCH = os.environ.get("PARTSTYLE_TORCH", "torch==2.13.0")
-STAMP = os.path.join(VENV, "partstyle-installed.txt")
 DEMO_ARGS = [
     "stylize", "sample:lamp",
     "--prompt", "red base, yellow tube, blue shade",  # words the shipped tiny models were trained on
@@ -46,9 +50,34 @@ DEMO_ARGS = [
 ]
 
 
-def venv_python() -> str:
+# The lowest-versions environment: every runtime dependency of pyproject.toml (torch aside) at the
+# lowest version it declares, so that "supported" means tested at both ends of each range.
+LOWEST_VENV = os.environ.get("PARTSTYLE_VENV_LOWEST", os.path.join(ROOT, ".venv-lowest"))
+# Test extras that the lowest-versions run leaves out: Blender's module pins its own numpy (its
+# tests run in the main environment).
+LOWEST_SKIPS = ("bpy",)
+
+
+def venv_python(venv_dir: str = VENV) -> str:
     folder = "Scripts" if os.name == "nt" else "bin"
-    return os.path.join(VENV, folder, "python.exe" if os.name == "nt" else "python")
+    return os.path.join(venv_dir, folder, "python.exe" if os.name == "nt" else "python")
+
+
+def _project() -> dict:
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        return tomllib.load(fh)["project"]
+
+
+def _is_torch(requirement: str) -> bool:
+    return requirement_name(requirement) == "torch"
+
+
+def requirement_name(requirement: str) -> str:
+    """The distribution name of a requirement string, normalized (``Pillow>=10`` -> ``pillow``)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    if not match:
+        raise ValueError(f"not a requirement: {requirement!r}")
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
 def requirements() -> list[str]:
@@ -56,34 +85,58 @@ def requirements() -> list[str]:
 
     One environment serves every task, so alternating ``demo`` and ``test`` never reinstalls.
     """
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
-        project = tomllib.load(fh)["project"]
-    reqs = [r for r in project["dependencies"] if not r.replace(" ", "").startswith("torch")]
+    project = _project()
+    reqs = [r for r in project["dependencies"] if not _is_torch(r)]
     return reqs + project["optional-dependencies"]["test"]
 
 
-def ensure_venv() -> str:
-    """Create/refresh .venv so it holds the pinned torch and the dependencies; returns its python."""
-    reqs = requirements()
+def lowest_version(requirement: str) -> str:
+    """``name>=X,<Y`` -> ``name==X``: the lowest version a requirement declares.
+
+    Raises ValueError for a requirement without a lower bound (nothing to test at that end).
+    """
+    name = requirement_name(requirement)
+    match = re.fullmatch(r"\s*[A-Za-z0-9._-]+\s*(?:\[[^\]]*\])?([^;]*)(?:;.*)?", requirement)
+    for clause in (match.group(1) if match else "").split(","):
+        bound = re.fullmatch(r"\s*(?:>=|==|~=)\s*([0-9][^\s]*)\s*", clause)
+        if bound:
+            return f"{name}=={bound.group(1)}"
+    raise ValueError(f"{requirement!r} declares no lowest version (write {name}>=X in pyproject.toml)")
+
+
+def lowest_requirements() -> list[str]:
+    """The runtime dependencies pinned at their lowest declared versions, plus the test extras
+    (without :data:`LOWEST_SKIPS`), for the lowest-versions run."""
+    project = _project()
+    pinned = [lowest_version(r) for r in project["dependencies"] if not _is_torch(r)]
+    tests = [r for r in project["optional-dependencies"]["test"] if requirement_name(r) not in LOWEST_SKIPS]
+    return pinned + tests
+
+
+def ensure_venv(venv_dir: str = VENV, reqs: list[str] | None = None) -> str:
+    """Create/refresh a virtual environment holding the pinned torch and ``reqs`` (default:
+    :func:`requirements`); returns its python. Reinstalls only when the wanted set changed."""
+    reqs = requirements() if reqs is None else reqs
+    stamp = os.path.join(venv_dir, "partstyle-installed.txt")
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
         wanted = hashlib.sha256(fh.read() + TORCH.encode() + repr(sorted(reqs)).encode()).hexdigest()
-    python = venv_python()
-    if os.path.isfile(python) and os.path.isfile(STAMP):
-        with open(STAMP, encoding="utf-8") as fh:
+    python = venv_python(venv_dir)
+    if os.path.isfile(python) and os.path.isfile(stamp):
+        with open(stamp, encoding="utf-8") as fh:
             if fh.read().strip() == wanted:
                 return python
     if not os.path.isfile(python):
-        log(f"creating the virtual environment {VENV}")
-        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+        log(f"creating the virtual environment {venv_dir}")
+        venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
     log(f"installing {TORCH}")
     pip_install(python, [TORCH])
-    log("installing the dependencies of pyproject.toml")
+    log("installing " + ", ".join(reqs))
     with tempfile.TemporaryDirectory() as tmp:
         constraints = os.path.join(tmp, "constraints.txt")
         with open(constraints, "w", encoding="utf-8") as fh:
             fh.write(TORCH + "\n")
         pip_install(python, ["-c", constraints, *reqs])
-    with open(STAMP, "w", encoding="utf-8") as fh:
+    with open(stamp, "w", encoding="utf-8") as fh:
         fh.write(wanted + "\n")
     return python
 
@@ -109,9 +162,45 @@ def task_demo(args: list[str]) -> None:
 
 
 def task_test(args: list[str]) -> None:
+    """The test command: lint, the suite with the newest versions, the suite with the lowest ones.
+
+    ``test``: all three stages, stopping at the first that fails. ``test --lowest [PYTEST ARGS]``:
+    only the lowest-versions run. ``test --lint``: only ruff. ``test PYTEST ARGS``: only the main
+    suite, with those arguments (e.g. one file).
+    """
+    if args[:1] == ["--lint"]:
+        lint(ensure_venv())
+        return
+    if args[:1] == ["--lowest"]:
+        test_lowest(args[1:])
+        return
     python = ensure_venv()
+    if args:
+        pytest(python, args)
+        return
+    log("1/3: ruff (the lint rules of pyproject.toml)")
+    lint(python)
+    log("2/3: the test suite, newest versions")
+    pytest(python, [])
+    log("3/3: the test suite with the lowest declared versions (docs/installation.md, 'Tested versions')")
+    test_lowest([])
+
+
+def lint(python: str) -> None:
+    run([python, "-m", "ruff", "check", "--no-cache", "."])
+
+
+def pytest(python: str, args: list[str]) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    run([python, "-m", "pytest", *args], env=env)
+    run([python, "-m", "pytest", "-p", "no:cacheprovider", *args], env=env)
+
+
+def test_lowest(args: list[str]) -> None:
+    python = ensure_venv(LOWEST_VENV, lowest_requirements())
+    run([python, "-c", "import numpy, transformers, huggingface_hub, safetensors, trimesh, PIL, tqdm, torch; "
+                       "print('[build] lowest versions: ' + ', '.join(f'{m.__name__} {m.__version__}' for m in "
+                       "(torch, transformers, huggingface_hub, safetensors, numpy, trimesh, PIL, tqdm)))"])
+    pytest(python, args)
 
 
 def task_bench(args: list[str]) -> None:
@@ -383,8 +472,6 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] not in TASKS:
         print(__doc__)
         sys.exit(2)
-    if sys.version_info < (3, 11):
-        sys.exit("Partstyle needs Python 3.11 or newer to build (found %d.%d)." % sys.version_info[:2])
     TASKS[argv[0]](argv[1:])
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
+from . import engine_link
 from .engine_link import AddonError
 
 COLOR_ATTRIBUTE = "Partstyle"
@@ -34,8 +35,8 @@ REST_GRAY = (0.2, 0.2, 0.2)
 
 
 def normalize_part(name: str) -> str:
-    """Part names as the engine normalizes them: lower case, single spaces."""
-    return " ".join(str(name).lower().split())
+    """Part names as the engine normalizes them (``engine.prompt.normalize_part_name``)."""
+    return engine_link.load("prompt", light=True).normalize_part_name(name)
 
 
 def group_name(part: str) -> str:

@@ -19,6 +19,7 @@ command prints ``error: ...`` on stderr and exits 1 (2 for bad arguments, 130 wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -73,7 +74,9 @@ def import_addon():
     extension), importable by putting its parent folder on ``sys.path``."""
     here = os.path.dirname(os.path.abspath(__file__))
     root, package = os.path.dirname(here), os.path.basename(here)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]  # `python addon/cli.py` puts it first
+    sys.path[:] = [
+        p for p in sys.path if os.path.abspath(p or os.curdir) != here
+    ]  # `python addon/cli.py` puts it first
     if root not in sys.path:
         sys.path.insert(0, root)
     return importlib.import_module(package)
@@ -132,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         print("cancelled: interrupted; nothing was saved", file=sys.stderr)
         return EXIT_INTERRUPTED
     if failed:
-        print(f"error: {len(failed)} of {len(args.object)} object(s) failed ({', '.join(failed)}); "
-              "nothing was saved", file=sys.stderr)
+        print(
+            f"error: {len(failed)} of {len(args.object)} object(s) failed ({', '.join(failed)}); nothing was saved",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -155,19 +160,26 @@ def _cancel_on_interrupt(jobs):
         pressed.append(True)
         job.cancel()
 
-    try:
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         signal.signal(signal.SIGINT, on_interrupt)
-    except ValueError:  # not the main thread
-        pass
     return lambda: bool(pressed)
 
 
 def stylize_object(name: str, args, engine_link, jobs, runs) -> bool:
     """Stylize one object; prints its outcome. True on success."""
     request = runs.Request(
-        object_name=name, prompt=args.prompt, lock=tuple(args.lock), use_groups=args.use_groups,
-        preset=args.preset, iterations=args.iterations, seed=args.seed, device=args.device,
-        models=args.models, allow_download=args.allow_download, overrides=tuple(args.overrides))
+        object_name=name,
+        prompt=args.prompt,
+        lock=tuple(args.lock),
+        use_groups=args.use_groups,
+        preset=args.preset,
+        iterations=args.iterations,
+        seed=args.seed,
+        device=args.device,
+        models=args.models,
+        allow_download=args.allow_download,
+        overrides=tuple(args.overrides),
+    )
     run = runs.StyleRun(request)
     try:
         job = runs.start(run, threaded=False, listener=ProgressLines(name, jobs.load_events()))
@@ -176,7 +188,7 @@ def stylize_object(name: str, args, engine_link, jobs, runs) -> bool:
         return False
     jobs.drain(job)
     level, message = runs.conclude(job, run)
-    if level == 'ERROR':
+    if level == "ERROR":
         print(f"error: {name}: {message}", file=sys.stderr)
         return False
     print(f"[{name}] {message} ({job.seconds:.1f} s)", flush=True)

@@ -27,7 +27,7 @@ REQUIREMENTS = ("torch", "transformers", "safetensors", "huggingface_hub", "nump
 #: The import name of each requirement where it differs from the pip name.
 _IMPORT_NAMES = {"huggingface_hub": "huggingface_hub"}
 #: Used in messages; a CPU build is the default on Linux, see docs/blender.md for CUDA builds.
-PIP_PACKAGES = ("torch", "transformers>=5,<6", "safetensors", "huggingface_hub", "trimesh", "pillow", "tqdm")
+PIP_PACKAGES = ("torch", "transformers>=5.23,<6", "safetensors", "huggingface_hub", "trimesh", "pillow", "tqdm")
 
 
 class AddonError(Exception):
@@ -148,7 +148,8 @@ def load(module: str, *, light: bool = False):
     """Import ``<engine>.<module>`` (e.g. ``"api"``), or raise :class:`AddonError` saying what to install.
 
     ``light=True`` is for the engine's modules that need only numpy (``prompt``, ``parts``,
-    ``mesh``, ``config``, ``errors``, ``events``, ``colors``): they load without torch.
+    ``mesh``, ``config``, ``errors``, ``events``, ``colors``, ``result``, ``request``): they load
+    without torch (tests/test_rules.py checks every module the add-on loads this way).
     """
     state = status()
     if not state.package or (state.missing and not light):

@@ -44,7 +44,7 @@ class Progress:
         """``stage`` or ``12/300, 1:05 left``."""
         if not self.total:
             return self.stage.capitalize()
-        minutes, seconds = divmod(int(round(self.eta)), 60)
+        minutes, seconds = divmod(round(self.eta), 60)
         return f"{self.step}/{self.total}, {minutes}:{seconds:02d} left"
 
 

@@ -55,23 +55,21 @@ def _run_poll(cls, context) -> bool:
 def request_from(context, *, styles: bool = True) -> runs.Request:
     """The panel's state as a run request for the active object.
 
-    With part rows, the rows are the prompt (``part: style; ...``); without, the prompt field is.
+    With part rows, the rows are the prompt (sent as parsed pairs); without, the prompt field is.
     ``styles=False`` (Locate parts) needs only the rows' part names.
     """
     settings = context.scene.partstyle
     rows = list(settings.parts)
     names = tuple(" ".join(row.part.split()) for row in rows)
-    for number, (name, row) in enumerate(zip(names, rows), 1):
+    for number, (name, row) in enumerate(zip(names, rows, strict=True), 1):
         if not name:
             raise engine_link.AddonError(f"Row {number} has no part name; fill it in or remove the row.")
         if styles and not row.style.strip():
             raise engine_link.AddonError(f"Row {number} ({name}) has no style; write one or remove the row.")
-    prompt = settings.prompt
-    if rows and styles:
-        prompt = engine_link.load("prompt", light=True).format_pairs([(n, row.style) for n, row in zip(names, rows)])
+    pairs = tuple((n, row.style) for n, row in zip(names, rows, strict=True)) if styles else ()
     return runs.Request(
-        object_name=context.active_object.name, prompt=prompt, part_names=names,
-        lock=tuple(n for n, row in zip(names, rows) if row.lock), use_groups=settings.use_vertex_groups,
+        object_name=context.active_object.name, prompt=settings.prompt, pairs=pairs, part_names=names,
+        lock=tuple(n for n, row in zip(names, rows, strict=True) if row.lock), use_groups=settings.use_vertex_groups,
         preset=settings.preset, iterations=settings.iterations, seed=settings.seed,
         overrides=tuple(settings.overrides.split()), swatches=tuple(tuple(row.color) for row in rows),
         **preferences.effective(settings, context))
@@ -220,11 +218,11 @@ class PARTSTYLE_OT_cancel(bpy.types.Operator):
 
 
 class PARTSTYLE_OT_clear(bpy.types.Operator):
-    """Remove everything Partstyle wrote on the active object: colors, displacement, its modifier and material, part groups"""
+    """Remove what Partstyle wrote on the active object: colors, displacement, modifier, material, part groups"""
 
     bl_idname = "partstyle.clear"
     bl_label = "Clear results"
-    bl_options = {'REGISTER', 'UNDO'}
+    bl_options = {"REGISTER", "UNDO"}
 
     keep_groups: BoolProperty(name="Keep part groups", description="Leave the part:<name> vertex groups")
 
@@ -240,5 +238,5 @@ class PARTSTYLE_OT_clear(bpy.types.Operator):
 
     def execute(self, context):
         removed = runs.clear(context.active_object, keep_groups=self.keep_groups)
-        self.report({'INFO'}, f"Removed {', '.join(removed)}." if removed else "Nothing to clear.")
-        return {'FINISHED'}
+        self.report({"INFO"}, f"Removed {', '.join(removed)}." if removed else "Nothing to clear.")
+        return {"FINISHED"}

@@ -67,8 +67,8 @@ class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
     iterations: IntProperty(name="Iterations", min=0, max=100000, default=0,
                             description="Optimization steps; 0 keeps the preset's")
     seed: IntProperty(name="Seed", min=0, default=0, description="Same seed, same result on the same machine")
-    device: EnumProperty(name="Device", items=[_FOLLOW] + DEVICE_ITEMS, default='PREFERENCES')
-    models: EnumProperty(name="Models", items=[_FOLLOW] + MODEL_ITEMS, default='PREFERENCES')
+    device: EnumProperty(name="Device", items=[_FOLLOW, *DEVICE_ITEMS], default='PREFERENCES')
+    models: EnumProperty(name="Models", items=[_FOLLOW, *MODEL_ITEMS], default='PREFERENCES')
     model_folder: StringProperty(name="Model folder", subtype='DIR_PATH',
                                  description="Folder with clip/ and grounding/ model folders (Models: Local folder)")
     overrides: StringProperty(

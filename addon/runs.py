@@ -33,7 +33,9 @@ class Request:
 
     Attributes:
         object_name: the mesh object, by name.
-        prompt: what the engine parses: ``part: style; ...`` or one style for the whole object.
+        prompt: the prompt text (``pottery base, linen shade`` or one style for the whole object);
+            used when there are no ``pairs``.
+        pairs: the panel's part rows as ``(part, style)``: the prompt, already parsed, when given.
         part_names: the parts to locate (default: the prompt's).
         lock: parts that keep the object's current Partstyle result.
         use_groups: parts come from the ``part:<name>`` vertex groups instead of grounding.
@@ -44,7 +46,8 @@ class Request:
     """
 
     object_name: str
-    prompt: str
+    prompt: str = ""
+    pairs: tuple[tuple[str, str], ...] = ()
     part_names: tuple[str, ...] = ()
     lock: tuple[str, ...] = ()
     use_groups: bool = False
@@ -73,8 +76,12 @@ class Request:
         return config.settings_for(self.preset, assignments + list(self.overrides))
 
     def parsed_prompt(self):
-        """The prompt parsed by the engine's grammar (raises its PromptError)."""
-        return engine_link.load("prompt", light=True).parse_prompt(self.prompt)
+        """The prompt as the engine checks it: the rows as parsed pairs, else the text through the
+        engine's grammar (raises its PromptError)."""
+        prompt = engine_link.load("prompt", light=True)
+        if self.pairs:
+            return prompt.check_prompt(prompt.StylePrompt(pairs=tuple(prompt.PartStyle(*p) for p in self.pairs)))
+        return prompt.check_prompt(self.prompt)
 
     def swatch(self, k: int) -> tuple[float, float, float]:
         return tuple(self.swatches[k]) if k < len(self.swatches) else PALETTE[k % len(PALETTE)]
@@ -130,7 +137,8 @@ class StyleRun:
             self.parts = engine_link.load("parts", light=True).PartWeights.from_vertex_groups(
                 groups, self.mesh.num_vertices)
         colors = engine_link.load("colors", light=True)
-        self.previous = None
+        result = engine_link.load("result", light=True)
+        previous = None
         if r.lock:
             linear = bridge.read_color(obj.data, bridge.COLOR_ATTRIBUTE)
             if linear is None:
@@ -138,25 +146,22 @@ class StyleRun:
                     f"Nothing to keep for the locked part(s) {', '.join(r.lock)}: '{obj.name}' has no Partstyle "
                     "result yet. Stylize once without locks first.")
             shift = bridge.read_float(obj.data, bridge.DISPLACEMENT_ATTRIBUTE)
-            self.previous = (colors.linear_to_srgb(linear), np.zeros(len(linear), np.float32) if shift is None else shift)
+            previous = result.SurfaceStyle(np.clip(colors.linear_to_srgb(linear), 0.0, 1.0),
+                                           np.zeros(len(linear), np.float32) if shift is None else shift)
         user = bridge.user_colors(obj.data)
-        self.base_colors = None if user is None else colors.linear_to_srgb(user)
+        self.style_request = engine_link.load("request", light=True).StyleRequest(
+            self.parsed, parts=self.parts, lock=r.lock, previous=previous,
+            base_colors=None if user is None else np.clip(colors.linear_to_srgb(user), 0.0, 1.0))
+        self.style_request.check_mesh(self.mesh.num_vertices)
         self.snapshot = bridge.ColorSnapshot(obj.data)
         return self
 
     def work(self, on_event, cancel):
         """The engine's stylize (worker thread: no bpy)."""
-        api = engine_link.load("api")
         r = self.request
-        previous = None
-        if self.previous is not None:
-            prompt = engine_link.load("prompt", light=True)
-            previous = api.StyleResult(self.mesh, prompt.StylePrompt(holistic_style="previous"),
-                                       self.previous[0], self.previous[1], self.settings)
-        return api.stylize(
-            self.mesh, r.prompt, settings=self.settings, models=model_store(r.models, r.allow_download),
-            device=r.device, parts=self.parts, lock=tuple(bridge.normalize_part(p) for p in r.lock),
-            previous=previous, base_colors=self.base_colors, on_event=on_event, cancel=cancel)
+        return engine_link.load("api").stylize(
+            self.mesh, self.style_request, settings=self.settings, models=model_store(r.models, r.allow_download),
+            device=r.device, on_event=on_event, cancel=cancel)
 
     def preview(self, event) -> None:
         """Live preview: the object's Partstyle colors from an in-between result."""

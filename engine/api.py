@@ -1,6 +1,7 @@
 """The door: the one function family that the command line, the Blender add-on and the tests call.
 
-    result = stylize(mesh, "a wooden chair", settings=settings_for("fast"), models="tiny")
+    result = stylize(mesh, StyleRequest("red base, blue shade"), settings=settings_for("fast"), models="tiny")
+    result = stylize(mesh, "a wooden chair")            # a plain prompt is a request with nothing else
 
 Everything returned is in the mesh's own object frame and units.
 """
@@ -10,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .colors import srgb_to_linear
 from .compose import Composition, compose_parts, whole_object
 from .config import Settings, settings_for
 from .errors import DeviceError, PromptError
@@ -27,46 +26,10 @@ from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .mesh import Mesh, Normalization
 from .models import ModelStore
-from .parts import PartWeights
-from .prompt import StylePrompt, parse_prompt
+from .prompt import StylePrompt, normalize_part_name
+from .request import StyleRequest
+from .result import StyleResult
 from .train import Objective, StyleTrainer, SurfaceInputs
-
-MAX_PROMPT_CHARACTERS = 300
-
-
-@dataclass(frozen=True)
-class StyleResult:
-    """A finished stylization, per vertex of the input mesh, object frame.
-
-    Attributes:
-        mesh: the input mesh (unchanged).
-        prompt: the prompt as parsed (holistic style, or part/style pairs).
-        colors_srgb: [V, 3] float32 in 0..1.
-        displacement: [V] float32 signed offset along ``mesh.vertex_normals``, object units.
-        settings: the settings used (seed included).
-        parts: the part weights the styles were applied with (None for a holistic prompt).
-        history: loss name -> value per iteration.
-        record: facts about the run for reports (device, models, timings, steps, skipped steps).
-    """
-
-    mesh: Mesh
-    prompt: StylePrompt
-    colors_srgb: np.ndarray
-    displacement: np.ndarray
-    settings: Settings
-    parts: PartWeights | None = None
-    history: dict[str, list[float]] = field(default_factory=dict)
-    record: dict = field(default_factory=dict)
-
-    @property
-    def colors_linear(self) -> np.ndarray:
-        """[V, 3] float32 linear colors (what Blender and glTF store)."""
-        return srgb_to_linear(self.colors_srgb)
-
-    def displaced_vertices(self, strength: float = 1.0) -> np.ndarray:
-        """[V, 3] float32 vertex positions with ``strength`` x the displacement, object frame."""
-        offset = (strength * self.displacement)[:, None] * self.mesh.vertex_normals
-        return (self.mesh.vertices + offset).astype(np.float32)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -88,19 +51,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def check_prompt(prompt: str | StylePrompt, *, holistic: bool = False) -> StylePrompt:
-    """Parse ``prompt`` (see :mod:`engine.prompt`); overlong prompts raise :class:`PromptError`."""
-    if isinstance(prompt, StylePrompt):
-        return prompt
-    text = " ".join(str(prompt).split())
-    if len(text) > MAX_PROMPT_CHARACTERS:
-        raise PromptError(
-            f"the prompt has {len(text)} characters; keep it under {MAX_PROMPT_CHARACTERS} "
-            "(CLIP reads at most 77 tokens)."
-        )
-    return parse_prompt(text, holistic=holistic)
-
-
 def locate_parts(
     mesh: Mesh,
     parts: list[str] | tuple[str, ...],
@@ -120,7 +70,7 @@ def locate_parts(
     settings = settings or settings_for()
     dev = resolve_device(device)
     store = models if isinstance(models, ModelStore) else ModelStore(models)
-    names = [" ".join(p.lower().split()) for p in parts]
+    names = [normalize_part_name(p) for p in parts]
     if not names or any(not n for n in names):
         raise PromptError("give at least one part name to locate, e.g. --parts \"base, tube, shade\".")
     on_event(StageEvent("loading models", f"grounding ({store.describe()})"))
@@ -133,44 +83,37 @@ def locate_parts(
 
 def stylize(
     mesh: Mesh,
-    prompt: str | StylePrompt,
+    request: StyleRequest | str,
     *,
     settings: Settings | None = None,
     models: ModelStore | str = "tiny",
     device: str | torch.device = "auto",
-    holistic: bool = False,
-    parts: PartWeights | None = None,
-    lock: tuple[str, ...] = (),
-    previous: StyleResult | None = None,
-    base_colors: np.ndarray | None = None,
     on_event: EventSink = ignore_events,
     cancel: CancelToken | None = None,
     checkpoint: str | None = None,
     resume: bool = False,
 ) -> StyleResult:
-    """Stylize ``mesh`` so that its renders match ``prompt``.
+    """Stylize ``mesh`` so that its renders match the request's prompt.
 
     Args:
         mesh: the input, object frame; it is never modified.
-        prompt: a part-style prompt (``"pottery base, gold tube, linen shade"``) or one style for
-            the whole object (``"a lamp made of gold"``); see :mod:`engine.prompt`.
+        request: what to do (:class:`StyleRequest`: prompt, given parts, locks, previous result,
+            base colors); a plain string is ``StyleRequest(prompt)``.
         settings: all settings (default: the default preset).
         models: a :class:`ModelStore` or a source name for one (``tiny``, ``default``, a folder).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        holistic: read the whole prompt as one style, without looking for parts.
-        parts: per-vertex part weights given by the user (labels, vertex groups): no grounding
-            runs. Without them, a part prompt locates its parts with the grounding model.
-        lock: parts that keep ``previous``'s result instead of being restyled.
-        previous: an earlier result on the same mesh (needed with ``lock``).
-        base_colors: [V, 3] sRGB colors that vertices outside every styled part keep
-            (default: the field's neutral gray).
         on_event: receives progress, preview and notice events.
         cancel: a token to stop the run; raises :class:`Cancelled` (after checkpointing).
         checkpoint: path of a resumable checkpoint to keep while running.
         resume: continue from ``checkpoint``.
+
+    Raises :class:`PromptError` / :class:`InputError` for a request that does not fit the mesh,
+    before any model loads.
     """
+    request = request if isinstance(request, StyleRequest) else StyleRequest(request)
+    request.check_mesh(mesh.num_vertices)
     settings = settings or settings_for()
-    parsed = check_prompt(prompt, holistic=holistic)
+    parsed = request.prompt
     dev = resolve_device(device)
     store = models if isinstance(models, ModelStore) else ModelStore(models)
     started = time.perf_counter()
@@ -178,16 +121,16 @@ def stylize(
     part_weights = None
     if not parsed.is_holistic:
         part_weights = (
-            parts.select(parsed.parts) if parts is not None
+            request.parts.select(parsed.parts) if request.parts is not None
             else locate_parts(mesh, parsed.parts, settings=settings, models=store, device=dev, on_event=on_event,
                               cancel=cancel).weights
         )
-    composition = _composition(mesh, parsed, part_weights, lock, previous, base_colors, normalization, parts is not None)
+    composition = _composition(mesh, request, part_weights, normalization)
 
     on_event(StageEvent("loading models", store.describe()))
     guidance = ClipGuidance(store.clip(dev), settings.guidance)
     on_event(StageEvent("encoding text", parsed.full_text()))
-    styled = [pair for pair in parsed.pairs if pair.part not in lock]
+    styled = request.styled_pairs
     objective = Objective(
         text=guidance.encode_text([parsed.full_text()])[0],
         composition=composition,
@@ -227,29 +170,18 @@ def stylize(
     )
 
 
-def _composition(mesh, parsed, part_weights, lock, previous, base_colors, normalization, given_parts) -> Composition:
+def _composition(mesh: Mesh, request: StyleRequest, part_weights, normalization: Normalization) -> Composition:
     """The blend of per-part outputs for this request (holistic: the whole mesh is one part)."""
-    if parsed.is_holistic:
-        if lock:
-            raise PromptError("--lock needs a part prompt; a holistic prompt has no parts to keep.")
-        if given_parts:
-            raise PromptError(
-                f"parts were given but the prompt {parsed.full_text()!r} names none; write the styles per part "
-                "(e.g. 'red base, blue shade') or leave the parts out."
-            )
+    if request.prompt.is_holistic:
         return whole_object(mesh.num_vertices)
-    unknown = [p for p in lock if p not in parsed.parts]
-    if unknown:
-        raise PromptError(f"cannot lock {', '.join(map(repr, unknown))}: not a part of the prompt ({', '.join(parsed.parts)}).")
-    if lock and previous is None:
-        raise PromptError("locked parts keep an earlier result: give the previous result (--previous DIR).")
-    if previous is not None and previous.mesh.num_vertices != mesh.num_vertices:
-        raise PromptError("the previous result belongs to a mesh with a different vertex count; it cannot be reused.")
-    original = np.full((mesh.num_vertices, 3), BASE_COLOR, np.float32) if base_colors is None else base_colors
+    original = request.base_colors
+    if original is None:
+        original = np.full((mesh.num_vertices, 3), BASE_COLOR, np.float32)
+    previous = request.previous
     return compose_parts(
         part_weights,
         original_colors=original,
-        locked=tuple(lock),
+        locked=request.lock,
         previous_colors=None if previous is None else previous.colors_srgb,
         previous_displacement=None if previous is None else previous.displacement / normalization.scale,
     )
@@ -271,7 +203,9 @@ def _grounding_loss(store: ModelStore, device: torch.device, styled, settings: S
                              threshold=settings.guidance.grounding_threshold)
 
 
-def run_fingerprint(mesh: Mesh, prompt: StylePrompt, settings: Settings, model_name: str, composition: Composition) -> str:
+def run_fingerprint(
+    mesh: Mesh, prompt: StylePrompt, settings: Settings, model_name: str, composition: Composition
+) -> str:
     """A hash of everything that determines a run, so a checkpoint resumes only its own run.
 
     ``optim.iterations`` is left out: a resumed run may be extended.

@@ -17,6 +17,7 @@ Figures are medians over repetitions after a warm-up. Nothing here is a pass/fai
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
@@ -51,7 +52,9 @@ RENDER_SIZES = (224, 512)
 ITERATION_FACES = 40_000
 
 
-def run_benchmarks(*, quick: bool = False, device: str = "auto", clip: str = "vit-b-32", out: TextIO = sys.stdout) -> dict:
+def run_benchmarks(
+    *, quick: bool = False, device: str = "auto", clip: str = "vit-b-32", out: TextIO = sys.stdout
+) -> dict:
     """Run every benchmark, print a report to ``out`` and return the figures as a dict.
 
     ``clip`` picks the architectures timed: ``vit-b-32`` (the real-size CLIP and Grounding DINO
@@ -82,23 +85,32 @@ def run_benchmarks(*, quick: bool = False, device: str = "auto", clip: str = "vi
         result = iteration_timing(preset, dev, reps, models=models, faces=faces, overrides=overrides)
         label = preset + "".join(f" --set {o}" for o in overrides)
         figures["iteration"][label] = result
-        say(f"\n# one iteration, preset '{label}': lamp {result['faces']} faces, {result['views']} views at 224 px, "
-            f"{result['images']} CLIP images ({clip}), ms (median)")
+        say(
+            f"\n# one iteration, preset '{label}': lamp {result['faces']} faces, {result['views']} views at 224 px, "
+            f"{result['images']} CLIP images ({clip}), ms (median)"
+        )
         for phase in PHASES:
             say(f"  {phase:<18} {result[phase]:>9.1f}")
         say(f"  {'sum of phases':<18} {result['sum_of_phases']:>9.1f}")
         say(f"  {'whole step()':<18} {result['whole_step']:>9.1f}")
         say(f"  ratio whole step / guidance forward+backward = {result['ratio']:.3f}")
 
-    say(f"\n# part prompts: 'pottery base, gold tube, linen shade' on the lamp ({faces} faces), parts given by "
-        "label; ms per iteration (median), averaged over the grounding schedule")
-    say(f"  {'preset':<10} {'holistic':>9} {'CLIP step':>10} {'grounding':>10} {'every':>6} {'average':>9} {'ratio':>6}")
+    say(
+        f"\n# part prompts: 'pottery base, gold tube, linen shade' on the lamp ({faces} faces), parts given by "
+        "label; ms per iteration (median), averaged over the grounding schedule"
+    )
+    say(
+        f"  {'preset':<10} {'holistic':>9} {'CLIP step':>10} {'grounding':>10} {'every':>6} {'average':>9} {'ratio':>6}"
+    )
     figures["parts"] = {}
     for preset in ("fast",) if quick else ("fast", "faithful"):
         result = parts_timing(preset, dev, max(1, reps - 2), models=models, faces=faces)
         figures["parts"][preset] = result
-        say(f"  {preset:<10} {result['holistic_step']:>9.1f} {result['clip_step']:>10.1f} "
-            f"{result['grounding_step']:>10.1f} {result['grounding_every']:>6} {result['average']:>9.1f} {result['ratio']:>6.2f}")
+        say(
+            f"  {preset:<10} {result['holistic_step']:>9.1f} {result['clip_step']:>10.1f} "
+            f"{result['grounding_step']:>10.1f} {result['grounding_every']:>6} {result['average']:>9.1f} "
+            f"{result['ratio']:>6.2f}"
+        )
 
     say(f"\n# localization: {LOCATE_VIEWS} views of the lamp, render + detect + lift (s)")
     figures["localization"] = {}
@@ -150,7 +162,13 @@ def lamp_surface(faces: int, device: torch.device) -> tuple:
 
 
 def iteration_timing(
-    preset: str, device: torch.device, reps: int, *, models: BenchmarkModels, faces: int, overrides: tuple[str, ...] = ()
+    preset: str,
+    device: torch.device,
+    reps: int,
+    *,
+    models: BenchmarkModels,
+    faces: int,
+    overrides: tuple[str, ...] = (),
 ) -> dict:
     """Phase split of one holistic iteration and the whole ``StyleTrainer.step()``, medians in ms."""
     settings = settings_for(preset, list(overrides))
@@ -170,20 +188,30 @@ def iteration_timing(
         def render():
             positions = surface.vertices + leaf_displacement.unsqueeze(-1) * surface.normals
             cams = sample_views(settings.views.count, settings.views, settings.render, sampling, device=device)
-            return trainer.renderer.render(positions, surface.faces, cams, colors=leaf_colors,
-                                           geometry=settings.guidance.geometry_crops > 0)
+            return trainer.renderer.render(
+                positions, surface.faces, cams, colors=leaf_colors, geometry=settings.guidance.geometry_crops > 0
+            )
 
         out = _timed(device, record, "render_forward", render)
         color_in = out.color.detach().requires_grad_(True)
         geometry_in = out.geometry.detach().requires_grad_(True) if out.geometry is not None else None
-        loss = _timed(device, record, "guidance_forward",
-                      lambda: guidance.losses(color_in, geometry_in, text, sampling)["total"])
+        loss = _timed(
+            device, record, "guidance_forward", lambda: guidance.losses(color_in, geometry_in, text, sampling)["total"]
+        )
         _timed(device, record, "guidance_backward", loss.backward)
         grads = [(out.color, color_in.grad)] + ([(out.geometry, geometry_in.grad)] if geometry_in is not None else [])
-        _timed(device, record, "render_backward",
-               lambda: torch.autograd.backward([g[0] for g in grads], [g[1] for g in grads]))
-        _timed(device, record, "field_backward",
-               lambda: torch.autograd.backward([colors, displacement], [leaf_colors.grad, leaf_displacement.grad]))
+        _timed(
+            device,
+            record,
+            "render_backward",
+            lambda: torch.autograd.backward([g[0] for g in grads], [g[1] for g in grads]),
+        )
+        _timed(
+            device,
+            record,
+            "field_backward",
+            lambda: torch.autograd.backward([colors, displacement], [leaf_colors.grad, leaf_displacement.grad]),
+        )
         _timed(device, record, "optimizer", trainer.optimizer.step)
         _timed(device, record, "whole_step", trainer.step)
     result = {name: statistics.median(values) * 1e3 for name, values in phases.items()}
@@ -229,21 +257,27 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
     ground_ms = statistics.median(grounding_steps) * 1e3
     average = ((every - 1) * clip_ms + ground_ms) / every
     holistic_ms = statistics.median(holistic_steps) * 1e3
-    return {"holistic_step": holistic_ms, "clip_step": clip_ms, "grounding_step": ground_ms,
-            "grounding_every": every, "average": average, "ratio": average / holistic_ms}
+    return {
+        "holistic_step": holistic_ms,
+        "clip_step": clip_ms,
+        "grounding_step": ground_ms,
+        "grounding_every": every,
+        "average": average,
+        "ratio": average / holistic_ms,
+    }
 
 
 def localization_timing(size: int, device: torch.device, *, models: BenchmarkModels) -> float:
     """Seconds to locate 3 parts on the 20k-face lamp from ``LOCATE_VIEWS`` views at ``size`` px."""
-    settings = settings_for("fast", [f"localize.views={LOCATE_VIEWS}", f"localize.resolution={size}", "localize.box_threshold=0"])
-    mesh, surface = lamp_surface(20_000, device)
+    settings = settings_for(
+        "fast", [f"localize.views={LOCATE_VIEWS}", f"localize.resolution={size}", "localize.box_threshold=0"]
+    )
+    _mesh, surface = lamp_surface(20_000, device)
     detect = detector_boxes(GroundingDetector(models.grounding, size=size), 0.0)
 
     def run():
-        try:
+        with contextlib.suppress(PartNotFound):  # random weights may support no part: the work was done
             locate(surface.vertices, surface.faces, ["base", "tube", "shade"], detect, settings)
-        except PartNotFound:
-            pass  # random weights may support no part: the work was done all the same
 
     return _seconds(device, run)
 

@@ -127,8 +127,15 @@ def sample_views(
     front_e = math.radians(views.front_elevation_degrees)
     front_a = math.radians(views.front_azimuth_degrees)
     jitter = torch.randn(max(count - 1, 0), 2, generator=generator, dtype=torch.float64)
-    elevation = torch.cat((torch.tensor([front_e], dtype=torch.float64), front_e + jitter[:, 0] * math.radians(views.elevation_std_degrees)))
-    azimuth = torch.cat((torch.tensor([front_a], dtype=torch.float64), front_a + jitter[:, 1] * math.radians(views.azimuth_std_degrees)))
+    elevation = torch.cat(
+        (
+            torch.tensor([front_e], dtype=torch.float64),
+            front_e + jitter[:, 0] * math.radians(views.elevation_std_degrees),
+        )
+    )
+    azimuth = torch.cat(
+        (torch.tensor([front_a], dtype=torch.float64), front_a + jitter[:, 1] * math.radians(views.azimuth_std_degrees))
+    )
     return fixed_views(elevation[:count], azimuth[:count], views, render, device=device)
 
 
@@ -141,7 +148,9 @@ def ring_views(
     device: torch.device | str = "cpu",
 ) -> Cameras:
     """``count`` views evenly spaced in azimuth starting at the front (previews, localization)."""
-    azimuth = torch.arange(count, dtype=torch.float64) * (2.0 * math.pi / count) + math.radians(views.front_azimuth_degrees)
+    azimuth = torch.arange(count, dtype=torch.float64) * (2.0 * math.pi / count) + math.radians(
+        views.front_azimuth_degrees
+    )
     elevation = torch.full((count,), math.radians(elevation_degrees), dtype=torch.float64)
     return fixed_views(elevation, azimuth, views, render, device=device)
 

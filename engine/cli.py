@@ -42,27 +42,50 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stylize", help="stylize a mesh from a text prompt")
-    p.add_argument("mesh", help="a mesh file (obj, ply, glb, gltf, stl, off) or sample:NAME[@FACES], e.g. sample:lamp@20k")
-    p.add_argument("--prompt", required=True,
-                   help='per-part styles, e.g. "pottery base, gold tube, linen shade" or "shade: woven linen", '
-                        'or one style for the whole object, e.g. "a lamp made of gold"')
+    p.add_argument(
+        "mesh", help="a mesh file (obj, ply, glb, gltf, stl, off) or sample:NAME[@FACES], e.g. sample:lamp@20k"
+    )
+    p.add_argument(
+        "--prompt",
+        required=True,
+        help='per-part styles, e.g. "pottery base, gold tube, linen shade" or "shade: woven linen", '
+        'or one style for the whole object, e.g. "a lamp made of gold"',
+    )
     p.add_argument("--whole", action="store_true", help="read the whole prompt as one style for the whole object")
-    p.add_argument("--parts-from", metavar="SOURCE",
-                   help="give the parts instead of locating them: a parts.npz written by `locate`, "
-                        "or 'labels' for the labels a built-in sample carries")
-    p.add_argument("--lock", action="append", default=[], metavar="PART",
-                   help="keep this part's earlier result (from --previous) while restyling the others (repeatable)")
+    p.add_argument(
+        "--parts-from",
+        metavar="SOURCE",
+        help="give the parts instead of locating them: a parts.npz written by `locate`, "
+        "or 'labels' for the labels a built-in sample carries",
+    )
+    p.add_argument(
+        "--lock",
+        action="append",
+        default=[],
+        metavar="PART",
+        help="keep this part's earlier result (from --previous) while restyling the others (repeatable)",
+    )
     p.add_argument("--previous", metavar="DIR", help="an earlier output folder of the same mesh, for --lock")
     p.add_argument("--out", required=True, help="output folder (created; earlier results are replaced only on success)")
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help=f"settings preset (default {DEFAULT_PRESET})")
+    p.add_argument(
+        "--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help=f"settings preset (default {DEFAULT_PRESET})"
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same result on the same machine)")
     p.add_argument("--iterations", type=int, default=None, help="shortcut for --set optim.iterations=N")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--models", default="tiny", help="tiny (built in, offline), default (real hub models) or a folder")
     p.add_argument("--allow-download", action="store_true", help="let --models default download missing models")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set views.count=3 (see `python -m engine settings`)")
-    p.add_argument("--up-axis", choices=["y", "z"], default=None, help="the mesh's up axis (default y; Blender exports z)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set views.count=3 (see `python -m engine settings`)",
+    )
+    p.add_argument(
+        "--up-axis", choices=["y", "z"], default=None, help="the mesh's up axis (default y; Blender exports z)"
+    )
     p.add_argument("--merge-vertices", action="store_true", help="weld vertices at equal positions on load (STL)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_locate)
 
     p = sub.add_parser("eval-localization", help="mIoU per part of the localization on the procedural samples")
-    p.add_argument("--models", default=None, help="also score this model source's grounding (tiny, default or a folder)")
+    p.add_argument(
+        "--models", default=None, help="also score this model source's grounding (tiny, default or a folder)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_eval_localization, up_axis=None)
@@ -102,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="print performance figures (see docs/performance.md)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (a smoke run)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--clip", default="vit-b-32", choices=["vit-b-32", "tiny"],
-                   help="CLIP architecture to time (random weights either way; default the real-size ViT-B/32)")
+    p.add_argument(
+        "--clip",
+        default="vit-b-32",
+        choices=["vit-b-32", "tiny"],
+        help="CLIP architecture to time (random weights either way; default the real-size ViT-B/32)",
+    )
     p.set_defaults(handler=cmd_bench)
     return parser
 
@@ -114,7 +143,7 @@ def load_input_mesh(spec: str, *, merge_vertices: bool = False):
     from .samples import parse_sample_spec, sample_mesh
 
     if spec.startswith(SAMPLE_PREFIX):
-        name, faces = parse_sample_spec(spec[len(SAMPLE_PREFIX):])
+        name, faces = parse_sample_spec(spec[len(SAMPLE_PREFIX) :])
         return sample_mesh(name, faces)
     if not os.path.exists(spec):
         raise MeshError(f"{spec}: no such file (for a built-in mesh write sample:lamp, sample:chair or sample:mug).")
@@ -149,53 +178,34 @@ def mesh_from_args(args: argparse.Namespace):
 
 def load_part_weights(source: str, mesh):
     """Part weights from 'labels' (a built-in sample's own) or a parts.npz written by `locate`."""
-    import numpy as np
-
+    from .export import read_part_weights
     from .parts import PartWeights
 
     if source == "labels":
         if mesh.labels is None:
-            raise PartNotFound("--parts-from labels: only the built-in samples carry part labels; use a parts.npz from `locate`.")
+            raise PartNotFound(
+                "--parts-from labels: only the built-in samples carry part labels; use a parts.npz from `locate`."
+            )
         return PartWeights.from_labels(mesh.labels, mesh.label_names)
-    if not os.path.isfile(source):
-        raise PartNotFound(f"--parts-from {source}: no such file (expected a parts.npz written by `python -m engine locate`).")
-    with np.load(source) as data:
-        if "names" not in data or "weights" not in data:
-            raise PartNotFound(f"{source} holds no part weights (expected 'names' and 'weights' arrays).")
-        names, weights = tuple(str(n) for n in data["names"]), data["weights"].astype(np.float32)
-        confidence = data["confidence"] if "confidence" in data else np.ones(len(weights), np.float32)
-    if weights.shape != (mesh.num_vertices, len(names) + 1):
-        raise PartNotFound(f"{source} is for a mesh of {weights.shape[0]} vertices; this one has {mesh.num_vertices}.")
-    return PartWeights(names, weights, confidence.astype(np.float32), "file")
-
-
-def load_previous(folder: str, mesh, settings):
-    """An earlier result (for --lock) from its output folder's result.npz."""
-    import numpy as np
-
-    from .api import StyleResult
-    from .prompt import StylePrompt
-
-    path = os.path.join(folder, "result.npz")
-    if not os.path.isfile(path):
-        raise PartNotFound(f"--previous {folder}: no result.npz there; name the output folder of an earlier run.")
-    with np.load(path) as data:
-        colors, displacement = data["colors_srgb"], data["displacement"]
-    if colors.shape[0] != mesh.num_vertices:
-        raise PartNotFound(f"--previous {folder} is a result for a mesh of {colors.shape[0]} vertices; this one has {mesh.num_vertices}.")
-    return StyleResult(mesh, StylePrompt(holistic_style="previous"), colors, displacement, settings)
+    return read_part_weights(source, mesh.num_vertices)
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
     from .api import stylize
     from .events import CancelToken
-    from .export import write_result
+    from .export import read_surface_style, write_result
     from .models import ModelStore
+    from .request import StyleRequest
 
     settings = settings_from_args(args)
     mesh = mesh_from_args(args)
-    parts = load_part_weights(args.parts_from, mesh) if args.parts_from else None
-    previous = load_previous(args.previous, mesh, settings) if args.previous else None
+    request = StyleRequest(
+        args.prompt,
+        holistic=args.whole,
+        parts=load_part_weights(args.parts_from, mesh) if args.parts_from else None,
+        lock=tuple(args.lock),
+        previous=read_surface_style(args.previous, mesh.num_vertices) if args.previous else None,
+    )
     store = ModelStore(args.models, allow_download=args.allow_download)
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     cancel = CancelToken()
@@ -203,9 +213,15 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     old_handler = _install_interrupt(cancel)
     try:
         result = stylize(
-            mesh, args.prompt, settings=settings, models=store, device=args.device, holistic=args.whole,
-            parts=parts, lock=tuple(" ".join(p.lower().split()) for p in args.lock), previous=previous,
-            on_event=progress, cancel=cancel, checkpoint=checkpoint, resume=args.resume,
+            mesh,
+            request,
+            settings=settings,
+            models=store,
+            device=args.device,
+            on_event=progress,
+            cancel=cancel,
+            checkpoint=checkpoint,
+            resume=args.resume,
         )
     finally:
         progress.close()
@@ -233,8 +249,15 @@ def cmd_locate(args: argparse.Namespace) -> int:
     cancel = CancelToken()
     old_handler = _install_interrupt(cancel)
     try:
-        localization = locate_parts(mesh, names, settings=settings, device=args.device, on_event=progress, cancel=cancel,
-                                    models=ModelStore(args.models, allow_download=args.allow_download))
+        localization = locate_parts(
+            mesh,
+            names,
+            settings=settings,
+            device=args.device,
+            on_event=progress,
+            cancel=cancel,
+            models=ModelStore(args.models, allow_download=args.allow_download),
+        )
     finally:
         signal.signal(signal.SIGINT, old_handler)
     paths = write_localization(localization, mesh, args.out)
@@ -290,7 +313,9 @@ class ProgressPrinter:
             self._write(f"{event.name}: {event.detail}" if event.detail else event.name)
         elif isinstance(event, StepEvent) and not self.quiet:
             if self.bar is None:
-                self.bar = tqdm(total=event.total, initial=event.step - 1, unit="it", dynamic_ncols=True, file=sys.stderr)
+                self.bar = tqdm(
+                    total=event.total, initial=event.step - 1, unit="it", dynamic_ncols=True, file=sys.stderr
+                )
             self.bar.set_postfix(loss=f"{event.losses.get('total', float('nan')):.4f}", refresh=False)
             self.bar.update(event.step - self.bar.n)
 
@@ -320,7 +345,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"partstyle {__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {numpy.__version__}")
-    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    cuda = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     print(f"devices: cpu ({torch.get_num_threads()} threads)" + "".join(f", cuda:{i} {n}" for i, n in enumerate(cuda)))
     print("models: tiny (built in): available")
     try:

@@ -76,5 +76,7 @@ def compose_parts(
             raise ValueError("locked parts need the previous result's colors and displacement")
         share = w[:, locked_columns].sum(1, keepdim=True)
         fixed_colors = fixed_colors + share * torch.from_numpy(np.asarray(previous_colors, np.float32))
-        fixed_displacement = fixed_displacement + share[:, 0] * torch.from_numpy(np.asarray(previous_displacement, np.float32))
+        fixed_displacement = fixed_displacement + share[:, 0] * torch.from_numpy(
+            np.asarray(previous_displacement, np.float32)
+        )
     return Composition(w[:, styled].contiguous(), fixed_colors, fixed_displacement)

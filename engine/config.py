@@ -307,7 +307,7 @@ def _coerce(key: str, raw: Any, hint: Any) -> Any:
             item_types = get_args(hint)
             if len(values) != len(item_types):
                 raise ValueError(raw)
-            return tuple(_coerce(key, v, t) for v, t in zip(values, item_types))
+            return tuple(_coerce(key, v, t) for v, t in zip(values, item_types, strict=True))
     except (TypeError, ValueError, json.JSONDecodeError):
         raise SettingsError(f"setting '{key}' expects {_type_name(hint)}, got {raw!r}.") from None
     raise SettingsError(f"setting '{key}' has an unsupported type {hint!r}.")

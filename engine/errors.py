@@ -12,7 +12,12 @@ class PartstyleError(Exception):
     """Base class of every error the engine raises on purpose."""
 
 
-class MeshError(PartstyleError):
+class InputError(PartstyleError):
+    """An input the user gave cannot be used: an unreadable or malformed file (``parts.npz``,
+    ``result.npz``), arrays of the wrong shape, type or range, or data made for another mesh."""
+
+
+class MeshError(InputError):
     """The mesh cannot be used: unreadable file, empty, non-finite coordinates, bad indices."""
 
 
@@ -21,7 +26,9 @@ class PromptError(PartstyleError):
 
 
 class PartNotFound(PartstyleError):
-    """A part of the prompt cannot be located on the mesh, or is not among the given parts."""
+    """A part of the prompt cannot be located on the mesh, or is not among the given parts.
+
+    Not for files that cannot be read (that is :class:`InputError`)."""
 
 
 class SettingsError(PartstyleError):
@@ -34,6 +41,10 @@ class ModelNotFound(PartstyleError):
 
 class ModelFormatError(PartstyleError):
     """A model folder exists but holds no loadable safetensors weights or config."""
+
+
+class DependencyError(PartstyleError):
+    """An installed library is a version the engine does not support for the work asked of it."""
 
 
 class DeviceError(PartstyleError):

@@ -54,7 +54,9 @@ def evaluate_localization(
         if store is not None:
             try:
                 found = locate_parts(mesh, list(mesh.label_names), settings=settings, models=store, device=dev)
-                scores.append(LocalizationScore(name, store.describe(), found.weights.iou(mesh.labels, mesh.label_names)))
+                scores.append(
+                    LocalizationScore(name, store.describe(), found.weights.iou(mesh.labels, mesh.label_names))
+                )
             except PartNotFound as exc:
                 scores.append(LocalizationScore(name, store.describe(), {}, str(exc)))
     return scores

@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -70,7 +69,7 @@ class NoticeEvent:
     message: str
 
 
-Event = Union[StageEvent, StepEvent, PreviewEvent, NoticeEvent]
+Event = StageEvent | StepEvent | PreviewEvent | NoticeEvent
 EventSink = Callable[[Event], None]
 
 

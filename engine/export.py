@@ -1,4 +1,6 @@
-"""A :class:`StyleResult` to files: GLB, npz, preview and loss images, and the run record.
+"""Results to files and back: a :class:`StyleResult` as GLB, npz, preview and loss images and the run
+record; a localization as ``parts.npz``; and the readers of those npz files (``--parts-from``,
+``--previous``), which check every array before the engine uses it.
 
 All files of a result are first written into a hidden staging folder inside the output folder
 and moved into place only when every one of them was written, so a failed export never leaves a
@@ -19,14 +21,16 @@ import torch
 import trimesh
 
 from . import __version__
-from .api import StyleResult
 from .cameras import ring_views
 from .config import RenderSettings
+from .errors import InputError
 from .glb import write_glb
 from .grounding.locate import Localization
 from .images import image_grid, plot_curves, save_png
 from .mesh import Mesh, Normalization
+from .parts import PartWeights
 from .render import Renderer
+from .result import StyleResult, SurfaceStyle
 
 RESULT_FILES = ("stylized.glb", "result.npz", "preview.png", "losses.png", "run.json")
 LOCATE_FILES = ("parts.npz", "parts.ply", "preview.png")
@@ -88,10 +92,87 @@ def write_localization(localization: Localization, mesh: Mesh, out_dir: str) -> 
             labels=weights.labels(), confidence=weights.confidence,
         )
         colors = (part_colors(weights.weights) * 255).round().astype(np.uint8)
-        trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=colors, process=False).export(os.path.join(folder, "parts.ply"))
+        trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=colors, process=False).export(
+            os.path.join(folder, "parts.ply")
+        )
         save_png(os.path.join(folder, "preview.png"), localization_preview(localization, mesh))
 
     return _staged(out_dir, LOCATE_FILES, write)
+
+
+def read_part_weights(path: str, num_vertices: int) -> PartWeights:
+    """The part weights of a ``parts.npz`` written by :func:`write_localization` (or by hand).
+
+    Needs ``names`` [K] text and ``weights`` [V, K + 1] (rest last) finite, in 0..1, for a mesh
+    of ``num_vertices``; ``confidence`` [V] is optional. Raises :class:`InputError` naming the file
+    and the array that is wrong. Never unpickles.
+    """
+    with _npz(path, "a parts.npz written by `python -m engine locate`") as data:
+        names = _array(data, path, "names", kind="U", ndim=1)
+        weights = _array(data, path, "weights", kind="f", shape=(num_vertices, len(names) + 1), unit=True)
+        confidence = (
+            _array(data, path, "confidence", kind="f", shape=(num_vertices,), unit=True)
+            if "confidence" in data
+            else np.ones(num_vertices, np.float32)
+        )
+    if len(names) == 0 or any(not str(n).strip() for n in names):
+        raise InputError(f"{path}: 'names' must list at least one non-empty part name")
+    return PartWeights(tuple(str(n) for n in names), weights, confidence, "file")
+
+
+def read_surface_style(folder: str, num_vertices: int) -> SurfaceStyle:
+    """The look of an earlier run from its output ``folder`` (``result.npz``: ``colors_srgb`` [V, 3]
+    in 0..1 and ``displacement`` [V], object units), for a mesh of ``num_vertices``.
+
+    Raises :class:`InputError` naming the file and the array that is wrong.
+    """
+    path = os.path.join(folder, "result.npz")
+    with _npz(path, "the output folder of an earlier `stylize` run") as data:
+        colors = _array(data, path, "colors_srgb", kind="f", shape=(num_vertices, 3), unit=True)
+        displacement = _array(data, path, "displacement", kind="f", shape=(num_vertices,))
+    return SurfaceStyle(colors, displacement)
+
+
+def _npz(path: str, expected: str):
+    """``np.load`` of an npz without pickles, or :class:`InputError` saying what was expected."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file (expected {expected}).")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path} is not a readable npz file ({exc}); expected {expected}.") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InputError(f"{path} holds one array, not an npz archive; expected {expected}.")
+    return data
+
+
+def _array(
+    data, path: str, key: str, *, kind: str, ndim: int | None = None, shape: tuple | None = None, unit: bool = False
+) -> np.ndarray:
+    """``data[key]`` checked: its dtype kind (``f`` floating or integer, ``U`` text), shape, finiteness
+    and, with ``unit``, values in 0..1. float arrays come back as float32."""
+    if key not in data.files:
+        raise InputError(f"{path} has no '{key}' array (it has: {', '.join(data.files) or 'nothing'}).")
+    try:
+        array = data[key]
+    except ValueError as exc:  # object arrays need pickles, which are refused
+        raise InputError(f"{path}: '{key}' cannot be read without unpickling ({exc}); it is refused.") from None
+    if kind == "U":
+        if array.dtype.kind not in "US":
+            raise InputError(f"{path}: '{key}' must hold text, not {array.dtype}.")
+    elif array.dtype.kind not in "fiu":
+        raise InputError(f"{path}: '{key}' must hold numbers, not {array.dtype}.")
+    if (ndim is not None and array.ndim != ndim) or (shape is not None and array.shape != shape):
+        wanted = list(shape) if shape is not None else f"{ndim} dimension(s)"
+        raise InputError(f"{path}: '{key}' has shape {list(array.shape)}, expected {wanted} for this mesh.")
+    if kind == "U":
+        return array
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise InputError(f"{path}: '{key}' holds NaN or infinite values.")
+    if unit and array.size and (array.min() < 0.0 or array.max() > 1.0):
+        raise InputError(f"{path}: '{key}' must lie in 0..1, found {array.min():.3g}..{array.max():.3g}.")
+    return array
 
 
 def localization_preview(localization: Localization, mesh: Mesh, *, size: int = 256) -> np.ndarray:
@@ -106,9 +187,13 @@ def localization_preview(localization: Localization, mesh: Mesh, *, size: int = 
         draw = ImageDraw.Draw(pil)
         for k, part in enumerate(localization.boxes[view]):
             color = tuple(int(c * 255) for c in PART_PALETTE[k % len(PART_PALETTE)])
-            for box, score in zip(part.boxes, part.scores):
+            for box, score in zip(part.boxes, part.scores, strict=True):
                 draw.rectangle([float(v) * scale for v in box], outline=color, width=2)
-                draw.text((float(box[0]) * scale + 3, float(box[1]) * scale + 2), f"{localization.weights.names[k]} {score:.2f}", fill=color)
+                draw.text(
+                    (float(box[0]) * scale + 3, float(box[1]) * scale + 2),
+                    f"{localization.weights.names[k]} {score:.2f}",
+                    fill=color,
+                )
         top.append(np.asarray(pil))
     vertices = torch.from_numpy(mesh.unit_vertices())
     colors = torch.from_numpy(part_colors(localization.weights.weights))

@@ -44,7 +44,7 @@ class FourierFeatures(nn.Module):
     def frequency_mask(self, fraction: float) -> torch.Tensor:
         """[3 + 2M] multiplicative mask that keeps the lowest ``fraction`` of the frequencies."""
         count = self.matrix.shape[1]
-        open_count = max(1, int(round(fraction * count))) if fraction < 1.0 else count
+        open_count = max(1, round(fraction * count)) if fraction < 1.0 else count
         keep = (torch.arange(count, device=self.matrix.device) < open_count).to(self.matrix.dtype)
         return torch.cat((torch.ones(3, device=keep.device, dtype=keep.dtype), keep, keep))
 

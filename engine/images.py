@@ -146,7 +146,7 @@ def plot_curves(series, *, width: int = 800, height: int = 400, title: str = "",
     def py(y):
         return y1 - (y - ylo) / (yhi - ylo) * (y1 - y0)
 
-    for v, text in zip(yticks, ylabels):
+    for v, text in zip(yticks, ylabels, strict=True):
         draw.line([(x0, py(v)), (x1, py(v))], fill=(225, 225, 225))
         draw.text((x0 - 6, py(v)), text, fill=(0, 0, 0), font=font, anchor="rm")
     for v in xticks:

@@ -16,6 +16,7 @@ Only safetensors weights are loaded (pickled ``.bin`` files can run code when lo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .compat import GROUNDING_DELIMITER_IDS, grounding_delimiter_ids, require_grounding_support
 from .errors import ModelFormatError, ModelNotFound
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -131,6 +133,7 @@ class ModelStore:
         return load_clip_folder(folder, name=DEFAULT_CLIP if self.source == "default" else folder)
 
     def _load_grounding(self) -> GroundingBundle:
+        require_grounding_support()
         if self.source == "tiny":
             if os.path.isfile(os.path.join(TINY_GROUNDING_FOLDER, "model.safetensors")):
                 return load_grounding_folder(TINY_GROUNDING_FOLDER, name="tiny")
@@ -188,13 +191,12 @@ def load_clip_folder(folder: str, *, name: str) -> ClipBundle:
     from transformers import CLIPModel, CLIPTokenizer
 
     require_safetensors(folder)
-    model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-    tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    with _model_folder(folder, "CLIP"):
+        model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+        cfg = _processor_config(folder)
     mean, std = CLIP_MEAN, CLIP_STD
-    processor_config = os.path.join(folder, "preprocessor_config.json")
-    if os.path.isfile(processor_config):
-        with open(processor_config, encoding="utf-8") as fh:
-            cfg = json.load(fh)
+    if cfg:
         mean = tuple(cfg.get("image_mean", mean))
         std = tuple(cfg.get("image_std", std))
     return ClipBundle(model.eval(), tokenizer, model.config.vision_config.image_size, mean, std, name)
@@ -209,35 +211,63 @@ def load_grounding_folder(folder: str, *, name: str) -> GroundingBundle:
     from transformers import BertTokenizer, GroundingDinoForObjectDetection
 
     require_safetensors(folder)
-    model = GroundingDinoForObjectDetection.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-    tokenizer = BertTokenizer.from_pretrained(folder, local_files_only=True)
+    with _model_folder(folder, "Grounding DINO"):
+        model = GroundingDinoForObjectDetection.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+        tokenizer = BertTokenizer.from_pretrained(folder, local_files_only=True)
+        cfg = _processor_config(folder)
     size, max_size, mean, std = GROUNDING_SIZE, GROUNDING_MAX_SIZE, GROUNDING_MEAN, GROUNDING_STD
-    processor_config = os.path.join(folder, "preprocessor_config.json")
-    if os.path.isfile(processor_config):
-        with open(processor_config, encoding="utf-8") as fh:
-            cfg = json.load(fh)
+    if cfg:
         sizes = cfg.get("size") or {}
         size = int(sizes.get("shortest_edge", size))
         max_size = int(sizes.get("longest_edge", max_size))
         mean = tuple(cfg.get("image_mean", mean))
         std = tuple(cfg.get("image_std", std))
-    # The model splits captions at hard-coded token ids ([CLS], [SEP], ".", "?" of bert-base-uncased);
+    # The model splits captions at fixed token ids ([CLS], [SEP], ".", "?" of bert-base-uncased);
     # a tokenizer that gives these tokens other ids would silently break every phrase.
-    delimiters = ["[CLS]", "[SEP]", ".", "?"]
-    ids = tokenizer.convert_tokens_to_ids(delimiters)
-    expected = [int(i) for i in model.model.special_tokens.tolist()]
+    ids = tuple(tokenizer.convert_tokens_to_ids(list(GROUNDING_DELIMITER_IDS)))
+    expected = grounding_delimiter_ids(model)
     if ids != expected:
         raise ModelFormatError(
-            f"the tokenizer in '{folder}' gives {delimiters} the ids {ids}, but the model splits phrases at "
-            f"{expected}; use the tokenizer that belongs to the model."
+            f"the tokenizer in '{folder}' gives {list(GROUNDING_DELIMITER_IDS)} the ids {list(ids)}, but the "
+            f"model splits phrases at {list(expected)}; use the tokenizer that belongs to the model."
         )
     return GroundingBundle(model.eval(), tokenizer, size, max_size, mean, std, name)
+
+
+@contextlib.contextmanager
+def _model_folder(folder: str, kind: str):
+    """Turn whatever the library raises for an unloadable folder into :class:`ModelFormatError`.
+
+    transformers, tokenizers and safetensors raise many types (OSError, ValueError, JSON and
+    safetensors errors) for a folder that is not a model of ``kind``; the user needs one answer.
+    """
+    try:
+        yield
+    except ModelFormatError:
+        raise
+    except Exception as exc:
+        raise ModelFormatError(
+            f"'{folder}' does not hold a loadable {kind} model ({type(exc).__name__}: {exc}). Give a folder saved "
+            "with save_pretrained (config.json, model.safetensors and the tokenizer files), or --models tiny."
+        ) from exc
+
+
+def _processor_config(folder: str) -> dict:
+    """The folder's preprocessor_config.json as a dict ({} where it has none)."""
+    path = os.path.join(folder, "preprocessor_config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return cfg
 
 
 def require_safetensors(folder: str) -> None:
     """Raise :class:`ModelFormatError` unless ``folder`` holds safetensors weights."""
     names = os.listdir(folder)
-    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
         return
     pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
     hint = (

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import PartNotFound
+from .prompt import normalize_part_name
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ class PartWeights:
             raise ValueError(f"labels must be in [-1, {k - 1}], got [{labels.min()}, {labels.max()}]")
         weights = np.zeros((labels.shape[0], k + 1), dtype=np.float32)
         weights[np.arange(labels.shape[0]), np.where(labels < 0, k, labels)] = 1.0
-        return PartWeights(tuple(_normalize(n) for n in names), weights, np.ones(labels.shape[0], np.float32), source)
+        return PartWeights(
+            tuple(normalize_part_name(n) for n in names), weights, np.ones(labels.shape[0], np.float32), source
+        )
 
     @staticmethod
     def from_vertex_groups(groups: dict[str, np.ndarray], num_vertices: int) -> PartWeights:
@@ -58,7 +61,7 @@ class PartWeights:
         Where a vertex's part weights sum to more than 1 they are scaled to sum to 1; otherwise
         the remainder is its rest weight.
         """
-        names = tuple(_normalize(n) for n in groups)
+        names = tuple(normalize_part_name(n) for n in groups)
         w = np.zeros((num_vertices, len(names) + 1), dtype=np.float32)
         for i, values in enumerate(groups.values()):
             values = np.asarray(values, dtype=np.float32)
@@ -81,7 +84,7 @@ class PartWeights:
 
         Raises :class:`PartNotFound` naming the missing parts and the available ones.
         """
-        wanted = [_normalize(p) for p in parts]
+        wanted = [normalize_part_name(p) for p in parts]
         missing = [p for p in wanted if p not in self.names]
         if missing:
             raise PartNotFound(
@@ -91,7 +94,9 @@ class PartWeights:
         columns = [self.names.index(p) for p in wanted]
         chosen = self.weights[:, columns]
         rest = np.clip(1.0 - chosen.sum(1, keepdims=True), 0.0, 1.0)
-        return PartWeights(tuple(wanted), np.concatenate((chosen, rest), 1).astype(np.float32), self.confidence, self.source)
+        return PartWeights(
+            tuple(wanted), np.concatenate((chosen, rest), 1).astype(np.float32), self.confidence, self.source
+        )
 
     def iou(self, true_labels: np.ndarray, true_names: tuple[str, ...]) -> dict[str, float]:
         """Per-part IoU of :meth:`labels` against ground-truth [V] labels indexing ``true_names``."""
@@ -105,7 +110,3 @@ class PartWeights:
             union = np.logical_or(truth, pred).sum()
             out[name] = float(np.logical_and(truth, pred).sum() / union) if union else 1.0
         return out
-
-
-def _normalize(name: str) -> str:
-    return " ".join(str(name).lower().split())

@@ -47,6 +47,17 @@ _AND = re.compile(r"(?<!\S)and(?!\S)", re.IGNORECASE)
 _LEADING_AND = re.compile(r"^and\s+", re.IGNORECASE)
 _EXPLICIT = re.compile(r"^(.*?)\s*[:=]\s*(.*)$")
 _WHOLE_HINT = "or pass holistic (--whole) if the whole text describes the object"
+#: The longest prompt accepted, in characters after whitespace is collapsed (CLIP reads 77 tokens).
+MAX_PROMPT_CHARACTERS = 300
+
+
+def normalize_part_name(name: str) -> str:
+    """A part name as the engine compares it: lower case, single spaces, no surrounding spaces.
+
+    The one rule for part names everywhere: prompts, given part weights, locks, Blender's
+    ``part:<name>`` vertex groups.
+    """
+    return " ".join(str(name).lower().split())
 
 
 def _clean(text: str) -> str:
@@ -71,7 +82,7 @@ class PartStyle:
     style: str  #: single spaces, stripped, case kept, e.g. "glazed pottery"
 
     def __post_init__(self):
-        part, style = " ".join(str(self.part).split()).lower(), " ".join(str(self.style).split())
+        part, style = normalize_part_name(self.part), " ".join(str(self.style).split())
         if not part or not style:
             raise PromptError(f"part {self.part!r} with style {self.style!r}: both must be non-empty")
         object.__setattr__(self, "part", part)
@@ -178,13 +189,40 @@ def parse_prompt(text: str, *, holistic: bool = False) -> StylePrompt:
         return StylePrompt(holistic_style=clean)
     parsed = [_parse_phrase(p) for p in phrases]
     seen: dict[str, str] = {}
-    for phrase, pair in zip(phrases, parsed):
+    for phrase, pair in zip(phrases, parsed, strict=True):
         if pair.part in seen:
             raise PromptError(
                 f"part {pair.part!r} is given twice, in {seen[pair.part]!r} and {phrase!r}: "
                 "give each part one phrase")
         seen[pair.part] = phrase
     return StylePrompt(pairs=tuple(parsed))
+
+
+def check_prompt(prompt: str | StylePrompt, *, holistic: bool = False) -> StylePrompt:
+    """A prompt ready for a run: text is parsed (see :func:`parse_prompt`), a parsed prompt (e.g.
+    the Blender add-on's part rows) is checked the same way.
+
+    Raises :class:`PromptError` for a prompt over :data:`MAX_PROMPT_CHARACTERS`, a part given twice,
+    or anything :func:`parse_prompt` refuses. ``holistic`` applies to text only.
+    """
+    if isinstance(prompt, StylePrompt):
+        parsed = prompt
+    elif isinstance(prompt, str):
+        parsed = None
+    else:
+        raise PromptError(f"the prompt must be text or a parsed StylePrompt, not {type(prompt).__name__}")
+    text = parsed.full_text() if parsed is not None else " ".join(prompt.split())
+    if len(text) > MAX_PROMPT_CHARACTERS:
+        raise PromptError(
+            f"the prompt has {len(text)} characters; keep it under {MAX_PROMPT_CHARACTERS} "
+            "(CLIP reads at most 77 tokens)."
+        )
+    if parsed is None:
+        return parse_prompt(text, holistic=holistic)
+    repeated = sorted({part for part in parsed.parts if parsed.parts.count(part) > 1})
+    if repeated:
+        raise PromptError(f"part {repeated[0]!r} is given twice: give each part one style")
+    return parsed
 
 
 def format_pairs(pairs: Iterable[PartStyle | tuple[str, str]]) -> str:
@@ -203,7 +241,7 @@ def format_pairs(pairs: Iterable[PartStyle | tuple[str, str]]) -> str:
     except PromptError as e:
         raise PromptError(f"these pairs cannot be written as one prompt: {e}") from None
     if back != norm:
-        bad = next((a for a, b in zip(norm, back) if a != b), norm[-1])
+        bad = next((a for a, b in zip(norm, back, strict=False) if a != b), norm[-1])
         raise PromptError(
             f"the pair {bad.part!r}: {bad.style!r} does not read back the same; avoid ',' ';' "
             "and surrounding punctuation in styles, and ':' '=' in parts")

@@ -57,7 +57,7 @@ def _concat(parts: list[Part]) -> Part:
     """Several (vertices, faces) pieces -> one, with face indices offset (no welding)."""
     offsets = np.cumsum([0] + [len(v) for v, _ in parts[:-1]])
     return (np.concatenate([v for v, _ in parts]),
-            np.concatenate([f + o for (_, f), o in zip(parts, offsets)]))
+            np.concatenate([f + o for (_, f), o in zip(parts, offsets, strict=True)]))
 
 
 def _arc(centre, radius: float, a0: float, a1: float, k: int = 65) -> np.ndarray:
@@ -77,7 +77,7 @@ def _profile(pieces, h: float, loop: bool = False) -> np.ndarray:
     for pts, min_n in pieces:
         pts = np.asarray(pts, np.float64)
         s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
-        t = np.linspace(0.0, s[-1], max(min_n, int(round(s[-1] / h))) + 1)[:-1]
+        t = np.linspace(0.0, s[-1], max(min_n, round(s[-1] / h)) + 1)[:-1]
         out.append(np.stack([np.interp(t, s, pts[:, 0]), np.interp(t, s, pts[:, 1])], -1))
     if not loop:
         out.append(np.asarray(pieces[-1][0], np.float64)[-1:])
@@ -115,7 +115,7 @@ def _box(lo, hi, h: float) -> Part:
         b, c = (a + 1) % 3, (a + 2) % 3  # e_b x e_c = e_a
         ub, uc = np.meshgrid(np.arange(res[b] + 1), np.arange(res[c] + 1), indexing="ij")
         for side in (0, 1):
-            g = np.zeros(ub.shape + (3,), np.int64)
+            g = np.zeros((*ub.shape, 3), np.int64)
             g[..., a], g[..., b], g[..., c] = side * res[a], ub, uc
             pieces.append(_grid(g if side else g.transpose(1, 0, 2)))  # low face: swap u, v
     verts, faces = _concat(pieces)
@@ -231,4 +231,4 @@ def parse_sample_spec(spec: str) -> tuple[str, int]:
         float(m.group(2)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(3).lower()]
     if abs(value - round(value)) > 1e-6:
         raise MeshError(f"bad sample spec {spec!r}: the face count must be a whole number; {example}.")
-    return _check(m.group(1).lower(), int(round(value)))
+    return _check(m.group(1).lower(), round(value))

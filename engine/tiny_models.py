@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .compat import GROUNDING_DELIMITER_IDS
+
 # The words the tiny tokenizer knows as whole tokens; anything else is spelled in byte tokens,
 # so no text is ever unknown. Grouped as the prompts of the project use them.
 TINY_VOCABULARY: tuple[str, ...] = (
@@ -53,7 +55,7 @@ def tiny_clip_vocabulary(words: tuple[str, ...] = TINY_VOCABULARY) -> tuple[dict
     merges: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
     for word in words:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = [*list(word[:-1]), word[-1] + "</w>"]
         while len(pieces) > 1:
             pair = (pieces[0], pieces[1])
             merged = pieces[0] + pieces[1]
@@ -61,7 +63,7 @@ def tiny_clip_vocabulary(words: tuple[str, ...] = TINY_VOCABULARY) -> tuple[dict
                 seen.add(pair)
                 merges.append(pair)
             vocab.setdefault(merged, len(vocab))
-            pieces = [merged] + pieces[2:]
+            pieces = [merged, *pieces[2:]]
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     return vocab, merges
@@ -81,8 +83,8 @@ def build_tiny_clip(
     The sizes apply to both towers. Returns ``(model, tokenizer)``; the model is in eval mode.
     The global RNG is left as it was.
     """
-    sizes = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
-                 num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads)
+    sizes = {"hidden_size": hidden_size, "intermediate_size": intermediate_size,
+                 "num_hidden_layers": num_hidden_layers, "num_attention_heads": num_attention_heads}
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     vocab, merges = tiny_clip_vocabulary()
@@ -105,10 +107,6 @@ def build_tiny_clip(
     return model.eval(), tokenizer
 
 
-# Grounding DINO hard-codes the ids of its phrase delimiters ([CLS], [SEP], "." and "?") as those of
-# bert-base-uncased (``SPECIAL_TOKENS`` in transformers' modeling_grounding_dino, a non-persistent
-# buffer); the tiny vocabulary keeps bert-base-uncased's layout so these ids mean the same tokens.
-GROUNDING_DELIMITER_IDS: dict[str, int] = {"[CLS]": 101, "[SEP]": 102, ".": 1012, "?": 1029}
 
 
 def tiny_bert_vocabulary(words: tuple[str, ...] = TINY_VOCABULARY) -> dict[str, int]:
@@ -169,25 +167,25 @@ def build_tiny_grounding_dino(
     # vocab= (a dict) is what builds the WordPiece model; vocab_file= is ignored in transformers 5.
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
     config = GroundingDinoConfig(
-        backbone_config=dict(
-            model_type="swin",
-            embed_dim=embed_dim,
-            depths=list(depths),
-            num_heads=[1, 1, 2, 2] if embed_dim <= 16 else [1, 2, 4, 4],
-            window_size=4,
-            image_size=224,
-            out_indices=[2, 3, 4],
-        ),
-        text_config=dict(
-            model_type="bert",
-            vocab_size=len(vocab),
-            hidden_size=text_hidden_size,
-            num_hidden_layers=text_layers,
-            num_attention_heads=heads,
-            intermediate_size=2 * text_hidden_size,
-            max_position_embeddings=256,
-            pad_token_id=vocab["[PAD]"],
-        ),
+        backbone_config={
+            "model_type": "swin",
+            "embed_dim": embed_dim,
+            "depths": list(depths),
+            "num_heads": [1, 1, 2, 2] if embed_dim <= 16 else [1, 2, 4, 4],
+            "window_size": 4,
+            "image_size": 224,
+            "out_indices": [2, 3, 4],
+        },
+        text_config={
+            "model_type": "bert",
+            "vocab_size": len(vocab),
+            "hidden_size": text_hidden_size,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": heads,
+            "intermediate_size": 2 * text_hidden_size,
+            "max_position_embeddings": 256,
+            "pad_token_id": vocab["[PAD]"],
+        },
         d_model=d_model,  # GroupNorm(32, d_model) in the input projections: a multiple of 32
         encoder_layers=encoder_layers,
         decoder_layers=decoder_layers,  # the library needs at least 2
@@ -219,25 +217,25 @@ def real_size_grounding_config():
     from transformers import GroundingDinoConfig
 
     return GroundingDinoConfig(
-        backbone_config=dict(
-            model_type="swin",
-            embed_dim=96,
-            depths=[2, 2, 6, 2],
-            num_heads=[3, 6, 12, 24],
-            window_size=7,
-            image_size=224,
-            drop_path_rate=0.1,
-            out_indices=[2, 3, 4],
-        ),
-        text_config=dict(
-            model_type="bert",
-            vocab_size=30522,
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=512,
-        ),
+        backbone_config={
+            "model_type": "swin",
+            "embed_dim": 96,
+            "depths": [2, 2, 6, 2],
+            "num_heads": [3, 6, 12, 24],
+            "window_size": 7,
+            "image_size": 224,
+            "drop_path_rate": 0.1,
+            "out_indices": [2, 3, 4],
+        },
+        text_config={
+            "model_type": "bert",
+            "vocab_size": 30522,
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "max_position_embeddings": 512,
+        },
         d_model=256,
         encoder_layers=6,
         decoder_layers=6,

@@ -111,12 +111,16 @@ class StyleTrainer:
         self.device = surface.vertices.device
         self.renderer = Renderer(settings.render)
         seed = settings.run.seed
-        self.field = StyleField(settings.field, seeded_generator(seed, "field"), parts=self.composition.num_styled).to(self.device)
+        self.field = StyleField(settings.field, seeded_generator(seed, "field"), parts=self.composition.num_styled).to(
+            self.device
+        )
         self.sampling = seeded_generator(seed, "sampling")
         opt = settings.optim
         optimizer_cls = torch.optim.AdamW if opt.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer_cls(self.field.parameters(), lr=opt.learning_rate, weight_decay=opt.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=opt.lr_decay_every, gamma=opt.lr_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=opt.lr_decay_every, gamma=opt.lr_decay
+        )
         with torch.no_grad():
             self.features = self.field.encode(surface.vertices)
         self.step_index = 0
@@ -155,8 +159,9 @@ class StyleTrainer:
         """The grounding-space part loss on ``grounding_views`` renders at ``grounding_resolution``."""
         s = self.settings
         cameras = sample_views(s.guidance.grounding_views, s.views, s.render, self.sampling, device=self.device)
-        out = self.renderer.render(positions, self.surface.faces, cameras, colors=colors,
-                                   resolution=s.guidance.grounding_resolution)
+        out = self.renderer.render(
+            positions, self.surface.faces, cameras, colors=colors, resolution=s.guidance.grounding_resolution
+        )
         value = self.objective.grounding(out.color)
         return {"grounding": value, "total": value}, out.color[0].detach()
 
@@ -167,13 +172,17 @@ class StyleTrainer:
         cameras = sample_views(s.views.count, s.views, s.render, self.sampling, device=self.device)
         part_mode = self.objective.part_texts is not None
         out = self.renderer.render(
-            positions, self.surface.faces, cameras, colors=colors, geometry=s.guidance.geometry_crops > 0,
+            positions,
+            self.surface.faces,
+            cameras,
+            colors=colors,
+            geometry=s.guidance.geometry_crops > 0,
             attributes=self.composition.weights if part_mode else None,
         )
         losses = self.guidance.losses(out.color, out.geometry, self.objective.text, self.sampling, local=not part_mode)
         if part_mode:
             part_losses = self.guidance.part_losses(out.color, out.attributes, self.objective.part_texts, self.sampling)
-            for name, value in zip(self.objective.part_names, part_losses):
+            for name, value in zip(self.objective.part_names, part_losses, strict=True):
                 if value is not None:
                     losses[f"part:{name}"] = value
                     losses["total"] = losses["total"] + s.guidance.part_weight * value
@@ -248,15 +257,26 @@ class StyleTrainer:
             elapsed = time.perf_counter() - started
             done = self.step_index - first_step
             eta = elapsed / done * (total - self.step_index)
-            on_event(StepEvent(self.step_index, total, {k: v for k, v in values.items() if k != "learning_rate"},
-                               values["learning_rate"], elapsed, eta, skipped=not ok))
+            on_event(
+                StepEvent(
+                    self.step_index,
+                    total,
+                    {k: v for k, v in values.items() if k != "learning_rate"},
+                    values["learning_rate"],
+                    elapsed,
+                    eta,
+                    skipped=not ok,
+                )
+            )
             every = self.settings.run.preview_every
             if every and (self.step_index % every == 0 or self.step_index == total):
                 on_event(self._preview(total, image, to_object_units))
             if checkpoint_path and self.step_index % self.settings.run.checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_path)
         colors, displacement = self._final_outputs()
-        return TrainResult(colors, displacement, self.history, self.step_index, self.skipped, time.perf_counter() - started)
+        return TrainResult(
+            colors, displacement, self.history, self.step_index, self.skipped, time.perf_counter() - started
+        )
 
     def _record(self, values: dict[str, float]) -> None:
         """Append one iteration's values to the history; a key this iteration lacks (grounding and
@@ -320,7 +340,9 @@ class StyleTrainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it and start anew.") from exc
+            raise CheckpointError(
+                f"checkpoint '{path}' is unreadable ({type(exc).__name__}); delete it and start anew."
+            ) from exc
         if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
                 f"checkpoint '{path}' belongs to a different run (mesh, prompt, seed or settings differ); "

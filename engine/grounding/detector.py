@@ -89,7 +89,7 @@ def build_caption(tokenizer, phrases: list[str]) -> Caption:
     cleaned = [" ".join(str(p).split()).lower() for p in phrases]
     if not cleaned:
         raise PromptError("no phrases to ground: give at least one part name.")
-    for original, phrase in zip(phrases, cleaned):
+    for original, phrase in zip(phrases, cleaned, strict=True):
         if not phrase:
             raise PromptError("an empty phrase cannot be grounded; remove it or give it a name.")
         bad = [d for d in _DELIMITERS if d in phrase]
@@ -108,7 +108,7 @@ def build_caption(tokenizer, phrases: list[str]) -> Caption:
     encoding = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
     offsets = encoding["offset_mapping"][0].tolist()
     token_spans = []
-    for phrase, (c0, c1) in zip(cleaned, char_spans):
+    for phrase, (c0, c1) in zip(cleaned, char_spans, strict=True):
         inside = [i for i, (s, e) in enumerate(offsets) if e > s and s >= c0 and e <= c1]
         if not inside:
             raise PromptError(f"the phrase {phrase!r} gives no tokens; use letters or digits in part names.")
@@ -138,7 +138,7 @@ def resized_shape(height: int, width: int, size: int, max_size: int | None) -> t
         short, long = float(min(height, width)), float(max(height, width))
         if long / short * size > max_size:
             raw = max_size * short / long
-            target = int(round(raw))
+            target = round(raw)
     if (height <= width and height == target) or (width <= height and width == target):
         return height, width
     scale = raw if raw is not None else target
@@ -287,7 +287,7 @@ class GroundingDetector:
         corners = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1) * scale
         corners = torch.minimum(corners.clamp(min=0), limit)
         results = []
-        for image_boxes, image_scores in zip(corners, scores):
+        for image_boxes, image_scores in zip(corners, scores, strict=True):
             best = image_scores.max(-1).values
             keep = torch.nonzero(best > box_threshold).flatten()
             order = torch.argsort(best[keep], descending=True, stable=True)

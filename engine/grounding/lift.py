@@ -39,7 +39,9 @@ class PartBoxes:
         return PartBoxes(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
 
 
-def localization_views(settings: LocalizeSettings, views: ViewSettings, render: RenderSettings, *, device="cpu") -> Cameras:
+def localization_views(
+    settings: LocalizeSettings, views: ViewSettings, render: RenderSettings, *, device="cpu"
+) -> Cameras:
     """``settings.views`` cameras evenly spaced in azimuth, elevations alternating between two values."""
     count = settings.views
     azimuth = torch.arange(count, dtype=torch.float64) * (2.0 * np.pi / count) + np.radians(views.front_azimuth_degrees)
@@ -108,7 +110,9 @@ def lift_boxes(
     confidence = graph.fill(mean.max(1, keepdims=True) if k else np.zeros((n_vertices, 1)), known)[:, 0]
     for _ in range(settings.smoothing_iterations):
         weights = 0.5 * weights + 0.5 * graph.mean_of_neighbours(weights)
-    return PartWeights(tuple(part_names), weights.astype(np.float32), np.clip(confidence, 0, 1).astype(np.float32), "grounding")
+    return PartWeights(
+        tuple(part_names), weights.astype(np.float32), np.clip(confidence, 0, 1).astype(np.float32), "grounding"
+    )
 
 
 def boxes_from_labels(seen: Visibility, labels: np.ndarray, num_parts: int) -> list[list[PartBoxes]]:
@@ -135,7 +139,7 @@ def boxes_from_labels(seen: Visibility, labels: np.ndarray, num_parts: int) -> l
 def _box_scores(xy: np.ndarray, part: PartBoxes, settings: LocalizeSettings) -> np.ndarray:
     """[V] best score over ``part``'s boxes at each vertex position [V, 2], border-weighted."""
     best = np.zeros(xy.shape[0])
-    for (x0, y0, x1, y1), score in zip(part.boxes, part.scores):
+    for (x0, y0, x1, y1), score in zip(part.boxes, part.scores, strict=True):
         if score <= settings.box_threshold:
             continue
         inside_distance = np.minimum.reduce([xy[:, 0] - x0, x1 - xy[:, 0], xy[:, 1] - y0, y1 - xy[:, 1]])
@@ -171,7 +175,9 @@ class VertexGraph:
         values = np.where(known[:, None], values, 0.0)
         known = known.copy()
         while not known.all():
-            neighbour_count = np.bincount(self.source, weights=known[self.target].astype(np.float64), minlength=self.num_vertices)
+            neighbour_count = np.bincount(
+                self.source, weights=known[self.target].astype(np.float64), minlength=self.num_vertices
+            )
             reachable = ~known & (neighbour_count > 0)
             if not reachable.any():
                 break

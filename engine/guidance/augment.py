@@ -73,7 +73,9 @@ def resample(
     """
     ones = torch.ones_like(images[:, :1])
     picked = torch.cat((images, ones), dim=1).index_select(0, source.to(images.device))  # deterministic backward
-    sampled = F.grid_sample(picked, grid.to(images.device, images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = F.grid_sample(
+        picked, grid.to(images.device, images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     values, inside = sampled[:, :-1], sampled[:, -1:]
     return values + (1.0 - inside) * fill
 

@@ -79,7 +79,9 @@ class ClipGuidance:
         if s.global_augmentations:
             whole = center_crop(resize_shortest_side(color, size), size)
             count = n * s.global_augmentations
-            grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator)
+            grid = perspective_grid(
+                count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator
+            )
             add("global", resample(whole, torch.arange(count) % n, grid))
         if local and s.local_crops:
             add("local", self._crops(color, s.local_crops, generator))
@@ -173,7 +175,9 @@ class ClipGuidance:
         half = boxes[:, 2:] * scale[:, None]
         half = torch.maximum(half, half.amax(1, keepdim=True) / 2.0).clamp(max=1.0)  # aspect <= 2:1
         centre = boxes[:, :2] + shift * half
-        grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator)
+        grid = perspective_grid(
+            count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator
+        )
         grid = centre[:, None, None, :] + half[:, None, None, :] * grid
         mask_channel = masks.detach()[views.to(masks.device), parts.to(masks.device)].unsqueeze(1)  # [B, 1, H, W]
         picked = torch.cat((color.index_select(0, views.to(color.device)), mask_channel.to(color.dtype)), 1)
@@ -187,7 +191,9 @@ class ClipGuidance:
         size = self.bundle.image_size
         count = images.shape[0] * per_view
         boxes = crop_boxes(count, area=s.local_crop_area, generator=generator)
-        grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator)
+        grid = perspective_grid(
+            count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator
+        )
         grid = boxes[:, None, None, :2] + boxes[:, None, None, 2:] * grid
         return resample(images, torch.arange(count) % images.shape[0], grid)
 
@@ -195,7 +201,7 @@ class ClipGuidance:
 def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """[C, H, W] bool masks (non-empty, square images) -> [C, 4] (cx, cy, half w, half h) in
     grid_sample's normalized coordinates, covering the mask's pixels."""
-    c, h, w = masks.shape
+    _c, h, w = masks.shape
     rows, cols = masks.any(2), masks.any(1)  # [C, H], [C, W]
     index_h, index_w = torch.arange(h), torch.arange(w)
     y0 = torch.where(rows, index_h, h).amin(1)
@@ -204,7 +210,12 @@ def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     x1 = torch.where(cols, index_w, -1).amax(1) + 1
     to_unit_x, to_unit_y = 2.0 / w, 2.0 / h
     return torch.stack(
-        ((x0 + x1) * 0.5 * to_unit_x - 1.0, (y0 + y1) * 0.5 * to_unit_y - 1.0, (x1 - x0) * 0.5 * to_unit_x, (y1 - y0) * 0.5 * to_unit_y),
+        (
+            (x0 + x1) * 0.5 * to_unit_x - 1.0,
+            (y0 + y1) * 0.5 * to_unit_y - 1.0,
+            (x1 - x0) * 0.5 * to_unit_x,
+            (y1 - y0) * 0.5 * to_unit_y,
+        ),
         dim=1,
     ).float()
 

@@ -14,6 +14,8 @@ visible pixels differentiably; silhouettes are not differentiated (METHOD sectio
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 # Pixel/face candidates processed at once: bounds the temporary memory to a few hundred MB.
@@ -129,5 +131,5 @@ def _chunks_by_total(ids: torch.Tensor, count: torch.Tensor, max_total: int) -> 
     if total <= max_total:
         return [ids]
     bounds = torch.searchsorted(running, torch.arange(max_total, total, max_total, device=ids.device), right=True)
-    edges = [0, *sorted(set(int(b) for b in bounds.tolist())), ids.numel()]
-    return [ids[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    edges = [0, *sorted({int(b) for b in bounds.tolist()}), ids.numel()]
+    return [ids[a:b] for a, b in itertools.pairwise(edges) if b > a]

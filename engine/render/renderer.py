@@ -78,7 +78,9 @@ class Renderer:
         frags = fragments_from_face_ids(face_id, xy, depth, faces)
         need_shade = colors is not None or geometry
         shade = (
-            headlight_shade(frags, vertices, cameras.forward, ambient=self.settings.ambient, diffuse=self.settings.diffuse)
+            headlight_shade(
+                frags, vertices, cameras.forward, ambient=self.settings.ambient, diffuse=self.settings.diffuse
+            )
             if need_shade
             else None
         )

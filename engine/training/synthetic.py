@@ -61,9 +61,13 @@ def scene_mesh(name: str) -> SceneMesh:
     return SceneMesh(name, torch.from_numpy(unit), torch.from_numpy(mesh.faces), torch.from_numpy(labels), tuple(parts))
 
 
-def pattern_colors(vertices: torch.Tensor, pattern: str, color: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def pattern_colors(
+    vertices: torch.Tensor, pattern: str, color: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """[V, 3] colors of ``pattern`` in ``color`` over white, from unit-frame positions [V, 3]."""
-    white = torch.tensor(COLORS["white"] if not torch.allclose(color, torch.tensor(COLORS["white"])) else COLORS["gray"])
+    white = torch.tensor(
+        COLORS["white"] if not torch.allclose(color, torch.tensor(COLORS["white"])) else COLORS["gray"]
+    )
     if pattern == "plain":
         return color.expand(vertices.shape[0], 3)
     freq = 3.0 + 4.0 * float(torch.rand((), generator=generator))
@@ -104,15 +108,15 @@ def random_scene(generator: torch.Generator, objects: tuple[str, ...] = PART_OBJ
     bases = [_part_color(color, generator) for color in chosen[: 1 if same else len(chosen)]]
     bases = bases * len(mesh.part_names) if same else bases
     chosen = [nearest_color(base.numpy()) for base in bases]
-    for part, (base, pattern) in enumerate(zip(bases, patterns)):
+    for part, (base, pattern) in enumerate(zip(bases, patterns, strict=True)):
         rows = mesh.labels == part
         colors[rows] = pattern_colors(mesh.vertices[rows], pattern, base, generator)
-    words = [f"{p} {c}" if p != "plain" else c for c, p in zip(chosen, patterns)]
+    words = [f"{p} {c}" if p != "plain" else c for c, p in zip(chosen, patterns, strict=True)]
     if same:
         caption = f"a {words[0]} {mesh.name}"
         phrases = tuple(f"{words[0]} {part}" for part in mesh.part_names)
     else:
-        phrases = tuple(f"{w} {part}" for w, part in zip(words, mesh.part_names))
+        phrases = tuple(f"{w} {part}" for w, part in zip(words, mesh.part_names, strict=True))
         caption = ", ".join(phrases[:-1]) + f" and {phrases[-1]}"
     return Scene(mesh, colors, caption, phrases)
 
@@ -149,8 +153,14 @@ class SyntheticBatches:
         cameras = fixed_views(elevation, azimuth, self.view_settings, self.render_settings)
         weights = torch.nn.functional.one_hot(scene.mesh.labels, len(scene.mesh.part_names)).float()
         with torch.no_grad():
-            out = self.renderer.render(scene.mesh.vertices, scene.mesh.faces, cameras, colors=scene.colors,
-                                       attributes=weights, resolution=IMAGE_SIZE)
+            out = self.renderer.render(
+                scene.mesh.vertices,
+                scene.mesh.faces,
+                cameras,
+                colors=scene.colors,
+                attributes=weights,
+                resolution=IMAGE_SIZE,
+            )
         if float(torch.rand((), generator=g)) < self.part_crop_share and len(scene.mesh.part_names) > 1:
             found = self.cropper.part_crops(out.color, out.attributes, g)
             if found is not None:

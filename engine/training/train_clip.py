@@ -21,7 +21,13 @@ from .synthetic import Scene, SyntheticBatches, pattern_colors, scene_mesh
 from .vocabulary import COLORS, PART_OBJECTS, PRIMITIVES
 
 # Architecture of the shipped tiny CLIP (small enough for CPUs, large enough for the vocabulary).
-TRAINED_CLIP_SIZES = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, projection_dim=128)
+TRAINED_CLIP_SIZES = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "projection_dim": 128,
+}
 EVAL_SEED = 10_000  # held-out scenes come from a seed range training never uses
 BATCH_SIZE = 64  # images per training step
 
@@ -34,7 +40,9 @@ class ClipTrainReport:
     color_accuracy: float
 
 
-def contrastive_loss(image_embeddings: torch.Tensor, captions: list[str], encode_text: Callable, scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image_embeddings: torch.Tensor, captions: list[str], encode_text: Callable, scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric contrastive loss with shared captions. image_embeddings: [B, D] unit norm."""
     unique = sorted(set(captions))
     target = torch.tensor([unique.index(c) for c in captions])
@@ -77,11 +85,24 @@ def train_tiny_clip(
 
     def batch_loss() -> torch.Tensor:
         images, captions = data.batch(batch_size)
-        return contrastive_loss(embed_images(model, images), captions,
-                                lambda texts: embed_texts(model, tokenizer, texts), model.logit_scale.exp().clamp(max=100))
+        return contrastive_loss(
+            embed_images(model, images),
+            captions,
+            lambda texts: embed_texts(model, tokenizer, texts),
+            model.logit_scale.exp().clamp(max=100),
+        )
 
-    steps, loss = train_loop(model, optimizer, batch_loss, learning_rate=learning_rate, max_steps=max_steps,
-                             minutes=minutes, warmup=50, smoothing=0.95, on_progress=on_progress)
+    steps, loss = train_loop(
+        model,
+        optimizer,
+        batch_loss,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        minutes=minutes,
+        warmup=50,
+        smoothing=0.95,
+        on_progress=on_progress,
+    )
     return model.eval(), tokenizer, steps, loss
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..compat import check_caption_batch
 from ..grounding.detector import GroundingDetector
 from ..models import GROUNDING_MEAN, GROUNDING_STD, TINY_GROUNDING_MAX_SIZE, TINY_GROUNDING_SIZE, GroundingBundle
 from .grounding_data import DetectionSample, DetectionSamples
@@ -23,8 +24,17 @@ from .loop import train_loop
 from .train_clip import EVAL_SEED
 
 # Architecture of the shipped tiny Grounding DINO (about 2.2 M parameters, 8.7 MB as float32).
-TRAINED_GROUNDING_SIZES = dict(embed_dim=32, depths=(1, 1, 2, 1), text_hidden_size=64, text_layers=2, d_model=64,
-                               encoder_layers=2, decoder_layers=3, ffn_dim=128, heads=4)
+TRAINED_GROUNDING_SIZES = {
+    "embed_dim": 32,
+    "depths": (1, 1, 2, 1),
+    "text_hidden_size": 64,
+    "text_layers": 2,
+    "d_model": 64,
+    "encoder_layers": 2,
+    "decoder_layers": 3,
+    "ffn_dim": 128,
+    "heads": 4,
+}
 GRADIENT_CLIP = 0.1  # max gradient norm, as DETR-family training uses
 IOU_MATCH = 0.5
 BATCH_SIZE = 8
@@ -45,21 +55,27 @@ class GroundingEvaluation:
 
 def tiny_bundle(model, tokenizer) -> GroundingBundle:
     """The model as the store would give it for ``--models tiny``."""
-    return GroundingBundle(model, tokenizer, TINY_GROUNDING_SIZE, TINY_GROUNDING_MAX_SIZE, GROUNDING_MEAN,
-                           GROUNDING_STD, "tiny")
+    return GroundingBundle(
+        model, tokenizer, TINY_GROUNDING_SIZE, TINY_GROUNDING_MAX_SIZE, GROUNDING_MEAN, GROUNDING_STD, "tiny"
+    )
 
 
 def detection_loss(model, tokenizer, samples: list[DetectionSample]) -> torch.Tensor:
     """The library's detection loss on a batch of samples that share one caption (see
     :meth:`DetectionSamples.batch` for why they must)."""
-    if len({s.phrases for s in samples}) != 1:
-        raise ValueError("the samples of a batch must share one caption (the library's loss mislabels mixed ones)")
+    check_caption_batch(s.phrases for s in samples)
     pixel_values, pixel_mask = GroundingDetector(tiny_bundle(model, tokenizer)).preprocess(
-        torch.stack([s.image for s in samples]))
+        torch.stack([s.image for s in samples])
+    )
     tokens = tokenizer([" . ".join(s.phrases) + " ." for s in samples], return_tensors="pt")
     labels = [{"class_labels": s.class_labels, "boxes": s.boxes} for s in samples]
-    outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=tokens["input_ids"],
-                    attention_mask=tokens["attention_mask"], labels=labels)
+    outputs = model(
+        pixel_values=pixel_values,
+        pixel_mask=pixel_mask,
+        input_ids=tokens["input_ids"],
+        attention_mask=tokens["attention_mask"],
+        labels=labels,
+    )
     return outputs.loss
 
 
@@ -82,9 +98,18 @@ def train_tiny_grounding(
     model.train()
     data = DetectionSamples(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    steps, loss = train_loop(model, optimizer, lambda: detection_loss(model, tokenizer, data.batch(batch_size)),
-                             learning_rate=learning_rate, max_steps=max_steps, minutes=minutes, warmup=200,
-                             smoothing=0.98, clip_norm=GRADIENT_CLIP, on_progress=on_progress)
+    steps, loss = train_loop(
+        model,
+        optimizer,
+        lambda: detection_loss(model, tokenizer, data.batch(batch_size)),
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        minutes=minutes,
+        warmup=200,
+        smoothing=0.98,
+        clip_norm=GRADIENT_CLIP,
+        on_progress=on_progress,
+    )
     return model.eval(), tokenizer, steps, loss
 
 
@@ -98,8 +123,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def grounding_recall(model, tokenizer, *, samples: int = 200, seed: int = EVAL_SEED,
-                     box_threshold: float = 0.25) -> GroundingEvaluation:
+def grounding_recall(
+    model, tokenizer, *, samples: int = 200, seed: int = EVAL_SEED, box_threshold: float = 0.25
+) -> GroundingEvaluation:
     """Held-out part recall at IoU 0.5 on ``samples`` renders from a seed range training never uses."""
     detector = GroundingDetector(tiny_bundle(model, tokenizer))
     data = DetectionSamples(seed)
@@ -109,7 +135,7 @@ def grounding_recall(model, tokenizer, *, samples: int = 200, seed: int = EVAL_S
     for _ in range(samples):
         sample = data.sample()
         detections = detector.detect(sample.image[None], list(sample.phrases), box_threshold=box_threshold)[0]
-        truth = {int(k): box for k, box in zip(sample.class_labels, sample.boxes)}
+        truth = {int(k): box for k, box in zip(sample.class_labels, sample.boxes, strict=True)}
         for phrase in range(len(sample.phrases)):
             boxes, scores = detections.select(phrase, box_threshold)
             if phrase not in truth:

@@ -1,0 +1,61 @@
+"""The library shims of engine/compat.py, each with the versions it covers."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import transformers
+from packaging.version import Version
+
+from engine.compat import (
+    GROUNDING_DELIMITER_IDS,
+    GROUNDING_MIN_TRANSFORMERS,
+    check_caption_batch,
+    grounding_delimiter_ids,
+    require_grounding_support,
+)
+from engine.errors import DependencyError, PartstyleError
+from engine.tiny_models import build_tiny_grounding_dino
+
+
+def test_delimiter_ids_of_the_installed_library_are_the_projects_table():
+    model, _ = build_tiny_grounding_dino()
+    assert grounding_delimiter_ids(model) == tuple(GROUNDING_DELIMITER_IDS.values()) == (101, 102, 1012, 1029)
+
+
+def test_delimiter_ids_come_from_the_model_where_it_keeps_them():
+    inner = types.SimpleNamespace(special_tokens=torch.tensor([7, 8, 9, 10]))
+    assert grounding_delimiter_ids(types.SimpleNamespace(model=inner)) == (7, 8, 9, 10)
+
+
+def test_delimiter_ids_fall_back_to_the_library_constant_without_the_buffer():
+    """transformers 5.0 - 5.22 keep the ids only in the module constant SPECIAL_TOKENS."""
+    from transformers.models.grounding_dino import modeling_grounding_dino
+
+    bare = types.SimpleNamespace(model=types.SimpleNamespace())
+    assert grounding_delimiter_ids(bare) == tuple(modeling_grounding_dino.SPECIAL_TOKENS)
+
+
+def test_the_installed_transformers_is_supported_for_grounding():
+    assert Version(transformers.__version__) >= Version(GROUNDING_MIN_TRANSFORMERS)
+    require_grounding_support()  # raises for an unsupported version
+
+
+@pytest.mark.parametrize("version", ["5.0.0", "5.17.0", "5.22.2", "4.57.1"])
+def test_older_transformers_is_refused_for_grounding_with_the_fix(version):
+    with pytest.raises(DependencyError, match=r"pip install -U \"transformers>=5\.23,<6\"") as err:
+        require_grounding_support(version)
+    assert version in str(err.value) and issubclass(DependencyError, PartstyleError)
+
+
+@pytest.mark.parametrize("version", ["5.23.0", "5.24.0", "5.30.1"])
+def test_fixed_transformers_is_accepted(version):
+    require_grounding_support(version)
+
+
+def test_a_training_batch_must_share_one_caption():
+    check_caption_batch([("base", "shade"), ("base", "shade")])
+    with pytest.raises(ValueError, match="share one caption"):
+        check_caption_batch([("base", "shade"), ("shade", "base")])
