@@ -82,7 +82,8 @@ def attribute_values(attribute) -> np.ndarray | None:
     prop = _PROP.get(attribute.data_type)
     if prop is None:
         return None
-    dtype = {"BOOLEAN": bool, "INT": np.int64, "INT8": np.int64, "INT32_2D": np.int64}.get(attribute.data_type, np.float64)
+    integer = {"BOOLEAN": bool, "INT": np.int64, "INT8": np.int64, "INT32_2D": np.int64}
+    dtype = integer.get(attribute.data_type, np.float64)
     values = np.empty(len(attribute.data) * _WIDTH[attribute.data_type], dtype)
     attribute.data.foreach_get(prop, values)
     return values

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from tolerances import SAME_MATH, assert_close
 
 from engine.colors import srgb_to_linear
 from engine.export import RESULT_FILES
@@ -24,13 +25,15 @@ SMALL = ["--set", "views.count=2", "--set", "render.resolution=64", "--set", "fi
 
 
 def engine(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    proc = engine("stylize", "sample:mug@5k", "--prompt", "a blue mug", "--out", str(out), "--iterations", "3", "--seed", "7", *SMALL)
+    proc = engine("stylize", "sample:mug@5k", "--prompt", "a blue mug", "--out", str(out), "--iterations", "3",
+                  "--seed", "7", *SMALL)
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -49,9 +52,9 @@ def test_stylize_writes_every_result_file(finished):
 def test_result_files_agree_with_each_other(finished):
     out, _ = finished
     data = np.load(out / "result.npz")
-    assert np.allclose(data["colors_linear"], srgb_to_linear(data["colors_srgb"]), atol=1e-6)
+    assert_close(data["colors_linear"], srgb_to_linear(data["colors_srgb"]), rel=SAME_MATH, what="linear colors")
     glb = trimesh.load(out / "stylized.glb", force="mesh", process=False)
-    assert np.allclose(np.asarray(glb.vertices), data["vertices"], atol=1e-6)
+    assert_close(np.asarray(glb.vertices), data["vertices"], rel=SAME_MATH, what="GLB vertices")
     assert np.array_equal(np.asarray(glb.faces), data["faces"])
     assert data["displacement"].shape == (data["vertices"].shape[0],)
 

@@ -346,5 +346,5 @@ def test_non_finite_and_out_of_range_values_are_refused(assignment, key):
 
 
 def test_a_bool_is_not_an_integer():
-    with pytest.raises(SettingsError, match="optim.iterations"):
+    with pytest.raises(SettingsError, match=r"optim\.iterations"):
         settings_for("fast", {"optim.iterations": True})

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engine import export
-from engine.api import StyleResult
 from engine.config import settings_for
 from engine.prompt import parse_prompt
+from engine.result import StyleResult
 from engine.samples import sample_mesh
 
 

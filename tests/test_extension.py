@@ -227,7 +227,7 @@ def test_a_version_mismatch_fails(tmp_path):
 
 def test_a_non_spdx_license_fails(tmp_path):
     manifest = _manifest_with(tmp_path, '"SPDX:GPL-3.0-or-later"', '"GPL-3.0-or-later"')
-    with pytest.raises(build.ExtensionError, match="SPDX:GPL-3.0-or-later"):
+    with pytest.raises(build.ExtensionError, match=r"SPDX:GPL-3\.0-or-later"):
         build.check_manifest(manifest)
 
 
@@ -260,5 +260,5 @@ def test_staging_lays_out_the_extension_without_junk(tmp_path, addon_dir):
 
 def test_staging_refuses_an_addon_without_init(tmp_path):
     (tmp_path / "addon").mkdir()
-    with pytest.raises(build.ExtensionError, match="__init__.py is missing"):
+    with pytest.raises(build.ExtensionError, match=r"__init__\.py is missing"):
         build.stage_extension(str(tmp_path / "stage"), addon_dir=str(tmp_path / "addon"))

@@ -25,7 +25,7 @@ def test_a_new_field_leaves_the_mesh_unchanged():
 
 def test_the_seed_fixes_the_initialization():
     a, b, c = field(3), field(3), field(4)
-    for (name, pa), (_, pb), (_, pc) in zip(a.state_dict().items(), b.state_dict().items(), c.state_dict().items()):
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.encoding.matrix, c.encoding.matrix)
 

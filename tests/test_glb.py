@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import pytest
+from tolerances import SAME_MATH, assert_close
 
 from engine.glb import write_glb
 
@@ -86,13 +87,12 @@ def test_round_trip_exact(tmp_path, sphere):
     np.testing.assert_array_equal(_accessor(doc, binary, prim["attributes"]["POSITION"]), v)
     np.testing.assert_array_equal(_accessor(doc, binary, prim["attributes"]["COLOR_0"]), colors)
     np.testing.assert_array_equal(_accessor(doc, binary, prim["attributes"]["_DISPLACEMENT"]), disp)
-    np.testing.assert_allclose(_accessor(doc, binary, prim["attributes"]["NORMAL"]), normals,
-                               atol=1e-6)
+    assert_close(_accessor(doc, binary, prim["attributes"]["NORMAL"]), normals, rel=SAME_MATH, what="normals")
     idx_acc = doc["accessors"][prim["indices"]]
     assert idx_acc["componentType"] == 5125 and idx_acc["type"] == "SCALAR"
     assert doc["bufferViews"][idx_acc["bufferView"]]["target"] == 34963
     np.testing.assert_array_equal(_accessor(doc, binary, prim["indices"]).reshape(-1, 3), f)
-    assert [p for p in os.listdir(tmp_path)] == ["out.glb"]  # no temporary file left over
+    assert os.listdir(tmp_path) == ["out.glb"]  # no temporary file left over
 
 
 def test_minimal_mesh_and_odd_sizes_stay_aligned(tmp_path):
@@ -121,7 +121,7 @@ def test_trimesh_loads_it(tmp_path, sphere):
     assert len(default.vertices) == len(v) and len(default.faces) == len(f)
     loaded = trimesh.load(path, force="mesh", process=False)
     assert loaded.vertices.shape == v.shape and loaded.faces.shape == f.shape
-    np.testing.assert_allclose(loaded.vertices, v, atol=1e-6)
+    assert_close(loaded.vertices, v, rel=SAME_MATH, what="vertices")
     np.testing.assert_array_equal(loaded.faces, f)
 
 

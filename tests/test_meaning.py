@@ -17,6 +17,7 @@ from engine.api import stylize
 from engine.config import settings_for
 from engine.models import ModelStore
 from engine.parts import PartWeights
+from engine.request import StyleRequest
 from engine.samples import sample_mesh
 from engine.training.vocabulary import nearest_color
 
@@ -32,7 +33,8 @@ def mean_color(result, mask) -> str:
 def test_green_seat_black_legs_with_parts_given_by_hand():
     chair = sample_mesh("chair", 5000)
     parts = PartWeights.from_labels(chair.labels, chair.label_names)
-    result = stylize(chair, "green seat, black legs", parts=parts, settings=SETTINGS, models=STORE, device="cpu")
+    request = StyleRequest("green seat, black legs", parts=parts)
+    result = stylize(chair, request, settings=SETTINGS, models=STORE, device="cpu")
     labels = chair.labels
     assert mean_color(result, labels == chair.label_names.index("seat")) == "green"
     assert mean_color(result, labels == chair.label_names.index("legs")) == "black"
@@ -46,7 +48,8 @@ def test_a_yellow_mug():
     assert mean_color(result, np.ones(mug.num_vertices, bool)) == "yellow"
 
 
-@pytest.mark.skipif(not GROUNDING_SHIPPED, reason="needs the trained tiny Grounding DINO in engine/assets/tiny/grounding")
+@pytest.mark.skipif(not GROUNDING_SHIPPED,
+                    reason="needs the trained tiny Grounding DINO in engine/assets/tiny/grounding")
 def test_red_base_blue_shade_on_parts_found_by_the_tiny_grounding_model():
     """Localization and styling by the tiny models alone. The unnamed tube is not checked: box
     lifting gives its ends to the base and shade even with ideal boxes (their boxes overlap it in

@@ -115,7 +115,8 @@ def test_background_and_alpha():
     sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
     vertices = torch.tensor(sphere.vertices, dtype=torch.float32)
     colors = torch.tensor([1.0, 0.0, 0.0]).expand_as(vertices)
-    out = Renderer(render).render(vertices, torch.tensor(sphere.faces), cameras([0.0], [0.0], render), colors=colors, resolution=32)
+    out = Renderer(render).render(vertices, torch.tensor(sphere.faces), cameras([0.0], [0.0], render), colors=colors,
+                                  resolution=32)
     alpha = out.alpha[0, 0]
     assert alpha[0, 0] == 0 and alpha[16, 16] == 1
     assert torch.allclose(out.color[0, :, 0, 0], torch.tensor([0.2, 0.4, 0.6]))
@@ -143,7 +144,8 @@ def test_gradients_match_finite_differences():
     xy, depth = cams.project(vertices.float(), size)
     face_id = rasterize(xy, depth, faces, size)
     weights = torch.rand(2, 3, size, size, generator=generator, dtype=torch.float64)
-    cams64 = type(cams)(*(t.double() for t in (cams.eye, cams.right, cams.up, cams.forward, cams.elevation, cams.azimuth)), fov_y=cams.fov_y)
+    frame = (cams.eye, cams.right, cams.up, cams.forward, cams.elevation, cams.azimuth)
+    cams64 = type(cams)(*(t.double() for t in frame), fov_y=cams.fov_y)
 
     def image_loss(v, c):
         return fixed_visibility_image(v, c, faces, cams64, face_id, weights)
@@ -159,7 +161,8 @@ def test_displacement_receives_gradient_from_shading():
     normals = torch.tensor(sphere.vertex_normals, dtype=torch.float32)
     displacement = torch.zeros(len(vertices), requires_grad=True)
     positions = vertices + displacement[:, None] * normals
-    out = Renderer(RENDER).render(positions, torch.tensor(sphere.faces), cameras([0.0], [0.0]), geometry=True, resolution=64)
+    out = Renderer(RENDER).render(positions, torch.tensor(sphere.faces), cameras([0.0], [0.0]), geometry=True,
+                                  resolution=64)
     # Darken the image's left half: only tilting faces there (displacement) can do that.
     out.geometry[..., :32].sum().backward()
     assert displacement.grad is not None
@@ -169,7 +172,8 @@ def test_displacement_receives_gradient_from_shading():
 def test_empty_view_renders_background():
     sphere = trimesh.creation.icosphere(subdivisions=1, radius=0.3)
     vertices = torch.tensor(sphere.vertices, dtype=torch.float32) + torch.tensor([0.0, 0.0, 5.0])  # behind the camera
-    out = Renderer(RENDER).render(vertices, torch.tensor(sphere.faces), cameras([0.0], [0.0]), colors=torch.zeros_like(vertices), resolution=16)
+    out = Renderer(RENDER).render(vertices, torch.tensor(sphere.faces), cameras([0.0], [0.0]),
+                                  colors=torch.zeros_like(vertices), resolution=16)
     assert float(out.alpha.sum()) == 0
     assert torch.all(out.color == 1.0)
 

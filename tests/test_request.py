@@ -134,7 +134,8 @@ def _bad_parts(tmp_path, **arrays):
 @pytest.mark.parametrize("arrays, message", [
     ({"weights": np.ones((V, 2))}, "no 'names' array"),
     ({"names": np.array(["base"])}, "no 'weights' array"),
-    ({"names": np.array(["base"]), "weights": np.ones((V + 1, 2)) / 2}, r"'weights' has shape \[7, 2\], expected \[6, 2\]"),
+    ({"names": np.array(["base"]), "weights": np.ones((V + 1, 2)) / 2},
+     r"'weights' has shape \[7, 2\], expected \[6, 2\]"),
     ({"names": np.array(["base"]), "weights": np.full((V, 2), np.nan)}, "'weights' holds NaN"),
     ({"names": np.array(["base"]), "weights": np.full((V, 2), 3.0)}, "'weights' must lie in 0..1"),
     ({"names": np.array([1, 2]), "weights": np.ones((V, 3)) / 3}, "'names' must hold text"),
@@ -171,7 +172,7 @@ def test_a_previous_folder_round_trips_through_write_result(tmp_path):
     assert np.array_equal(read.colors_srgb, colors) and np.array_equal(read.displacement, shift)
     with pytest.raises(InputError, match=r"'colors_srgb' has shape .* expected \[7, 3\]"):
         read_surface_style(str(tmp_path), 7)
-    with pytest.raises(InputError, match="no such file .*earlier `stylize` run"):
+    with pytest.raises(InputError, match=r"no such file .*earlier `stylize` run"):
         read_surface_style(str(tmp_path / "nowhere"), mesh.num_vertices)
 
 

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import tomllib
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "engine")
 ADDON = os.path.join(ROOT, "addon")
@@ -63,10 +61,10 @@ def _prints(tree: ast.Module) -> list[int]:
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        if isinstance(func, ast.Name) and func.id == "print":
-            lines.append(node.lineno)
-        elif (isinstance(func, ast.Attribute) and func.attr == "write" and isinstance(func.value, ast.Attribute)
-              and func.value.attr in ("stdout", "stderr")):
+        printing = isinstance(func, ast.Name) and func.id == "print"
+        writing = (isinstance(func, ast.Attribute) and func.attr == "write" and isinstance(func.value, ast.Attribute)
+                   and func.value.attr in ("stdout", "stderr"))
+        if printing or writing:
             lines.append(node.lineno)
     return lines
 

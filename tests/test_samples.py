@@ -197,7 +197,9 @@ def test_parse_sample_spec(spec, expected):
     assert parse_sample_spec(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["", "@5k", "lamp@", "lamp@abc", "lamp@-5", "lamp@5kk", "lamp:5k", "la mp", "lamp@0.5"])
+@pytest.mark.parametrize(
+    "spec", ["", "@5k", "lamp@", "lamp@abc", "lamp@-5", "lamp@5kk", "lamp:5k", "la mp", "lamp@0.5"]
+)
 def test_bad_spec_shows_example(spec):
     with pytest.raises(MeshError, match="lamp@80k"):
         parse_sample_spec(spec)

@@ -29,7 +29,7 @@ def test_plain_scenes_are_colored_as_their_captions_say():
             assert np.allclose(scene.colors.numpy(), scene.colors.numpy()[0])  # one color everywhere
             assert nearest_color(scene.colors.numpy()[0]) == color  # the caption names it
             checked += 1
-        for phrase, part in zip(scene.part_phrases, scene.mesh.part_names):
+        for phrase, part in zip(scene.part_phrases, scene.mesh.part_names, strict=True):
             assert phrase.endswith(" " + part)
     assert checked >= 10
 
@@ -53,13 +53,14 @@ def test_contrastive_loss_prefers_matching_pairs():
     matching = torch.stack([table[c] for c in captions])
     wrong = torch.stack([table[c] for c in ["blue base", "green shade", "a red mug", "a red mug"]])
     scale = torch.tensor(20.0)
-    assert float(contrastive_loss(matching, captions, encode, scale)) < float(contrastive_loss(wrong, captions, encode, scale))
+    matched = float(contrastive_loss(matching, captions, encode, scale))
+    assert matched < float(contrastive_loss(wrong, captions, encode, scale))
 
 
 def test_a_few_training_steps_run_and_report():
     steps = []
-    model, tokenizer, done, loss = train_tiny_clip(max_steps=2, minutes=5, batch_size=8,
-                                                   on_progress=lambda s, l, t: steps.append(s))
+    model, _, done, loss = train_tiny_clip(max_steps=2, minutes=5, batch_size=8,
+                                           on_progress=lambda step, _loss, _seconds: steps.append(step))
     assert done == 2 and steps == [1, 2] and np.isfinite(loss)
     assert not model.training
 

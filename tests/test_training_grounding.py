@@ -63,7 +63,7 @@ def _parts_of(name: str) -> set[str]:
 
 def test_samples_are_seeded():
     a, b = DetectionSamples(7).batch(3), DetectionSamples(7).batch(3)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert torch.equal(x.image, y.image) and x.phrases == y.phrases and torch.equal(x.boxes, y.boxes)
     assert {s.object_name for s in DetectionSamples(8).batch(12)} <= set(PART_OBJECTS)
 
@@ -78,15 +78,17 @@ def test_box_iou():
 def test_training_steps_run_and_the_model_saves_and_loads_back(tmp_path):
     steps = []
     model, tokenizer, done, loss = train_tiny_grounding(max_steps=2, minutes=5, batch_size=2,
-                                                        on_progress=lambda s, l, t: steps.append(s))
+                                                        on_progress=lambda step, _loss, _seconds: steps.append(step))
     assert done == 2 and steps == [1, 2] and np.isfinite(loss) and not model.training
     save_grounding(model, tokenizer, str(tmp_path))
     loaded = load_grounding_folder(str(tmp_path), name="tiny")
-    assert (loaded.size, loaded.max_size) == (tiny_bundle(model, tokenizer).size, tiny_bundle(model, tokenizer).max_size)
+    trained = tiny_bundle(model, tokenizer)
+    assert (loaded.size, loaded.max_size) == (trained.size, trained.max_size)
     image = DetectionSamples(0).sample().image[None]
-    before = GroundingDetector(tiny_bundle(model, tokenizer)).phrase_logits(image, GroundingDetector(loaded).caption(["base", "tube"]))
-    after = GroundingDetector(loaded).phrase_logits(image, GroundingDetector(loaded).caption(["base", "tube"]))
-    assert all(torch.equal(x, y) for x, y in zip(before, after))
+    caption = GroundingDetector(loaded).caption(["base", "tube"])
+    before = GroundingDetector(trained).phrase_logits(image, caption)
+    after = GroundingDetector(loaded).phrase_logits(image, caption)
+    assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True))
 
 
 @pytest.mark.skipif(not SHIPPED, reason="the trained tiny Grounding DINO is not in engine/assets/tiny/grounding")
@@ -109,6 +111,7 @@ def test_the_training_command_writes_the_model_and_its_record(tmp_path, capsys):
     with open(tmp_path / "training.json", encoding="utf-8") as fh:
         record = json.load(fh)
     assert record["seed"] == 2 and record["steps"] == 1 and record["batch"] == 8
-    assert 0.0 <= record["held_out_recall_iou50"] <= 1.0 and set(record["held_out_recall_by_part"]) <= set(all_part_names())
+    assert 0.0 <= record["held_out_recall_iou50"] <= 1.0
+    assert set(record["held_out_recall_by_part"]) <= set(all_part_names())
     assert load_grounding_folder(str(tmp_path), name="tiny").size == 256
     assert "held-out part recall at IoU 0.5" in capsys.readouterr().out

@@ -77,7 +77,7 @@ def test_addon_enabled_and_its_tab_drawn(run):
 def test_screenshot_shows_the_sidebar(run):
     data, window, viewport, _, _ = run
     assert _png_size(window) == tuple(data["window"])
-    x, y, width, height = data["area_rect"]
+    _, _, width, height = data["area_rect"]
     assert _png_size(viewport) == (width, height)
     image = pytest.importorskip("PIL.Image")
     with image.open(window) as png:
