@@ -222,7 +222,7 @@ class PARTSTYLE_OT_clear(bpy.types.Operator):
 
     bl_idname = "partstyle.clear"
     bl_label = "Clear results"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {'REGISTER', 'UNDO'}
 
     keep_groups: BoolProperty(name="Keep part groups", description="Leave the part:<name> vertex groups")
 
@@ -238,5 +238,5 @@ class PARTSTYLE_OT_clear(bpy.types.Operator):
 
     def execute(self, context):
         removed = runs.clear(context.active_object, keep_groups=self.keep_groups)
-        self.report({"INFO"}, f"Removed {', '.join(removed)}." if removed else "Nothing to clear.")
-        return {"FINISHED"}
+        self.report({'INFO'}, f"Removed {', '.join(removed)}." if removed else "Nothing to clear.")
+        return {'FINISHED'}

@@ -419,3 +419,17 @@ def test_locked_part_keeps_its_earlier_result(scene):
     assert_close(bridge.read_float(obj.data, bridge.DISPLACEMENT_ATTRIBUTE)[base], first_shift[base], rel=SAME_MATH,
                  what="locked displacement")
     assert relative_difference(second[~base], first[~base]) > CHANGED
+
+
+def test_part_rows_reach_the_engine_as_parsed_pairs(scene):
+    """Rows are sent as (part, style) pairs, not re-written as prompt text: a style with a comma, which
+    no prompt text could carry for one part, stays one style; a repeated part is refused before work."""
+    make_lamp()
+    settings = set_panel("red base, blue shade")
+    settings.parts[0].style = "black, white marble"
+    run = runs.StyleRun(addon.operators.request_from(bpy.context)).prepare(live=False)
+    assert [(p.part, p.style) for p in run.style_request.prompt.pairs] == [
+        ("base", "black, white marble"), ("shade", "blue")]
+    settings.parts[1].part = "Base "
+    with pytest.raises(engine_link.user_errors(), match="'base' is given twice"):
+        runs.StyleRun(addon.operators.request_from(bpy.context)).prepare(live=False)
