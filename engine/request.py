@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputError, PromptError
 from .parts import PartWeights
-from .prompt import StylePrompt, check_prompt, normalize_part_name
+from .prompt import PartStyle, StylePrompt, check_prompt, normalize_part_name
 from .result import StyleResult, SurfaceStyle
 
 
@@ -85,7 +85,7 @@ class StyleRequest:
             raise PromptError("locked parts keep an earlier result: give the previous result (--previous DIR).")
 
     @property
-    def styled_pairs(self) -> tuple:
+    def styled_pairs(self) -> tuple[PartStyle, ...]:
         """The (part, style) pairs that this run restyles: the prompt's, less the locked parts."""
         return tuple(pair for pair in self.prompt.pairs if pair.part not in self.lock)
 
