@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from .compose import Composition, compose_parts, whole_object
 from .config import Settings, settings_for
-from .errors import DeviceError, PromptError
+from .errors import CheckpointError, DeviceError, PromptError
 from .events import CancelToken, EventSink, StageEvent, ignore_events
 from .field import BASE_COLOR
 from .grounding.detector import GroundingDetector
@@ -26,7 +27,7 @@ from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .mesh import Mesh, Normalization
 from .models import ModelStore
-from .prompt import StylePrompt, normalize_part_name
+from .prompt import MAX_PROMPT_CHARACTERS, StylePrompt, normalize_part_name
 from .request import StyleRequest
 from .result import StyleResult
 from .train import Objective, StyleTrainer, SurfaceInputs
@@ -73,6 +74,12 @@ def locate_parts(
     names = [normalize_part_name(p) for p in parts]
     if not names or any(not n for n in names):
         raise PromptError("give at least one part name to locate, e.g. --parts \"base, tube, shade\".")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise PromptError(f"part {repeated[0]!r} is named twice; name each part once.")
+    if len(", ".join(names)) > MAX_PROMPT_CHARACTERS:
+        raise PromptError(f"the part names have {len(', '.join(names))} characters together; keep them under "
+                          f"{MAX_PROMPT_CHARACTERS} (the detector reads a limited caption).")
     on_event(StageEvent("loading models", f"grounding ({store.describe()})"))
     detector = views_detector(store.grounding(dev), settings.localize.resolution)
     on_event(StageEvent("locating parts", ", ".join(names)))
@@ -112,6 +119,8 @@ def stylize(
     """
     request = request if isinstance(request, StyleRequest) else StyleRequest(request)
     request.check_mesh(mesh.num_vertices)
+    if resume and not (checkpoint and os.path.isfile(checkpoint)):
+        raise CheckpointError(f"no checkpoint at '{checkpoint}' to resume from; run without --resume to start anew.")
     settings = settings or settings_for()
     parsed = request.prompt
     dev = resolve_device(device)

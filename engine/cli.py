@@ -194,11 +194,13 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     from .api import stylize
     from .events import CancelToken
     from .export import read_surface_style, write_result
+    from .files import check_output_folder
     from .models import ModelStore
     from .request import StyleRequest
 
     settings = settings_from_args(args)
     mesh = mesh_from_args(args)
+    check_output_folder(args.out)
     request = StyleRequest(
         args.prompt,
         holistic=args.whole,
@@ -210,6 +212,8 @@ def cmd_stylize(args: argparse.Namespace) -> int:
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     cancel = CancelToken()
     progress = ProgressPrinter(quiet=args.quiet)
+    if args.quiet:
+        silence_library_progress()
     old_handler = _install_interrupt(cancel)
     try:
         result = stylize(
@@ -237,11 +241,13 @@ def cmd_locate(args: argparse.Namespace) -> int:
     from .api import locate_parts
     from .events import CancelToken
     from .export import write_localization
+    from .files import check_output_folder
     from .models import ModelStore
     from .prompt import parse_prompt
 
     settings = settings_from_args(args)
     mesh = mesh_from_args(args)
+    check_output_folder(args.out)
     names = [p.strip() for p in args.parts.replace(";", ",").split(",")]
     if any(not n for n in names):
         parse_prompt(args.parts)  # raises the prompt grammar's error naming the empty phrase
@@ -279,6 +285,18 @@ def cmd_eval_localization(args: argparse.Namespace) -> int:
         parts = ", ".join(f"{name} {value:.3f}" for name, value in score.iou.items()) or score.error
         print(f"{score.sample:<8} {score.source:<8} {score.miou:>6.3f}  {parts}")
     return 0
+
+
+def silence_library_progress() -> None:
+    """No progress bars from transformers and huggingface_hub (their weight-loading bars) in this process.
+
+    Process-wide switches of those libraries, so only the command line (the application) flips them.
+    """
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 def _install_interrupt(cancel):

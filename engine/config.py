@@ -16,6 +16,10 @@ from typing import Any, get_args, get_type_hints
 
 from .errors import SettingsError
 
+#: The most iterations a run may ask for: ~66x the papers' 1500, far beyond any useful run; more is
+#: a typo that would otherwise run for days.
+MAX_ITERATIONS = 100_000
+
 
 @dataclass(frozen=True)
 class RenderSettings:
@@ -361,7 +365,7 @@ def _validate(s: Settings) -> None:
         ("localize.rest_score", 0.0 <= s.localize.rest_score < 1.0, "in [0, 1)"),
         ("localize.temperature", s.localize.temperature > 0.0, "greater than 0"),
         ("localize.smoothing_iterations", s.localize.smoothing_iterations >= 0, "0 or more"),
-        ("optim.iterations", s.optim.iterations >= 1, "at least 1"),
+        ("optim.iterations", 1 <= s.optim.iterations <= MAX_ITERATIONS, f"between 1 and {MAX_ITERATIONS}"),
         ("optim.optimizer", s.optim.optimizer in ("adam", "adamw"), "'adam' or 'adamw'"),
         ("optim.learning_rate", s.optim.learning_rate > 0.0, "greater than 0"),
         ("optim.weight_decay", s.optim.weight_decay >= 0.0, "0 or more"),

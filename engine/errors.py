@@ -43,6 +43,11 @@ class ModelFormatError(PartstyleError):
     """A model folder exists but holds no loadable safetensors weights or config."""
 
 
+class OutputError(PartstyleError):
+    """Results cannot be written where asked: not a folder, not writable, or the disk is full. Earlier
+    results there are left as they were."""
+
+
 class DependencyError(PartstyleError):
     """An installed library is a version the engine does not support for the work asked of it."""
 

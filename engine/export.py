@@ -23,7 +23,7 @@ import trimesh
 from . import __version__
 from .cameras import ring_views
 from .config import RenderSettings
-from .errors import InputError
+from .errors import InputError, OutputError
 from .glb import write_glb
 from .grounding.locate import Localization
 from .images import image_grid, plot_curves, save_png
@@ -53,10 +53,20 @@ def part_colors(weights: np.ndarray) -> np.ndarray:
 
 def _staged(out_dir: str, names: tuple[str, ...], write) -> dict[str, str]:
     """Run ``write(staging_folder)`` and move ``names`` into ``out_dir`` only if it succeeded."""
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".partstyle-", dir=out_dir)
     try:
-        write(staging)
+        os.makedirs(out_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".partstyle-", dir=out_dir)
+    except OSError as exc:
+        raise OutputError(f"cannot write into {out_dir} ({exc.strerror or exc}); nothing was changed there.") \
+            from None
+    try:
+        try:
+            write(staging)
+        except OSError as exc:  # a full disk, a quota, a folder removed under us
+            raise OutputError(
+                f"writing the results into {out_dir} failed ({exc.strerror or exc}); the earlier results there "
+                "are unchanged. Free some space or choose another folder."
+            ) from None
         paths = {}
         for name in names:
             target = os.path.join(out_dir, name)

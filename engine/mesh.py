@@ -94,13 +94,14 @@ def mesh_from_arrays(
             f"{name}: the mesh is empty ({vertices.shape[0]} vertices, {faces.shape[0]} faces); "
             "select or export an object that has faces."
         )
-    vertices = vertices.astype(np.float32, copy=False)
-    bad = ~np.isfinite(vertices).all(axis=1)
+    bad = ~np.isfinite(np.asarray(vertices, dtype=np.float64)).all(axis=1)
     if bad.any():
         raise MeshError(
             f"{name}: {int(bad.sum())} vertices have NaN or infinite coordinates "
             f"(first at index {int(np.flatnonzero(bad)[0])}); fix or delete them in your modeller."
         )
+    _check_float32_range(np.asarray(vertices, dtype=np.float64), name)
+    vertices = vertices.astype(np.float32, copy=False)
     if not np.issubdtype(faces.dtype, np.integer):
         raise MeshError(f"{name}: face indices must be integers, got {faces.dtype}.")
     faces = faces.astype(np.int64, copy=False)
@@ -113,9 +114,12 @@ def mesh_from_arrays(
     keep = ~_degenerate_faces(vertices, faces)
     dropped = int((~keep).sum())
     if dropped == faces.shape[0]:
+        reach = float(np.abs(vertices).max())
+        hint = (f" Its coordinates reach {reach:.3g}: too far from the origin for float32 (the engine's precision) "
+                "to tell its vertices apart; move it near the origin." if reach > MAX_OFFSET_RATIO else "")
         raise MeshError(
             f"{name}: all {dropped} faces are degenerate (zero area or repeated vertices); "
-            "the mesh has no surface to stylize."
+            f"the mesh has no surface to stylize.{hint}"
         )
     if dropped:
         warnings.warn(
@@ -148,6 +152,8 @@ def load_mesh(path: str | os.PathLike, *, merge_vertices: bool = False) -> Mesh:
 
     path = os.fspath(path)
     name = os.path.basename(path)
+    if os.path.isdir(path):
+        raise MeshError(f"{path} is a folder, not a mesh file; name one of the mesh files in it.")
     if not os.path.isfile(path):
         raise MeshError(f"{path}: no such file.")
     suffix = os.path.splitext(path)[1].lower()
@@ -155,12 +161,14 @@ def load_mesh(path: str | os.PathLike, *, merge_vertices: bool = False) -> Mesh:
         raise MeshError(
             f"{name}: unsupported mesh format '{suffix or '(none)'}'; use one of {', '.join(MESH_SUFFIXES)}."
         )
+    if os.path.getsize(path) == 0:
+        raise MeshError(f"{name}: the file is empty (0 bytes); export the mesh again.")
     try:
         loaded = trimesh.load(path, force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types for unreadable files
         raise MeshError(f"{name}: cannot read the file ({type(exc).__name__}: {exc}).") from exc
-    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
-        raise MeshError(f"{name}: the file holds no triangle faces (point clouds and lines cannot be stylized).")
+    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.vertices) == 0 or len(loaded.faces) == 0:
+        raise MeshError(_no_faces_reason(path, name, suffix))
     if merge_vertices:
         loaded.merge_vertices(merge_tex=True, merge_norm=True)
     return mesh_from_arrays(
@@ -206,6 +214,39 @@ class Normalization:
     def length_to_object(self, lengths: np.ndarray) -> np.ndarray:
         """Distances in the unit frame (e.g. displacement) -> float32 object units."""
         return (np.asarray(lengths, dtype=np.float64) * self.scale).astype(np.float32)
+
+
+def _no_faces_reason(path: str, name: str, suffix: str) -> str:
+    """Why a file gave no triangles: it holds points or lines only, or it is not a readable mesh file."""
+    import trimesh
+
+    try:
+        plain = trimesh.load(path, process=False)
+    except Exception:  # any failure here means the same: not a readable file
+        plain = None
+    geometry = list(plain.geometry.values()) if isinstance(plain, trimesh.Scene) else [plain]
+    if any(len(getattr(g, "vertices", ())) and not len(getattr(g, "faces", ())) for g in geometry):
+        return f"{name}: the file holds no triangle faces (point clouds and lines cannot be stylized)."
+    return f"{name}: no mesh could be read from it; it is not a valid {suffix} file, or it holds no geometry."
+
+
+#: How far from the origin, in multiples of its own size, a mesh may lie: float32 (the engine's
+#: precision, 24 bits) keeps about 16 steps across a mesh 1e6 times its size away from the origin.
+MAX_OFFSET_RATIO = 1e6
+
+
+def _check_float32_range(vertices: np.ndarray, name: str) -> None:
+    """Refuse [V, 3] float64 coordinates that float32 cannot hold or cannot resolve."""
+    reach = float(np.abs(vertices).max())
+    extent = float(np.ptp(vertices, axis=0).max())
+    if reach > float(np.finfo(np.float32).max) / 16:
+        raise MeshError(f"{name}: coordinates reach {reach:.3g}, beyond what float32 (the engine's precision) "
+                        "holds; scale the mesh down in your modeller.")
+    if extent > 0 and reach > MAX_OFFSET_RATIO * extent:
+        raise MeshError(
+            f"{name}: the mesh is {extent:.3g} across but lies {reach:.3g} from the origin; float32 (the engine's "
+            "precision) cannot resolve it there. Move it near the origin (e.g. apply a translation) first."
+        )
 
 
 def _degenerate_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

@@ -48,6 +48,9 @@ TINY_CLIP_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ass
 # The tiny Grounding DINO trained by `python -m engine train-tiny-grounding`, likewise.
 TINY_GROUNDING_FOLDER = os.path.join(os.path.dirname(TINY_CLIP_FOLDER), "grounding")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
+# Buffers a model rebuilds from its config, which a weights file may or may not hold (Swin's
+# relative position index, text position ids): their absence is not a mismatch.
+REBUILT_BUFFERS = ("relative_position_index", "position_ids")
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ def load_clip_folder(folder: str, *, name: str) -> ClipBundle:
 
     require_safetensors(folder)
     with _model_folder(folder, "CLIP"):
-        model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+        model = _from_pretrained(CLIPModel, folder)
         tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
         cfg = _processor_config(folder)
     mean, std = CLIP_MEAN, CLIP_STD
@@ -212,7 +215,7 @@ def load_grounding_folder(folder: str, *, name: str) -> GroundingBundle:
 
     require_safetensors(folder)
     with _model_folder(folder, "Grounding DINO"):
-        model = GroundingDinoForObjectDetection.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+        model = _from_pretrained(GroundingDinoForObjectDetection, folder)
         tokenizer = BertTokenizer.from_pretrained(folder, local_files_only=True)
         cfg = _processor_config(folder)
     size, max_size, mean, std = GROUNDING_SIZE, GROUNDING_MAX_SIZE, GROUNDING_MEAN, GROUNDING_STD
@@ -250,6 +253,29 @@ def _model_folder(folder: str, kind: str):
             f"'{folder}' does not hold a loadable {kind} model ({type(exc).__name__}: {exc}). Give a folder saved "
             "with save_pretrained (config.json, model.safetensors and the tokenizer files), or --models tiny."
         ) from exc
+
+
+def _from_pretrained(model_class, folder: str):
+    """``model_class`` from ``folder``'s safetensors, refused unless every weight matched the config.
+
+    A config and weights of different models load with everything "newly initialized": a randomly
+    initialized model that runs and gives meaningless results. Only the buffers a model rebuilds
+    from its config (:data:`REBUILT_BUFFERS`) may be absent.
+    """
+    model, info = model_class.from_pretrained(folder, use_safetensors=True, local_files_only=True,
+                                              output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith(REBUILT_BUFFERS)]
+    unexpected = [k for k in info.get("unexpected_keys", ()) if not k.endswith(REBUILT_BUFFERS)]
+    if missing or unexpected or info.get("mismatched_keys"):
+        found = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(info['mismatched_keys'])} of another shape" if info.get("mismatched_keys") else ""]
+        raise ModelFormatError(
+            f"the weights in '{folder}' do not belong to its config.json ({model_class.__name__}): weights "
+            f"{', '.join(f for f in found if f)}. The config and model.safetensors come from different models; "
+            "save the model again with save_pretrained, or use --models tiny."
+        )
+    return model
 
 
 def _processor_config(folder: str) -> dict:

@@ -83,6 +83,11 @@ class StyleRequest:
             )
         if self.lock and self.previous is None:
             raise PromptError("locked parts keep an earlier result: give the previous result (--previous DIR).")
+        if self.previous is not None and not self.lock:
+            raise PromptError(
+                "a previous result is used only for locked parts, and none is locked: name the parts to keep "
+                "(--lock PART) or leave the previous result out."
+            )
 
     @property
     def styled_pairs(self) -> tuple[PartStyle, ...]:
