@@ -191,16 +191,24 @@ def load_part_weights(source: str, mesh):
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
-    from .api import stylize
-    from .events import CancelToken
-    from .export import read_surface_style, write_result
-    from .files import check_output_folder
-    from .models import ModelStore
-    from .request import StyleRequest
+    from .files import check_output_folder, output_lock
 
     settings = settings_from_args(args)
     mesh = mesh_from_args(args)
     check_output_folder(args.out)
+    with output_lock(args.out):
+        return _stylize_into(args, settings, mesh)
+
+
+def _stylize_into(args: argparse.Namespace, settings, mesh) -> int:
+    """``stylize`` once the output folder is held: the request, the run, the files."""
+    from .api import stylize
+    from .errors import CheckpointError
+    from .events import CancelToken
+    from .export import read_surface_style, write_result
+    from .models import ModelStore
+    from .request import StyleRequest
+
     request = StyleRequest(
         args.prompt,
         holistic=args.whole,
@@ -208,30 +216,26 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         lock=tuple(args.lock),
         previous=read_surface_style(args.previous, mesh.num_vertices) if args.previous else None,
     )
-    store = ModelStore(args.models, allow_download=args.allow_download)
     checkpoint = os.path.join(args.out, "checkpoint.pt")
+    if os.path.exists(checkpoint) and not args.resume:
+        raise CheckpointError(
+            f"{args.out} holds the checkpoint of an interrupted run; continue it with the same command plus "
+            f"--resume, or delete {checkpoint} to start anew."
+        )
+    store = ModelStore(args.models, allow_download=args.allow_download)
     cancel = CancelToken()
     progress = ProgressPrinter(quiet=args.quiet)
     if args.quiet:
         silence_library_progress()
     old_handler = _install_interrupt(cancel)
     try:
-        result = stylize(
-            mesh,
-            request,
-            settings=settings,
-            models=store,
-            device=args.device,
-            on_event=progress,
-            cancel=cancel,
-            checkpoint=checkpoint,
-            resume=args.resume,
-        )
+        result = stylize(mesh, request, settings=settings, models=store, device=args.device, on_event=progress,
+                         cancel=cancel, checkpoint=checkpoint, resume=args.resume)
     finally:
         progress.close()
         signal.signal(signal.SIGINT, old_handler)
     paths = write_result(result, args.out, extra_record={"preset": args.preset, "input": args.mesh})
-    if os.path.exists(checkpoint):
+    if os.path.exists(checkpoint):  # this run's own: another run's would have stopped this one above
         os.remove(checkpoint)
     print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}: {', '.join(paths)}")
     return 0
@@ -241,7 +245,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     from .api import locate_parts
     from .events import CancelToken
     from .export import write_localization
-    from .files import check_output_folder
+    from .files import check_output_folder, output_lock
     from .models import ModelStore
     from .prompt import parse_prompt
 
@@ -266,7 +270,8 @@ def cmd_locate(args: argparse.Namespace) -> int:
         )
     finally:
         signal.signal(signal.SIGINT, old_handler)
-    paths = write_localization(localization, mesh, args.out)
+    with output_lock(args.out):
+        paths = write_localization(localization, mesh, args.out)
     counts = localization.weights.labels()
     summary = ", ".join(f"{n}: {int((counts == k).sum())} vertices" for k, n in enumerate(localization.weights.names))
     print(f"{summary}; rest: {int((counts < 0).sum())}")

@@ -24,6 +24,7 @@ from . import __version__
 from .cameras import ring_views
 from .config import RenderSettings
 from .errors import InputError, OutputError
+from .files import STAGING_PREFIX, commit_staged
 from .glb import write_glb
 from .grounding.locate import Localization
 from .images import image_grid, plot_curves, save_png
@@ -55,24 +56,19 @@ def _staged(out_dir: str, names: tuple[str, ...], write) -> dict[str, str]:
     """Run ``write(staging_folder)`` and move ``names`` into ``out_dir`` only if it succeeded."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".partstyle-", dir=out_dir)
+        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     except OSError as exc:
         raise OutputError(f"cannot write into {out_dir} ({exc.strerror or exc}); nothing was changed there.") \
             from None
     try:
         try:
             write(staging)
+            return commit_staged(staging, out_dir, names)
         except OSError as exc:  # a full disk, a quota, a folder removed under us
             raise OutputError(
                 f"writing the results into {out_dir} failed ({exc.strerror or exc}); the earlier results there "
                 "are unchanged. Free some space or choose another folder."
             ) from None
-        paths = {}
-        for name in names:
-            target = os.path.join(out_dir, name)
-            os.replace(os.path.join(staging, name), target)
-            paths[name] = target
-        return paths
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -328,7 +329,7 @@ class StyleTrainer:
             "sampling": self.sampling.get_state(),
         }
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # two runs never share a temporary file
         torch.save(state, tmp)
         os.replace(tmp, path)
         return path

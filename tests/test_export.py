@@ -9,6 +9,7 @@ import pytest
 
 from engine import export
 from engine.config import settings_for
+from engine.errors import OutputError
 from engine.prompt import parse_prompt
 from engine.result import StyleResult
 from engine.samples import sample_mesh
@@ -30,7 +31,7 @@ def test_export_failure_keeps_the_previous_result(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(export, "plot_curves", broken_plot)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"\(disk full\); the earlier results there are unchanged"):
         export.write_result(fake_result(0.9), str(tmp_path))
     assert {name: (tmp_path / name).read_bytes() for name in export.RESULT_FILES} == before
     assert sorted(os.listdir(tmp_path)) == sorted(export.RESULT_FILES)  # no staging folder left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ from engine import export
 from engine.api import locate_parts, stylize
 from engine.config import MAX_ITERATIONS, settings_for
 from engine.errors import CheckpointError, MeshError, OutputError, PromptError, SettingsError
-from engine.files import check_output_folder
+from engine.files import JOURNAL_FILE, LOCK_FILE, STAGING_PREFIX, check_output_folder, output_lock
 from engine.mesh import load_mesh, mesh_from_arrays
 from engine.request import StyleRequest
 from engine.result import SurfaceStyle
@@ -144,3 +145,44 @@ def test_quiet_hides_the_libraries_progress_bars(tmp_path):
                   str(tmp_path / "o"), "--quiet", *SMALL)
     assert proc.returncode == 0, proc.stderr
     assert "Loading weights" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr
+
+
+# -- one writer per output folder; files swapped in all or nothing -------------------------------
+
+def test_a_second_writer_of_one_output_folder_is_refused(tmp_path):
+    with output_lock(str(tmp_path)):
+        with pytest.raises(OutputError, match="another Partstyle run is writing"), output_lock(str(tmp_path)):
+            pass
+        proc = engine("stylize", "sample:mug@2k", "--prompt", "a red mug", "--iterations", "1", "--out",
+                      str(tmp_path), "--quiet", *SMALL)
+        assert proc.returncode == 1 and "another Partstyle run is writing" in proc.stderr, proc.stderr
+    with output_lock(str(tmp_path)):  # released: free again, and no lock file is left behind
+        pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_commit_cut_short_is_finished_by_the_next_run(tmp_path):
+    for name, text in (("a.txt", "old a"), ("b.txt", "old b")):
+        (tmp_path / name).write_text(text)
+    staging = tmp_path / (STAGING_PREFIX + "killed")
+    staging.mkdir()
+    for name, text in (("a.txt", "new a"), ("b.txt", "new b")):
+        (staging / name).write_text(text)
+    (tmp_path / JOURNAL_FILE).write_text(json.dumps({"staging": staging.name, "names": ["a.txt", "b.txt"]}))
+    os.replace(staging / "a.txt", tmp_path / "a.txt")  # killed after the first move
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "old b"
+    stale = tmp_path / (STAGING_PREFIX + "killed-while-writing")
+    stale.mkdir()
+    (stale / "half.glb").write_bytes(b"partial")
+    with output_lock(str(tmp_path)):
+        assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, "a.txt", "b.txt"]
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "new b"
+
+
+def test_a_run_never_discards_another_runs_checkpoint(tmp_path):
+    other = tmp_path / "checkpoint.pt"
+    other.write_bytes(b"another interrupted run's state")
+    proc = engine("stylize", "sample:mug@2k", "--prompt", "a red mug", "--iterations", "1", "--out", str(tmp_path),
+                  "--quiet", *SMALL)
+    assert proc.returncode == 1 and "holds the checkpoint of an interrupted run" in proc.stderr, proc.stderr
+    assert other.read_bytes() == b"another interrupted run's state"
