@@ -12,21 +12,25 @@ import hashlib
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from .compose import Composition, compose_parts, whole_object
 from .config import Settings, settings_for
-from .errors import CheckpointError, DeviceError, PromptError
+from .errors import CheckpointError, DeviceError, PromptError, ResourceError
 from .events import CancelToken, EventSink, StageEvent, ignore_events
 from .field import BASE_COLOR
+from .geometry import Proxy, cluster_vertices
 from .grounding.detector import GroundingDetector
 from .grounding.locate import Localization, detector_boxes, locate
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
-from .mesh import Mesh, Normalization
+from .memory import BASE_BYTES, available_bytes, estimate_peak_bytes, gigabytes
+from .mesh import Mesh, MeshWarning, Normalization, mesh_from_arrays
 from .models import ModelStore
+from .parts import PartWeights
 from .prompt import MAX_PROMPT_CHARACTERS, StylePrompt, normalize_part_name
 from .request import StyleRequest
 from .result import StyleResult
@@ -127,14 +131,23 @@ def stylize(
     store = models if isinstance(models, ModelStore) else ModelStore(models)
     started = time.perf_counter()
     normalization = Normalization.fit(mesh.vertices)
-    part_weights = None
+    proxy = simplified_copy(mesh, settings.field.max_vertices)
+    work = mesh if proxy is None else proxy_mesh(mesh, proxy)
+    if proxy is not None:
+        on_event(StageEvent("simplifying", f"{mesh.num_vertices} -> {work.num_vertices} vertices to optimize on "
+                                           f"(field.max_vertices={settings.field.max_vertices})"))
+    check_memory(work.num_vertices, settings, max(1, len(request.styled_pairs)), dev)
+    part_weights = work_weights = None
     if not parsed.is_holistic:
-        part_weights = (
-            request.parts.select(parsed.parts) if request.parts is not None
-            else locate_parts(mesh, parsed.parts, settings=settings, models=store, device=dev, on_event=on_event,
-                              cancel=cancel).weights
-        )
-    composition = _composition(mesh, request, part_weights, normalization)
+        if request.parts is not None:
+            part_weights = request.parts.select(parsed.parts)
+            work_weights = part_weights if proxy is None else _reduced_weights(part_weights, proxy)
+        else:
+            work_weights = locate_parts(work, parsed.parts, settings=settings, models=store, device=dev,
+                                        on_event=on_event, cancel=cancel).weights
+            part_weights = work_weights if proxy is None else _expanded_weights(work_weights, proxy)
+    reduce = None if proxy is None else proxy.mean_of
+    composition = _composition(work.num_vertices, request, work_weights, normalization, reduce=reduce)
 
     on_event(StageEvent("loading models", store.describe()))
     guidance = ClipGuidance(store.clip(dev), settings.guidance)
@@ -148,16 +161,23 @@ def stylize(
         grounding=_grounding_loss(store, dev, styled, settings) if styled else None,
     )
     surface = SurfaceInputs(
-        vertices=torch.from_numpy(normalization.to_unit(mesh.vertices)).to(dev),
-        normals=torch.from_numpy(mesh.vertex_normals).to(dev),
-        faces=torch.from_numpy(mesh.faces).to(dev),
+        vertices=torch.from_numpy(normalization.to_unit(work.vertices)).to(dev),
+        normals=torch.from_numpy(work.vertex_normals).to(dev),
+        faces=torch.from_numpy(work.faces).to(dev),
     )
     fingerprint = run_fingerprint(mesh, parsed, settings, store.describe(), composition)
     trainer = StyleTrainer(surface, objective, guidance, settings, fingerprint=fingerprint)
     ready = time.perf_counter()
     trained = trainer.run(
-        on_event=on_event, cancel=cancel, checkpoint_path=checkpoint, resume=resume, to_object_units=normalization.scale
+        on_event=on_event, cancel=cancel, checkpoint_path=checkpoint, resume=resume,
+        to_object_units=normalization.scale, preview_index=None if proxy is None else torch.from_numpy(proxy.cluster),
     )
+    colors, displacement = trained.colors, trained.displacement
+    if proxy is not None:  # the field at every original vertex, with the original's own composition
+        on_event(StageEvent("transferring", f"the result to all {mesh.num_vertices} vertices"))
+        full = _composition(mesh.num_vertices, request, part_weights, normalization)
+        colors, displacement = trainer.evaluate(
+            torch.from_numpy(normalization.to_unit(mesh.vertices)).to(dev), full.to(dev))
     record = {
         "device": str(dev),
         "models": store.describe(),
@@ -166,12 +186,13 @@ def stylize(
         "seconds_setup": round(ready - started, 3),
         "seconds_optimizing": round(trained.seconds, 3),
         "normalization": {"center": normalization.center.tolist(), "scale": normalization.scale},
+        "optimized_vertices": work.num_vertices,
     }
     return StyleResult(
         mesh=mesh,
         prompt=parsed,
-        colors_srgb=trained.colors.numpy(),
-        displacement=normalization.length_to_object(trained.displacement.numpy()),
+        colors_srgb=colors.numpy(),
+        displacement=normalization.length_to_object(displacement.numpy()),
         settings=settings,
         parts=part_weights,
         history=trained.history,
@@ -179,21 +200,68 @@ def stylize(
     )
 
 
-def _composition(mesh: Mesh, request: StyleRequest, part_weights, normalization: Normalization) -> Composition:
-    """The blend of per-part outputs for this request (holistic: the whole mesh is one part)."""
+def _composition(num_vertices: int, request: StyleRequest, part_weights, normalization: Normalization, *,
+                 reduce=None) -> Composition:
+    """The blend of per-part outputs for this request over ``num_vertices`` vertices (holistic: the
+    whole mesh is one part). ``reduce`` maps the request's per-vertex arrays onto a simplified copy."""
     if request.prompt.is_holistic:
-        return whole_object(mesh.num_vertices)
-    original = request.base_colors
-    if original is None:
-        original = np.full((mesh.num_vertices, 3), BASE_COLOR, np.float32)
+        return whole_object(num_vertices)
+    keep = reduce or (lambda values: values)
+    if request.base_colors is None:
+        original = np.full((num_vertices, 3), BASE_COLOR, np.float32)
+    else:
+        original = keep(request.base_colors)
     previous = request.previous
     return compose_parts(
         part_weights,
         original_colors=original,
         locked=request.lock,
-        previous_colors=None if previous is None else previous.colors_srgb,
-        previous_displacement=None if previous is None else previous.displacement / normalization.scale,
+        previous_colors=None if previous is None else keep(previous.colors_srgb),
+        previous_displacement=None if previous is None else keep(previous.displacement) / normalization.scale,
     )
+
+
+def check_memory(num_vertices: int, settings: Settings, parts: int, device: torch.device) -> int:
+    """Raise :class:`ResourceError` when optimizing ``num_vertices`` vertices would need more memory than
+    ``device`` has free (:mod:`engine.memory`); returns the estimate in bytes."""
+    need = estimate_peak_bytes(num_vertices, settings, parts)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        per_vertex = (need - BASE_BYTES) / max(num_vertices, 1)
+        budget = max(1000, int((0.8 * free - BASE_BYTES) / per_vertex))  # what fits in 80% of the free memory
+        raise ResourceError(
+            f"this run would need about {gigabytes(need)} ({num_vertices} vertices optimized) but {device} has "
+            f"{gigabytes(free)} free. Optimize on a smaller copy (--set field.max_vertices={budget // 1000 * 1000}), "
+            "use a device with more memory, or close other programs."
+        )
+    return need
+
+
+def simplified_copy(mesh: Mesh, max_vertices: int) -> Proxy | None:
+    """The clustered copy a run optimizes on when ``mesh`` has more than ``max_vertices`` vertices
+    (``field.max_vertices``; 0: never), else None."""
+    if not max_vertices or mesh.num_vertices <= max_vertices:
+        return None
+    return cluster_vertices(mesh.vertices, mesh.faces, max_vertices)
+
+
+def proxy_mesh(mesh: Mesh, proxy: Proxy) -> Mesh:
+    """The :class:`Mesh` of a simplified copy (its faces that collapsed are dropped quietly)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MeshWarning)
+        return mesh_from_arrays(proxy.vertices, proxy.faces, name=f"{mesh.name} (simplified)")
+
+
+def _reduced_weights(weights: PartWeights, proxy: Proxy) -> PartWeights:
+    """Per-vertex part weights of the original -> the copy's (each cluster's mean; rows still sum to 1)."""
+    return PartWeights(weights.names, proxy.mean_of(weights.weights), proxy.mean_of(weights.confidence),
+                       weights.source)
+
+
+def _expanded_weights(weights: PartWeights, proxy: Proxy) -> PartWeights:
+    """The copy's part weights -> every original vertex (its cluster's)."""
+    return PartWeights(weights.names, weights.weights[proxy.cluster], weights.confidence[proxy.cluster],
+                       weights.source)
 
 
 def views_detector(bundle, resolution: int) -> GroundingDetector:

@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["vit-b-32", "tiny"],
         help="CLIP architecture to time (random weights either way; default the real-size ViT-B/32)",
     )
+    p.add_argument("--large", action="store_true",
+                   help="instead: peak memory and time per iteration on meshes of 200k to 2M faces")
+    p.add_argument("--max-vertices", type=int, default=None,
+                   help="with --large: field.max_vertices for the runs (0: optimize every vertex)")
+    p.add_argument("--faces", type=int, action="append", default=None, help="with --large: the sizes to run")
     p.set_defaults(handler=cmd_bench)
     return parser
 
@@ -398,6 +403,11 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.large:
+        from .bench_large import LARGE_FACES, large_mesh_table
+
+        large_mesh_table(max_vertices=args.max_vertices, sizes=tuple(args.faces or LARGE_FACES), out=sys.stdout)
+        return 0
     from .bench import run_benchmarks
 
     run_benchmarks(quick=args.quick, device=args.device, clip=args.clip, out=sys.stdout)

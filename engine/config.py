@@ -68,6 +68,9 @@ class FieldSettings:
     progressive_steps: iterations over which the Fourier frequencies open, lowest first (0: off).
     precision: ``float32``, or ``bfloat16`` to run the MLP under autocast: about 2x faster on CPUs
         with native bf16 (AVX512-BF16, AMX) and on GPUs, slower on CPUs without it.
+    max_vertices: a mesh with more vertices is optimized on a simplified copy of about this many
+        (vertex clustering), and the field is then evaluated at every original vertex; 0: never.
+        Memory and time per iteration follow the copy's size (docs/performance.md).
     """
 
     sigma: float = 5.0
@@ -78,6 +81,7 @@ class FieldSettings:
     max_displacement: float = 0.1
     progressive_steps: int = 0
     precision: str = "float32"
+    max_vertices: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,7 @@ def _validate(s: Settings) -> None:
         ("field.trunk_depth", s.field.trunk_depth >= 1, "at least 1"),
         ("field.head_depth", s.field.head_depth >= 0, "0 or more"),
         ("field.max_displacement", s.field.max_displacement >= 0.0, "0 or more"),
+        ("field.max_vertices", s.field.max_vertices == 0 or s.field.max_vertices >= 1000, "0 (off) or at least 1000"),
         ("field.precision", s.field.precision in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("guidance.global_augmentations", s.guidance.global_augmentations >= 0, "0 or more"),
         ("guidance.perspective_p", 0.0 <= s.guidance.perspective_p <= 1.0, "between 0 and 1"),

@@ -48,6 +48,10 @@ class OutputError(PartstyleError):
     results there are left as they were."""
 
 
+class ResourceError(PartstyleError):
+    """The run would need more memory than the device has free."""
+
+
 class DependencyError(PartstyleError):
     """An installed library is a version the engine does not support for the work asked of it."""
 

@@ -127,6 +127,7 @@ class StyleTrainer:
         self.step_index = 0
         self.history: dict[str, list[float]] = {}
         self.skipped = 0
+        self.preview_index: torch.Tensor | None = None
 
     # -- one iteration -------------------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class StyleTrainer:
         checkpoint_path: str | None = None,
         resume: bool = False,
         to_object_units: float = 1.0,
+        preview_index: torch.Tensor | None = None,
     ) -> TrainResult:
         """Optimize to ``optim.iterations``.
 
@@ -227,7 +229,10 @@ class StyleTrainer:
             checkpoint_path: where to keep a resumable state every ``run.checkpoint_every`` steps.
             resume: continue from ``checkpoint_path`` (which must belong to the same run).
             to_object_units: scale of displacement in preview events (object units per unit).
+            preview_index: [V] int64, for a field trained on a simplified copy: the copy's vertex of
+                each original vertex, so previews have the original's vertex count.
         """
+        self.preview_index = None if preview_index is None else preview_index.cpu()
         total = self.settings.optim.iterations
         if resume:
             self.load_checkpoint(checkpoint_path)
@@ -293,8 +298,31 @@ class StyleTrainer:
             colors, displacement = self.outputs()
         return colors.float().cpu(), displacement.float().cpu()
 
+    @torch.no_grad()
+    def evaluate(
+        self, vertices: torch.Tensor, composition: Composition, *, chunk: int = 65_536
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trained field at other points: [N, 3] unit-frame positions with their own composition
+        -> ([N, 3] sRGB colors, [N] unit-frame displacement), float32 on the CPU, ``chunk`` points at
+        a time (memory bounded whatever N is). Used to carry a result from a simplified copy of the
+        mesh to every original vertex."""
+        bf16 = self.settings.field.precision == "bfloat16"
+        colors, displacement = [], []
+        for start in range(0, vertices.shape[0], chunk):
+            end = start + chunk
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                part_colors, part_displacement = self.field.decode(self.field.encode(vertices[start:end]))
+            part = Composition(composition.weights[start:end], composition.fixed_colors[start:end],
+                               composition.fixed_displacement[start:end])
+            c, d = part.apply(part_colors.float(), part_displacement.float())
+            colors.append(c.cpu())
+            displacement.append(d.cpu())
+        return torch.cat(colors), torch.cat(displacement)
+
     def _preview(self, total: int, image: torch.Tensor | None, scale: float) -> PreviewEvent:
         colors, displacement = self._final_outputs()
+        if self.preview_index is not None:  # a simplified copy: each original vertex shows its cluster's
+            colors, displacement = colors[self.preview_index], displacement[self.preview_index]
         return PreviewEvent(
             step=self.step_index,
             total=total,

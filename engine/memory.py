@@ -1,0 +1,57 @@
+"""How much memory a run will need, and how much the device has free: checked before work starts.
+
+Measured on the 2-core CPU machine (docs/performance.md, "Large meshes"): peak memory grows by
+about 13.5 KB per optimized vertex with the default field (``preview`` and ``fast`` alike; views
+and crops add little), on top of about 0.55 GB for Python, PyTorch and the tiny models. The
+per-vertex share is the field's activations and their gradients, so it is modelled from the
+field's shape and scaled by the measured overhead of autograd.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import Settings
+
+#: Python, PyTorch, the tiny models, the renders: measured 0.54 GB with the tiny models.
+BASE_BYTES = 600 * 2**20
+#: Measured peak bytes per optimized vertex / 4 bytes per float of the field per vertex (13.5 KB /
+#: 10.25 KB with the default field).
+AUTOGRAD_OVERHEAD = 1.35
+
+
+def field_floats_per_vertex(settings: Settings, parts: int = 1) -> int:
+    """float32 values the field holds per vertex in one forward pass (features, trunk, heads)."""
+    f = settings.field
+    return (3 + 2 * f.fourier_features) + f.width * (f.trunk_depth + 2 * f.head_depth) + 4 * parts
+
+
+def estimate_peak_bytes(num_vertices: int, settings: Settings, parts: int = 1) -> int:
+    """The expected peak memory of optimizing ``num_vertices`` vertices with ``settings``, bytes."""
+    per_vertex = 4 * AUTOGRAD_OVERHEAD * field_floats_per_vertex(settings, parts)
+    return int(BASE_BYTES + per_vertex * num_vertices)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` in bytes: the GPU's free memory, or the system's available memory
+    (Linux ``MemAvailable``, else free physical pages); None where it cannot be known."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def gigabytes(count: int) -> str:
+    return f"{count / 2**30:.1f} GB"
