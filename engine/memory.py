@@ -4,14 +4,13 @@ Measured on the 2-core CPU machine (docs/performance.md, "Large meshes"): peak m
 about 13.5 KB per optimized vertex with the default field (``preview`` and ``fast`` alike; views
 and crops add little), on top of about 0.55 GB for Python, PyTorch and the tiny models. The
 per-vertex share is the field's activations and their gradients, so it is modelled from the
-field's shape and scaled by the measured overhead of autograd.
+field's shape and scaled by the measured overhead of autograd. Needs no torch, so the Blender
+add-on can show the estimate before the engine's heavy modules load.
 """
 
 from __future__ import annotations
 
 import os
-
-import torch
 
 from .config import Settings
 
@@ -34,10 +33,12 @@ def estimate_peak_bytes(num_vertices: int, settings: Settings, parts: int = 1) -
     return int(BASE_BYTES + per_vertex * num_vertices)
 
 
-def available_bytes(device: torch.device) -> int | None:
+def available_bytes(device) -> int | None:
     """Free memory on ``device`` in bytes: the GPU's free memory, or the system's available memory
     (Linux ``MemAvailable``, else free physical pages); None where it cannot be known."""
     if device.type == "cuda":
+        import torch  # only here: the estimate itself needs no torch (the add-on's panel shows it)
+
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     try:
