@@ -5,15 +5,19 @@ object's local frame and its faces triangulated (``loop_triangles``). Modifiers 
 results are per vertex of the base mesh, so they stay attached to the mesh the user edits, and
 modifiers that change topology (Subdivision, Remesh...) cannot shift vertex indices under them.
 
-What it writes is new, named data that :func:`clear` removes again:
+What it writes is new data that :func:`.runs.clear` removes again, by default named
 
 - ``Partstyle``: a FLOAT_COLOR attribute on points, linear RGB (alpha 1), made the active color;
 - ``Partstyle Displacement``: a FLOAT attribute on points, signed, object units along the normal,
   read by the ``Partstyle Displace`` Geometry Nodes modifier (see :mod:`.nodes`);
 - ``Partstyle Parts``: a FLOAT_COLOR attribute showing each part's weights in its row's color;
-- one vertex group ``part:<name>`` per part.
+- one vertex group ``part:<name>`` per located part.
 
-The user's positions, color attributes, vertex groups and materials are never changed.
+The add-on knows its own data by a record, not by the name: the mesh's custom property
+``partstyle_owned`` holds the names of the attributes and vertex groups it made there (the
+object's the name of its modifier, :mod:`.nodes`). Where a default name is taken by the user's own
+data, a free one is used (``Partstyle.001``). The user's positions, attributes, vertex groups and
+materials are never changed or removed.
 """
 
 from __future__ import annotations
@@ -27,10 +31,19 @@ from .engine_link import AddonError
 COLOR_ATTRIBUTE = "Partstyle"
 DISPLACEMENT_ATTRIBUTE = "Partstyle Displacement"
 PARTS_ATTRIBUTE = "Partstyle Parts"
-OUR_ATTRIBUTES = (COLOR_ATTRIBUTE, DISPLACEMENT_ATTRIBUTE, PARTS_ATTRIBUTE)
 GROUP_PREFIX = "part:"
 #: Mesh custom property: the user's active color attribute before the add-on made its own active.
 PREVIOUS_ACTIVE_KEY = "partstyle_previous_active_color"
+#: Custom property of a mesh (attributes, vertex groups) and of an object (the modifier): the names
+#: of what the add-on made there. Only what it lists is the add-on's to replace or remove.
+OWNED_KEY = "partstyle_owned"
+COLOR, DISPLACEMENT, PARTS, GROUPS = "color", "displacement", "parts", "groups"
+#: The add-on's attributes by role: (default name, data type), all on points.
+ATTRIBUTES = {COLOR: (COLOR_ATTRIBUTE, 'FLOAT_COLOR'), DISPLACEMENT: (DISPLACEMENT_ATTRIBUTE, 'FLOAT'),
+              PARTS: (PARTS_ATTRIBUTE, 'FLOAT_COLOR')}
+#: Vertex group weights are written in steps of 1 / WEIGHT_STEPS, rounded down (so a vertex's
+#: weights still sum to at most 1): at most one step below the engine's weight, never above it.
+WEIGHT_STEPS = 1024
 REST_GRAY = (0.2, 0.2, 0.2)
 
 
@@ -67,12 +80,94 @@ def mesh_arrays(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray]:
     return vertices.reshape(-1, 3), triangles.reshape(-1, 3).astype(np.int64)
 
 
+# --- what the add-on owns ------------------------------------------------------------------------
+
+def owned(block) -> dict:
+    """The record of what the add-on made on ``block`` (a mesh or an object), as a plain dict."""
+    record = block.get(OWNED_KEY)
+    return record.to_dict() if hasattr(record, "to_dict") else {}
+
+
+def _store(block, record: dict) -> None:
+    record = {key: value for key, value in record.items() if value}
+    if record:
+        block[OWNED_KEY] = record
+    else:
+        block.pop(OWNED_KEY, None)
+
+
+def claim(block, role: str, name: str) -> None:
+    """Record that the add-on made ``name`` (its ``role`` data) on ``block``."""
+    record = owned(block)
+    record[role] = name
+    _store(block, record)
+
+
+def disown(block, role: str) -> None:
+    """Forget the add-on's ``role`` data on ``block`` (after removing it)."""
+    record = owned(block)
+    record.pop(role, None)
+    _store(block, record)
+
+
+def free_name(base: str, taken) -> str:
+    """``base``, or ``base.001``, ``base.002``... : the first name not in ``taken``."""
+    taken = set(taken)
+    number, name = 0, base
+    while name in taken:
+        number += 1
+        name = f"{base}.{number:03d}"
+    return name
+
+
+def owned_attribute(mesh: bpy.types.Mesh, role: str) -> str | None:
+    """The name of the add-on's own ``role`` attribute on ``mesh`` (recorded, and still a point
+    attribute of its kind), or None: a user's attribute is never returned, whatever its name."""
+    name = owned(mesh).get(role)
+    attribute = mesh.attributes.get(name) if isinstance(name, str) and name else None
+    if attribute is None or (attribute.domain, attribute.data_type) != ('POINT', ATTRIBUTES[role][1]):
+        return None
+    return name
+
+
+def owned_attributes(mesh: bpy.types.Mesh) -> set[str]:
+    """The names of all the add-on's attributes on ``mesh``."""
+    return {name for role in ATTRIBUTES if (name := owned_attribute(mesh, role))}
+
+
+def attribute_name(obj: bpy.types.Object, role: str) -> str:
+    """Where the add-on writes its ``role`` attribute on ``obj``'s mesh: its own attribute, else the
+    default name, else ``<default>.001``... when the user's data (an attribute or vertex group) has it."""
+    mesh = obj.data
+    taken = [a.name for a in mesh.attributes] + [g.name for g in obj.vertex_groups]
+    return owned_attribute(mesh, role) or free_name(ATTRIBUTES[role][0], taken)
+
+
 # --- vertex groups -------------------------------------------------------------------------------
 
 def part_groups(obj: bpy.types.Object) -> dict[str, str]:
     """Part name -> vertex group name, for every ``part:<name>`` group of ``obj``."""
     return {normalize_part(g.name[len(GROUP_PREFIX):]): g.name for g in obj.vertex_groups
             if g.name.lower().startswith(GROUP_PREFIX) and g.name[len(GROUP_PREFIX):].strip()}
+
+
+def owned_groups(obj: bpy.types.Object) -> list[str]:
+    """The vertex groups the add-on wrote on ``obj`` (Locate parts, or grounding inside Stylize)."""
+    return [name for name in owned(obj.data).get(GROUPS, ()) if name in obj.vertex_groups]
+
+
+def check_groups_writable(obj: bpy.types.Object, parts: list[str]) -> None:
+    """Raise :class:`AddonError` if writing the groups of ``parts`` would overwrite the user's own
+    ``part:<name>`` groups (painted by hand, not written by the add-on)."""
+    mine = set(owned_groups(obj))
+    available = part_groups(obj)
+    theirs = [available[p] for p in dict.fromkeys(normalize_part(p) for p in parts)
+              if p in available and available[p] not in mine]
+    if theirs:
+        raise AddonError(
+            f"'{obj.name}' already has the vertex group(s) {', '.join(repr(n) for n in theirs)}, which Partstyle did "
+            "not write; locating the parts would overwrite them. Turn on 'Use my vertex groups' to use them, or "
+            "rename or delete them to locate those parts again.")
 
 
 def read_groups(obj: bpy.types.Object, parts: list[str]) -> dict[str, np.ndarray]:
@@ -99,31 +194,68 @@ def read_groups(obj: bpy.types.Object, parts: list[str]) -> dict[str, np.ndarray
     return {p: weights[k] for k, p in enumerate(wanted)}
 
 
+def weight_levels(column: np.ndarray) -> list[tuple[float, list[int]]]:
+    """[V] weights -> ``(weight, vertex indices)`` per distinct weight, in steps of 1/WEIGHT_STEPS.
+
+    Weights are clipped to 0..1 and rounded down to a step (plus a thousandth of a step, so float32
+    noise below a step such as 0.99999994 keeps it), so they never exceed the engine's and a
+    vertex's weights still sum to at most 1. Zero weights are left out. One stable sort of the
+    integer levels groups the vertices: linear in V up to that sort, whatever the weights.
+    """
+    values = np.nan_to_num(np.asarray(column, np.float64).ravel(), nan=0.0)
+    levels = np.minimum(np.floor(np.clip(values, 0.0, 1.0) * WEIGHT_STEPS + 1e-3), WEIGHT_STEPS).astype(np.uint16)
+    order = np.argsort(levels, kind="stable")
+    ordered = levels[order]
+    starts = np.flatnonzero(np.diff(ordered)) + 1
+    return [(float(ordered[chunk_start]) / WEIGHT_STEPS, chunk.tolist())
+            for chunk_start, chunk in zip(np.r_[0, starts], np.split(order, starts), strict=True)
+            if len(chunk) and ordered[chunk_start] > 0]
+
+
 def write_groups(obj: bpy.types.Object, parts: list[str], weights: np.ndarray) -> None:
-    """One ``part:<name>`` group per part from [V, K] weights (existing part groups are refilled)."""
+    """One ``part:<name>`` group per part from [V, K] weights (the add-on's own part groups are
+    refilled; the user's are never touched: :func:`check_groups_writable` first). The groups are
+    recorded as the add-on's. Weights are stored in steps of 1/WEIGHT_STEPS (:func:`weight_levels`):
+    one ``VertexGroup.add`` call per step in use, so the time is linear in the vertices."""
+    check_groups_writable(obj, parts)
     count = len(obj.data.vertices)
+    written = []
     for k, part in enumerate(parts):
         name = group_name(part)
-        group = obj.vertex_groups.get(name) or obj.vertex_groups.new(name=name)
-        group.remove(list(range(count)))
-        column = np.asarray(weights[:, k], np.float32)
-        values, inverse = np.unique(column, return_inverse=True)
-        for u, value in enumerate(values):
-            if value > 0.0:
-                group.add(np.flatnonzero(inverse == u).tolist(), float(value), 'REPLACE')
+        group = obj.vertex_groups.get(name)
+        if group is None:
+            group = obj.vertex_groups.new(name=name)
+        else:
+            group.remove(list(range(count)))
+        for weight, indices in weight_levels(weights[:, k]):
+            group.add(indices, weight, 'REPLACE')
+        written.append(group.name)
     if parts:
-        obj.vertex_groups.active_index = obj.vertex_groups[group_name(parts[0])].index
+        claim(obj.data, GROUPS, list(dict.fromkeys(owned_groups(obj) + written)))
+        obj.vertex_groups.active_index = obj.vertex_groups[written[0]].index
 
 
 # --- attributes ----------------------------------------------------------------------------------
 
 def _point_attribute(mesh: bpy.types.Mesh, name: str, data_type: str):
-    """The POINT attribute ``name`` of ``data_type``, (re)created when missing or of another kind."""
+    """The POINT attribute ``name`` of ``data_type``, created when missing.
+
+    ``name`` is the add-on's own attribute or a free name (:func:`attribute_name`); one of another
+    kind there now is not the add-on's, and is left alone.
+    """
     attribute = mesh.attributes.get(name)
-    if attribute is not None and (attribute.domain != 'POINT' or attribute.data_type != data_type):
-        mesh.attributes.remove(attribute)
-        attribute = None
-    return attribute or mesh.attributes.new(name, data_type, 'POINT')
+    if attribute is None:
+        attribute = mesh.attributes.new(name, data_type, 'POINT')
+        if attribute is not None and attribute.name != name:  # Blender picked another name
+            mesh.attributes.remove(attribute)
+            attribute = None
+        if attribute is None:
+            raise AddonError(f"Could not add the attribute '{name}' to '{mesh.name}' (a vertex group or attribute "
+                             "there has that name now); run again.")
+    elif (attribute.domain, attribute.data_type) != ('POINT', data_type):
+        raise AddonError(f"'{mesh.name}' now has an attribute '{name}' of another kind that Partstyle did not "
+                         "make; it was left alone. Run again.")
+    return attribute
 
 
 def write_color(mesh: bpy.types.Mesh, name: str, linear: np.ndarray, *, make_active: bool = True) -> None:
@@ -142,9 +274,9 @@ def write_float(mesh: bpy.types.Mesh, name: str, values: np.ndarray) -> None:
     mesh.update()
 
 
-def read_color(mesh: bpy.types.Mesh, name: str) -> np.ndarray | None:
+def read_color(mesh: bpy.types.Mesh, name: str | None) -> np.ndarray | None:
     """[V, 3] linear RGB per vertex of the color attribute ``name`` (corners averaged), or None."""
-    attribute = mesh.attributes.get(name)
+    attribute = mesh.attributes.get(name) if name else None
     if attribute is None or attribute.data_type not in ('FLOAT_COLOR', 'BYTE_COLOR'):
         return None
     rgba = np.empty(len(attribute.data) * 4, np.float32)
@@ -162,9 +294,9 @@ def read_color(mesh: bpy.types.Mesh, name: str) -> np.ndarray | None:
     return np.where(count > 0, total / np.maximum(count, 1), 0.8).astype(np.float32)
 
 
-def read_float(mesh: bpy.types.Mesh, name: str) -> np.ndarray | None:
+def read_float(mesh: bpy.types.Mesh, name: str | None) -> np.ndarray | None:
     """[V] float32 of the FLOAT POINT attribute ``name``, or None."""
-    attribute = mesh.attributes.get(name)
+    attribute = mesh.attributes.get(name) if name else None
     if attribute is None or attribute.domain != 'POINT' or attribute.data_type != 'FLOAT':
         return None
     values = np.empty(len(attribute.data), np.float32)
@@ -178,8 +310,9 @@ def user_colors(mesh: bpy.types.Mesh) -> np.ndarray | None:
     Vertices outside every styled part keep these colors in the result.
     """
     group = mesh.color_attributes
+    ours = owned_attributes(mesh)
     for name in (group.default_color_name, group.active_color_name, mesh.get(PREVIOUS_ACTIVE_KEY, "")):
-        if name and name not in OUR_ATTRIBUTES and name in group:
+        if name and name not in ours and name in group:
             return read_color(mesh, name)
     return None
 
@@ -187,7 +320,7 @@ def user_colors(mesh: bpy.types.Mesh) -> np.ndarray | None:
 def set_active_color(mesh: bpy.types.Mesh, name: str) -> None:
     """Make ``name`` the active color attribute, remembering the user's choice to give it back."""
     current = mesh.color_attributes.active_color_name
-    if current and current not in OUR_ATTRIBUTES:
+    if current and current != name and current not in owned_attributes(mesh):
         mesh[PREVIOUS_ACTIVE_KEY] = current
     mesh.color_attributes.active_color = mesh.color_attributes[name]
 
@@ -219,14 +352,17 @@ def parts_colors(weights: np.ndarray, swatches: np.ndarray) -> np.ndarray:
 # --- undoing a run that did not finish -----------------------------------------------------------
 
 class ColorSnapshot:
-    """What a live preview changes on a mesh (the ``Partstyle`` colors, the active color), kept so
-    that a cancelled or failed run can put it back exactly."""
+    """What a live preview changes on a mesh (the colors attribute ``name`` the run writes, the
+    active and the render color attribute), kept so that a cancelled or failed run can put it back
+    exactly."""
 
-    def __init__(self, mesh: bpy.types.Mesh):
+    def __init__(self, mesh: bpy.types.Mesh, name: str = COLOR_ATTRIBUTE):
         self.mesh_name = mesh.name
+        self.name = name
         self.active = mesh.color_attributes.active_color_name
+        self.render = mesh.color_attributes.default_color_name
         self.previous_key = mesh.get(PREVIOUS_ACTIVE_KEY)
-        attribute = mesh.attributes.get(COLOR_ATTRIBUTE)
+        attribute = mesh.attributes.get(name)
         self.kind = None if attribute is None else (attribute.domain, attribute.data_type)
         self.raw = None
         if attribute is not None and attribute.data_type in ('FLOAT_COLOR', 'BYTE_COLOR'):
@@ -238,17 +374,28 @@ class ColorSnapshot:
         mesh = bpy.data.meshes.get(self.mesh_name)
         if mesh is None:
             return
-        attribute = mesh.attributes.get(COLOR_ATTRIBUTE)
+        attribute = mesh.attributes.get(self.name)
         if self.kind is None:
-            remove_attribute(mesh, COLOR_ATTRIBUTE)
+            remove_attribute(mesh, self.name)
         elif self.raw is not None:
             if attribute is None or (attribute.domain, attribute.data_type) != self.kind:
-                remove_attribute(mesh, COLOR_ATTRIBUTE)
-                attribute = mesh.attributes.new(COLOR_ATTRIBUTE, self.kind[1], self.kind[0])
+                remove_attribute(mesh, self.name)
+                attribute = mesh.attributes.new(self.name, self.kind[1], self.kind[0])
             if len(attribute.data) * 4 == len(self.raw):
                 attribute.data.foreach_set("color", self.raw)
-        if self.active and self.active in mesh.color_attributes:
-            mesh.color_attributes.active_color = mesh.color_attributes[self.active]
+        # Exactly the choices noted, none included: removing an attribute makes Blender pick another.
+        # The active one by reference (``active_color_name``'s setter wrote the render choice in
+        # Blender 3.5), then the render one by name (its setter is right in every version).
+        colors = mesh.color_attributes
+        if self.active in colors:
+            colors.active_color = colors[self.active]
+        elif not self.active:
+            try:
+                colors.active_color = None
+            except (TypeError, ValueError, AttributeError):
+                colors.active_color_name = ""
+        if self.render == "" or self.render in colors:
+            colors.default_color_name = self.render
         if self.previous_key is None:
             mesh.pop(PREVIOUS_ACTIVE_KEY, None)
         else:

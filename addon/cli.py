@@ -14,6 +14,9 @@ With Blender as a Python module (``pip install bpy``), the same options plus ``-
 Each object is stylized synchronously (the same run as the panel's Stylize button), with progress
 lines on stdout. The result file is written only when every object succeeded; otherwise the
 command prints ``error: ...`` on stderr and exits 1 (2 for bad arguments, 130 when interrupted).
+Bad arguments are found before any object runs: an ``--out`` that is the input file, and every
+``--object`` that is not a mesh object of the file (all of them in one error, with the mesh
+objects there).
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.lower().endswith(".blend"):
         print(f"error: --out {args.out}: the result is a Blender file; give a path ending in .blend", file=sys.stderr)
         return EXIT_USAGE
+    if args.blend and _same_file(args.out, args.blend):
+        return _out_is_input(args.out)
     import bpy
 
     addon = import_addon()
@@ -123,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --blend {args.blend}: no such file", file=sys.stderr)
             return EXIT_ERROR
         bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.blend))
+    if bpy.data.filepath and _same_file(args.out, bpy.data.filepath):  # blender -b FILE: the open file
+        return _out_is_input(args.out)
+    problem = check_objects(args.object, bpy.data.objects, os.path.basename(bpy.data.filepath) or "the file")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     interrupted = _cancel_on_interrupt(jobs)
     try:
         failed = []
@@ -145,6 +156,40 @@ def main(argv: list[str] | None = None) -> int:
     bpy.ops.wm.save_as_mainfile(filepath=out, check_existing=False)
     print(f"saved {out}", flush=True)
     return 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when the paths name one file (``./x.blend``, an absolute path or a link to it)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _out_is_input(out: str) -> int:
+    print(f"error: --out {out} is the input .blend file itself; saving there would overwrite the original. "
+          "Give another path for the result.", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def check_objects(names: list[str], objects, where: str) -> str | None:
+    """Why some ``--object`` names cannot run (no such object, not a mesh), all in one message, with
+    the mesh objects there; None when every name is a mesh object."""
+    problems = []
+    for name in dict.fromkeys(names):
+        obj = objects.get(name)
+        if obj is None:
+            problems.append(f"there is no object named '{name}'")
+        elif obj.type != 'MESH':
+            kind = obj.type.lower()
+            problems.append(f"'{name}' is {'an' if kind[0] in 'aeiou' else 'a'} {kind} object, not a mesh")
+    if not problems:
+        return None
+    meshes = sorted(o.name for o in objects if o.type == 'MESH')
+    return (f"--object: {'; '.join(problems)} in {where}. Mesh objects there: {', '.join(meshes) or 'none'}. "
+            "Nothing was run; check the names (they are case-sensitive).")
 
 
 def _cancel_on_interrupt(jobs):

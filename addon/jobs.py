@@ -58,14 +58,18 @@ class Job:
         result / error: the work's return value, or the exception it raised.
         progress: the latest stage and step.
         notices: the engine's notices (non-fatal), in order.
+        watch: called by :func:`drain` (main thread) while the job runs; a message it returns (the
+            object was deleted...) cancels the job, and is kept as ``stop_reason``.
     """
 
     def __init__(self, kind: str, object_name: str, work: Callable[[Callable, Any], Any],
-                 *, listener: Callable[[Any], None] | None = None):
+                 *, listener: Callable[[Any], None] | None = None, watch: Callable[[], str | None] | None = None):
         self.kind = kind
         self.object_name = object_name
         self.work = work
         self.listener = listener
+        self.watch = watch
+        self.stop_reason: str | None = None
         self.cancel_token = engine_link.load("events", light=True).CancelToken()
         self.messages: queue.Queue = queue.Queue()
         self.state = RUNNING
@@ -116,10 +120,16 @@ class Job:
 def drain(job: Job, on_preview: Callable[[Any], None] | None = None) -> str:
     """Handle every message the worker queued so far; returns the job's state.
 
-    Updates ``job.progress`` and ``job.notices``; calls ``on_preview`` once with the newest preview
-    event, if any arrived (older previews are superseded); at the end sets ``job.state`` with
-    ``job.result`` or ``job.error``. Main thread only (``on_preview`` writes to Blender).
+    First asks ``job.watch`` whether the job should go on (a message cancels it: the engine stops
+    at its next check). Updates ``job.progress`` and ``job.notices``; calls ``on_preview`` once with
+    the newest preview event, if any arrived (older previews are superseded) and the job was not
+    stopped; at the end sets ``job.state`` with ``job.result`` or ``job.error``. Main thread only
+    (``watch`` reads and ``on_preview`` writes Blender's data).
     """
+    if job.state == RUNNING and job.stop_reason is None and job.watch is not None:
+        job.stop_reason = job.watch()
+        if job.stop_reason is not None:
+            job.cancel()
     events = load_events()
     preview = None
     while True:
@@ -145,7 +155,7 @@ def drain(job: Job, on_preview: Callable[[Any], None] | None = None) -> str:
             job.state = CANCELLED if isinstance(payload, events.Cancelled) else FAILED
             if job.state == FAILED and not isinstance(payload, engine_link.user_errors()):
                 log.error("Partstyle %s failed", job.kind, exc_info=payload)
-    if preview is not None and on_preview is not None and job.state != CANCELLED:
+    if preview is not None and on_preview is not None and job.state != CANCELLED and job.stop_reason is None:
         on_preview(preview)
     if job.state != RUNNING:
         job.seconds = time.perf_counter() - job.started

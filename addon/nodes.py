@@ -2,7 +2,12 @@
 Geometry Nodes group with its modifier. Main thread only.
 
 Both data-blocks carry the custom property ``partstyle`` so the add-on recognizes its own and never
-edits or removes a material or node group of the user's that happens to share the name.
+edits or removes a material or node group of the user's that happens to share the name. The
+modifier is the add-on's when it runs the add-on's node group; its name is recorded on the object
+(``partstyle_owned``, see :mod:`.bridge`), and it is ``Partstyle Displace.001``... where the user
+has a modifier called ``Partstyle Displace``. The node group reads the displacement attribute whose
+name the modifier gives it (its ``Attribute`` input), so it finds ``Partstyle Displacement.001``
+where the user's own attribute has the default name.
 
 Materials: an object without any material slot gets one slot with the ``Partstyle`` material
 (Color Attribute ``Partstyle`` -> Base Color), so the colors show in Material Preview and renders.
@@ -15,12 +20,15 @@ from __future__ import annotations
 
 import bpy
 
+from . import bridge
 from .bridge import COLOR_ATTRIBUTE, DISPLACEMENT_ATTRIBUTE
 
 MATERIAL_NAME = "Partstyle"
 GROUP_NAME = "Partstyle Displace"
 MODIFIER_NAME = "Partstyle Displace"
 STRENGTH = "Strength"
+ATTRIBUTE = "Attribute"  # the node group's input: the name of the displacement attribute to read
+MODIFIER = "modifier"  # its role in the object's record (bridge.OWNED_KEY)
 OWNER_KEY = "partstyle"
 #: Node groups' ``interface`` (sockets: ``new_socket``, ``items_tree``) exists from this Blender on;
 #: the legacy add-on loads in older ones (3.4+) to show the panel, without Stylize.
@@ -39,10 +47,17 @@ def is_ours(datablock) -> bool:
 
 # --- material ------------------------------------------------------------------------------------
 
-def _material() -> bpy.types.Material:
-    """The add-on's material (created once per file)."""
+def _reads(material: bpy.types.Material) -> str | None:
+    """The color attribute the add-on's material shows."""
+    tree = material.node_tree
+    node = None if tree is None else next((n for n in tree.nodes if n.bl_idname == "ShaderNodeVertexColor"), None)
+    return None if node is None else node.layer_name
+
+
+def _material(color_name: str = COLOR_ATTRIBUTE) -> bpy.types.Material:
+    """The add-on's material showing the color attribute ``color_name`` (one per name and file)."""
     for material in bpy.data.materials:
-        if is_ours(material):
+        if is_ours(material) and _reads(material) == color_name:
             return material
     material = bpy.data.materials.new(MATERIAL_NAME)
     material[OWNER_KEY] = True
@@ -56,29 +71,37 @@ def _material() -> bpy.types.Material:
         output = output or tree.nodes.new("ShaderNodeOutputMaterial")
         tree.links.new(shader.outputs["BSDF"], output.inputs["Surface"])
     colors = tree.nodes.new("ShaderNodeVertexColor")
-    colors.layer_name = COLOR_ATTRIBUTE
+    colors.layer_name = color_name
     colors.location = (shader.location.x - 300, shader.location.y)
     tree.links.new(colors.outputs["Color"], shader.inputs["Base Color"])
     return material
 
 
-def ensure_material(obj: bpy.types.Object) -> bool:
-    """Give ``obj`` the Partstyle material if it has no material slot at all; True if it did."""
-    if len(obj.material_slots) > 0:
-        return False
-    obj.data.materials.append(_material())
-    return True
-
-
-def remove_material(obj: bpy.types.Object) -> bool:
-    """Remove the add-on's material slots from ``obj`` (and the material once unused)."""
+def ensure_material(obj: bpy.types.Object, color_name: str = COLOR_ATTRIBUTE) -> bool:
+    """Give ``obj`` the Partstyle material showing ``color_name`` if it has no material slot at all
+    (True if it did); the add-on's material already in a slot is switched to ``color_name``."""
     mesh = obj.data
-    removed = False
+    if len(obj.material_slots) == 0:
+        mesh.materials.append(_material(color_name))
+        return True
+    for index, material in enumerate(mesh.materials):
+        if is_ours(material) and _reads(material) != color_name:
+            mesh.materials[index] = _material(color_name)
+            if material.users == 0:
+                bpy.data.materials.remove(material)
+    return False
+
+
+def remove_material(obj: bpy.types.Object) -> list[str]:
+    """Remove the add-on's material slots from ``obj`` (and the material once unused); returns the
+    names of the materials taken off."""
+    mesh = obj.data
+    removed = []
     for index in reversed(range(len(mesh.materials))):
         material = mesh.materials[index]
         if is_ours(material):
+            removed.append(material.name)
             mesh.materials.pop(index=index)
-            removed = True
             if material.users == 0:
                 bpy.data.materials.remove(material)
     return removed
@@ -87,7 +110,7 @@ def remove_material(obj: bpy.types.Object) -> bool:
 # --- displacement --------------------------------------------------------------------------------
 
 def _build_group() -> bpy.types.GeometryNodeTree:
-    """Set Position with offset = Normal x ``Partstyle Displacement`` x Strength."""
+    """Set Position with offset = Normal x the attribute named by the Attribute input x Strength."""
     group = bpy.data.node_groups.new(GROUP_NAME, 'GeometryNodeTree')
     group[OWNER_KEY] = True
     face = group.interface
@@ -96,13 +119,15 @@ def _build_group() -> bpy.types.GeometryNodeTree:
     strength = face.new_socket(name=STRENGTH, in_out='INPUT', socket_type='NodeSocketFloat')
     strength.default_value = 1.0
     strength.description = "Scale of the displacement Partstyle found (1: as found, 0: none, negative: inverted)"
+    attribute = face.new_socket(name=ATTRIBUTE, in_out='INPUT', socket_type='NodeSocketString')
+    attribute.default_value = DISPLACEMENT_ATTRIBUTE
+    attribute.description = "The point attribute with Partstyle's displacement (object units along the normal)"
     nodes, links = group.nodes, group.links
     group_in, group_out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
     move = nodes.new("GeometryNodeSetPosition")
     normal = nodes.new("GeometryNodeInputNormal")
     amount = nodes.new("GeometryNodeInputNamedAttribute")
     amount.data_type = 'FLOAT'
-    amount.inputs["Name"].default_value = DISPLACEMENT_ATTRIBUTE
     times = nodes.new("ShaderNodeMath")
     times.operation = 'MULTIPLY'
     offset = nodes.new("ShaderNodeVectorMath")
@@ -112,6 +137,7 @@ def _build_group() -> bpy.types.GeometryNodeTree:
         node.location = (x, y)
     links.new(group_in.outputs["Geometry"], move.inputs["Geometry"])
     links.new(move.outputs["Geometry"], group_out.inputs["Geometry"])
+    links.new(group_in.outputs[ATTRIBUTE], amount.inputs["Name"])
     links.new(amount.outputs["Attribute"], times.inputs[0])
     links.new(group_in.outputs[STRENGTH], times.inputs[1])
     links.new(normal.outputs["Normal"], offset.inputs["Vector"])
@@ -120,43 +146,70 @@ def _build_group() -> bpy.types.GeometryNodeTree:
     return group
 
 
+def _inputs(group) -> dict[str, str]:
+    """Input name -> identifier (the modifier's ID-property key, ``Socket_2``...) of a node group."""
+    if group is None or not has_node_interface():
+        return {}
+    return {item.name: item.identifier for item in group.interface.items_tree
+            if getattr(item, "item_type", "SOCKET") == 'SOCKET' and getattr(item, "in_out", None) == 'INPUT'}
+
+
+def _current(group) -> bool:
+    """The add-on's node group as this version builds it (earlier ones read a fixed attribute name)."""
+    return is_ours(group) and group.bl_idname == "GeometryNodeTree" and ATTRIBUTE in _inputs(group)
+
+
 def _group() -> bpy.types.GeometryNodeTree:
     for group in bpy.data.node_groups:
-        if is_ours(group) and group.bl_idname == "GeometryNodeTree":
+        if _current(group):
             return group
     return _build_group()
 
 
 def strength_key(modifier: bpy.types.Modifier) -> str | None:
     """The ID-property key of the modifier's Strength input (``Socket_2``...), or None."""
-    group = modifier.node_group
-    if group is None or not has_node_interface():
-        return None
-    for item in group.interface.items_tree:
-        if getattr(item, "in_out", None) == 'INPUT' and item.name == STRENGTH:
-            return item.identifier
-    return None
+    return _inputs(modifier.node_group).get(STRENGTH)
+
+
+def _is_displace(modifier) -> bool:
+    return modifier is not None and modifier.type == 'NODES' and is_ours(modifier.node_group)
 
 
 def displace_modifier(obj: bpy.types.Object) -> bpy.types.Modifier | None:
-    """The add-on's Geometry Nodes modifier on ``obj``, or None."""
-    modifier = obj.modifiers.get(MODIFIER_NAME)
-    return modifier if modifier is not None and modifier.type == 'NODES' else None
+    """The add-on's Geometry Nodes modifier on ``obj`` (the one recorded, else one running the
+    add-on's node group), or None. A user's modifier is never returned, whatever its name."""
+    recorded = bridge.owned(obj).get(MODIFIER)
+    modifier = obj.modifiers.get(recorded) if isinstance(recorded, str) and recorded else None
+    if _is_displace(modifier):
+        return modifier
+    return next((m for m in obj.modifiers if _is_displace(m)), None)
 
 
-def ensure_modifier(obj: bpy.types.Object) -> bpy.types.Modifier:
-    """The ``Partstyle Displace`` modifier, added last in the stack if missing (its Strength is kept)."""
+def ensure_modifier(obj: bpy.types.Object, attribute: str = DISPLACEMENT_ATTRIBUTE) -> bpy.types.Modifier:
+    """The add-on's displacement modifier reading the point attribute ``attribute``: added last in
+    the stack (``Partstyle Displace``, or a free name) if missing; its Strength is kept."""
     modifier = displace_modifier(obj)
     if modifier is None:
-        modifier = obj.modifiers.new(MODIFIER_NAME, 'NODES')
-    if modifier.node_group is None or not is_ours(modifier.node_group):
+        name = bridge.free_name(MODIFIER_NAME, [m.name for m in obj.modifiers])
+        modifier = obj.modifiers.new(name, 'NODES')
         modifier.node_group = _group()
+    elif not _current(modifier.node_group):  # an earlier version's group: same Strength, new group
+        old = modifier.node_group
+        strength = modifier.get(strength_key(modifier) or "")
+        modifier.node_group = _group()
+        if isinstance(strength, (int, float)):
+            modifier[strength_key(modifier)] = float(strength)
+        if old.users == 0:
+            bpy.data.node_groups.remove(old)
+    modifier[_inputs(modifier.node_group)[ATTRIBUTE]] = attribute
+    bridge.claim(obj, MODIFIER, modifier.name)
     return modifier
 
 
 def remove_modifier(obj: bpy.types.Object) -> bool:
     """Remove the add-on's modifier (and its node group once unused)."""
     modifier = displace_modifier(obj)
+    bridge.disown(obj, MODIFIER)
     if modifier is None:
         return False
     group = modifier.node_group

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import engine_link, jobs, nodes
+from . import engine_link, jobs, nodes, runs
 
 
 class PARTSTYLE_UL_parts(bpy.types.UIList):
@@ -93,6 +93,9 @@ class PARTSTYLE_PT_stylize(_Panel, bpy.types.Panel):
         col.prop(settings, "overrides")
         job = jobs.current()
         if job is None:
+            estimate = runs.memory_estimate(context.active_object, settings)
+            if estimate:
+                layout.label(text=estimate, icon='INFO')
             layout.operator("partstyle.stylize", icon='BRUSH_DATA')
             return
         box = layout.box()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import bpy
 import numpy as np
 
 from . import bridge, engine_link, jobs, nodes
@@ -87,6 +88,26 @@ class Request:
         return tuple(self.swatches[k]) if k < len(self.swatches) else PALETTE[k % len(PALETTE)]
 
 
+def memory_estimate(obj, settings) -> str | None:
+    """One line for the panel: the expected peak memory of stylizing ``obj`` with the scene's
+    ``settings`` (engine.memory's estimate; the same one that refuses a run that would not fit), or
+    None when it cannot be told (no mesh, settings that do not parse)."""
+    if obj is None or obj.type != 'MESH':
+        return None
+    try:
+        config = engine_link.load("config", light=True)
+        memory = engine_link.load("memory", light=True)
+        chosen = config.settings_for(settings.preset, list(settings.overrides.split()))
+    except Exception:  # an override being typed, or no engine: the panel says nothing rather than fail
+        return None
+    total = len(obj.data.vertices)
+    limit = chosen.field.max_vertices
+    optimized = min(total, limit) if limit else total
+    need = memory.estimate_peak_bytes(optimized, chosen, max(1, len(settings.parts)))
+    copy = f"a copy of {optimized:,} of its {total:,} vertices" if optimized < total else f"{total:,} vertices"
+    return f"Memory: about {memory.gigabytes(need)} (optimizing {copy})"
+
+
 def model_store(source: str, allow_download: bool):
     """One ModelStore per source for the Blender session, so models load once (worker thread)."""
     key = (source, allow_download)
@@ -104,6 +125,13 @@ def _engine_mesh(obj, notices: list[str]):
         mesh = mesh_module.mesh_from_arrays(vertices, faces, name=obj.name)
     notices += [str(w.message) for w in caught]
     return mesh
+
+
+def _object_gone(name: str) -> str | None:
+    """Why a run on the object ``name`` cannot go on (main thread), or None while the object exists."""
+    if bpy.data.objects.get(name) is None:
+        return f"the object '{name}' was deleted (or renamed) during the run"
+    return None
 
 
 def _unchanged_object(name: str, mesh):
@@ -136,16 +164,18 @@ class StyleRun:
             groups = bridge.read_groups(obj, list(self.parsed.parts))
             self.parts = engine_link.load("parts", light=True).PartWeights.from_vertex_groups(
                 groups, self.mesh.num_vertices)
+        elif not self.parsed.is_holistic:  # the located parts' groups are written at the end
+            bridge.check_groups_writable(obj, list(self.parsed.parts))
         colors = engine_link.load("colors", light=True)
         result = engine_link.load("result", light=True)
         previous = None
         if r.lock:
-            linear = bridge.read_color(obj.data, bridge.COLOR_ATTRIBUTE)
+            linear = bridge.read_color(obj.data, bridge.owned_attribute(obj.data, bridge.COLOR))
             if linear is None:
                 raise engine_link.AddonError(
                     f"Nothing to keep for the locked part(s) {', '.join(r.lock)}: '{obj.name}' has no Partstyle "
                     "result yet. Stylize once without locks first.")
-            shift = bridge.read_float(obj.data, bridge.DISPLACEMENT_ATTRIBUTE)
+            shift = bridge.read_float(obj.data, bridge.owned_attribute(obj.data, bridge.DISPLACEMENT))
             previous = result.SurfaceStyle(np.clip(colors.linear_to_srgb(linear), 0.0, 1.0),
                                            np.zeros(len(linear), np.float32) if shift is None else shift)
         user = bridge.user_colors(obj.data)
@@ -153,7 +183,8 @@ class StyleRun:
             self.parsed, parts=self.parts, lock=r.lock, previous=previous,
             base_colors=None if user is None else np.clip(colors.linear_to_srgb(user), 0.0, 1.0))
         self.style_request.check_mesh(self.mesh.num_vertices)
-        self.snapshot = bridge.ColorSnapshot(obj.data)
+        self.color_name = bridge.attribute_name(obj, bridge.COLOR)  # previews and the result go there
+        self.snapshot = bridge.ColorSnapshot(obj.data, self.color_name)
         return self
 
     def work(self, on_event, cancel):
@@ -170,17 +201,24 @@ class StyleRun:
         except engine_link.AddonError:
             return  # the end of the run reports it
         colors = engine_link.load("colors", light=True)
-        bridge.write_color(obj.data, bridge.COLOR_ATTRIBUTE, colors.srgb_to_linear(event.colors_srgb))
+        bridge.write_color(obj.data, self.color_name, colors.srgb_to_linear(event.colors_srgb))
 
     def apply(self, result) -> str:
-        """The writeback: colors, displacement + modifier, material if none, located part groups."""
+        """The writeback: colors, displacement + modifier, material if none, located part groups;
+        each recorded as the add-on's (bridge.OWNED_KEY)."""
         obj = _unchanged_object(self.request.object_name, self.mesh)
         mesh = obj.data
-        bridge.write_color(mesh, bridge.COLOR_ATTRIBUTE, result.colors_linear)
-        bridge.write_float(mesh, bridge.DISPLACEMENT_ATTRIBUTE, result.displacement)
-        nodes.ensure_modifier(obj)
-        nodes.ensure_material(obj)
-        if result.parts is not None and self.parts is None:
+        located = result.parts is not None and self.parts is None
+        if located:
+            bridge.check_groups_writable(obj, list(result.parts.names))
+        shift_name = bridge.attribute_name(obj, bridge.DISPLACEMENT)
+        bridge.write_color(mesh, self.color_name, result.colors_linear)
+        bridge.claim(mesh, bridge.COLOR, self.color_name)
+        bridge.write_float(mesh, shift_name, result.displacement)
+        bridge.claim(mesh, bridge.DISPLACEMENT, shift_name)
+        nodes.ensure_modifier(obj, shift_name)
+        nodes.ensure_material(obj, self.color_name)
+        if located:
             names = list(result.parts.names)
             bridge.write_groups(obj, names, result.parts.weights[:, : len(names)])
         obj.data.update()
@@ -214,6 +252,7 @@ class LocateRun:
                     f"'{r.prompt}' describes the whole object and names no parts; write one row per part "
                     "(or a prompt such as 'pottery base, linen shade') to locate parts.")
             self.names = list(parsed.parts)
+        bridge.check_groups_writable(obj, self.names)
         self.mesh = _engine_mesh(obj, self.notices)
         return self
 
@@ -232,7 +271,7 @@ class LocateRun:
         k = len(weights.names)
         bridge.write_groups(obj, list(weights.names), weights.weights[:, :k])
         swatches = np.array([self.request.swatch(i) for i in range(k)], np.float32)
-        bridge.write_color(obj.data, bridge.PARTS_ATTRIBUTE, bridge.parts_colors(weights.weights, swatches))
+        _write_parts_view(obj, bridge.parts_colors(weights.weights, swatches))
         labels = weights.labels()
         counts = ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(weights.names))
         return f"Located parts on '{obj.name}' (vertices per part: {counts}; rest {int((labels < 0).sum())})."
@@ -245,6 +284,9 @@ def conclude(job: jobs.Job, run) -> tuple[str, str]:
     """Apply or restore after the job ended; returns a report ``(level, message)``. Releases the job."""
     jobs.release(job)
     notices = run.notices + job.notices
+    if job.stop_reason is not None:  # stopped by its watch: whatever the engine returned is not applied
+        run.restore()
+        return 'ERROR', f"{run.kind} stopped: {job.stop_reason}; nothing was written."
     if job.state == jobs.FINISHED:
         try:
             message = run.apply(job.result)
@@ -269,8 +311,16 @@ def conclude(job: jobs.Job, run) -> tuple[str, str]:
 def start(run, *, threaded: bool, listener=None) -> jobs.Job:
     """Prepare ``run`` and start its job (registered as the running one); previews only when ``threaded``."""
     run.prepare(live=threaded)
-    job = jobs.Job(run.kind, run.request.object_name, run.work, listener=listener)
+    job = jobs.Job(run.kind, run.request.object_name, run.work, listener=listener,
+                   watch=lambda: _object_gone(run.request.object_name))
     return jobs.claim(job).start(threaded=threaded)
+
+
+def _write_parts_view(obj, linear: np.ndarray) -> None:
+    """The parts view colors, into the add-on's own parts attribute (or a free name), recorded."""
+    name = bridge.attribute_name(obj, bridge.PARTS)
+    bridge.write_color(obj.data, name, linear)
+    bridge.claim(obj.data, bridge.PARTS, name)
 
 
 def show_parts(obj, parts: list[str], swatches) -> str:
@@ -280,22 +330,30 @@ def show_parts(obj, parts: list[str], swatches) -> str:
     total = weights.sum(1, keepdims=True)
     weights = np.where(total > 1.0, weights / np.maximum(total, 1e-12), weights)
     weights = np.concatenate([weights, np.clip(1.0 - weights.sum(1, keepdims=True), 0.0, 1.0)], 1)
-    bridge.write_color(obj.data, bridge.PARTS_ATTRIBUTE, bridge.parts_colors(weights, np.asarray(swatches, np.float32)))
+    _write_parts_view(obj, bridge.parts_colors(weights, np.asarray(swatches, np.float32)))
     return f"Showing {len(parts)} part(s) of '{obj.name}' in their row colors."
 
 
 def clear(obj, *, keep_groups: bool = False) -> list[str]:
-    """Remove everything the add-on wrote on ``obj``; returns what was removed, for the report."""
+    """Remove what the add-on made on ``obj`` (recorded as its own, never the user's data of the
+    same name); returns what was removed, for the report."""
     mesh = obj.data
-    removed = [name for name in bridge.OUR_ATTRIBUTES if bridge.remove_attribute(mesh, name)]
+    removed = []
+    for role in bridge.ATTRIBUTES:
+        name = bridge.owned_attribute(mesh, role)
+        if name is not None and bridge.remove_attribute(mesh, name):
+            removed.append(name)
+        bridge.disown(mesh, role)
     bridge.give_back_active_color(mesh)
-    if nodes.remove_modifier(obj):
-        removed.append(f"modifier {nodes.MODIFIER_NAME}")
-    if nodes.remove_material(obj):
-        removed.append(f"material {nodes.MATERIAL_NAME}")
+    modifier = nodes.displace_modifier(obj)
+    if modifier is not None:
+        removed.append(f"modifier {modifier.name}")
+    nodes.remove_modifier(obj)
+    removed += [f"material {name}" for name in nodes.remove_material(obj)]
     if not keep_groups:
-        for name in list(bridge.part_groups(obj).values()):
+        for name in bridge.owned_groups(obj):
             obj.vertex_groups.remove(obj.vertex_groups[name])
             removed.append(f"group {name}")
+        bridge.disown(mesh, bridge.GROUPS)
     mesh.update()
     return removed

@@ -1,5 +1,6 @@
-"""Helpers for the add-on tests (Blender as the ``bpy`` module): a procedural lamp object, the
-test's fast settings, and a full description of an object's state for before/after comparisons."""
+"""Helpers for the add-on tests (Blender as the ``bpy`` module): the add-on registered for a test
+module, a procedural lamp object, the test's fast settings, and a full description of an object's
+state for before/after comparisons."""
 
 from __future__ import annotations
 
@@ -19,6 +20,24 @@ _WIDTH = {"FLOAT": 1, "INT": 1, "INT8": 1, "BOOLEAN": 1, "FLOAT_VECTOR": 3, "FLO
 _PROP = {"FLOAT": "value", "INT": "value", "INT8": "value", "BOOLEAN": "value", "FLOAT_VECTOR": "vector",
          "FLOAT2": "vector", "INT32_2D": "value", "FLOAT_COLOR": "color", "BYTE_COLOR": "color",
          "QUATERNION": "value", "FLOAT4X4": "value"}
+
+
+def registered_addon():
+    """Generator for a module-scoped fixture: the add-on registered (and torch on one thread) for
+    the module's tests, unregistered after."""
+    import torch
+
+    import addon
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these runs are tiny; on a busy 2-core machine more threads only contend
+    registered = hasattr(bpy.types.Scene, "partstyle")
+    if not registered:
+        addon.register()
+    yield
+    if hasattr(bpy.types.Scene, "partstyle"):
+        addon.unregister()
+    torch.set_num_threads(threads)
 
 
 def lamp_arrays(faces: int = 2000):
@@ -126,7 +145,9 @@ def object_state(obj) -> dict:
         "group_order": [g.name for g in obj.vertex_groups],
         "materials": [material_state(m) for m in mesh.materials],
         "modifiers": [(m.name, m.type) for m in obj.modifiers],
+        "modifier_groups": [getattr(getattr(m, "node_group", None), "name", None) for m in obj.modifiers],
         "active_color": mesh.color_attributes.active_color_name,
+        "render_color": mesh.color_attributes.default_color_name,
         "mesh_props": sorted(mesh.keys()),
         "object_props": sorted(obj.keys()),
     }
@@ -143,5 +164,6 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert before["groups"].keys() == after["groups"].keys()
     for name in before["groups"]:
         np.testing.assert_array_equal(before["groups"][name], after["groups"][name], err_msg=f"group {name}")
-    for key in ("group_order", "materials", "modifiers", "active_color", "mesh_props", "object_props"):
+    for key in ("group_order", "materials", "modifiers", "modifier_groups", "active_color", "render_color",
+                "mesh_props", "object_props"):
         assert before[key] == after[key], key

@@ -7,6 +7,7 @@ the module).
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -25,10 +26,12 @@ from addon_fixtures import (
     PROMPT,
     SEED,
     assert_same_state,
+    attribute_values,
     group_weights,
     lamp_arrays,
     make_lamp,
     object_state,
+    registered_addon,
     reset_scene,
     set_panel,
 )
@@ -44,16 +47,7 @@ def _registered() -> bool:
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these runs are tiny; on a busy 2-core machine more threads only contend
-    if not _registered():
-        addon.register()
-    yield
-    if _registered():
-        addon.unregister()
-    torch.set_num_threads(threads)
+    yield from registered_addon()
 
 
 @pytest.fixture
@@ -279,6 +273,12 @@ def test_results_survive_save_and_reload(scene, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=path)
     assert_same_state(saved, object_state(bpy.data.objects["Lamp"]))
     assert bpy.context.scene.partstyle.prompt == PROMPT and len(bpy.context.scene.partstyle.parts) == 3
+    # the record of what the add-on made survives too: a rerun replaces its own data, adds nothing
+    bpy.context.scene.partstyle.seed = SEED + 1
+    assert bpy.ops.partstyle.stylize() == {'FINISHED'}
+    again = object_state(bpy.data.objects["Lamp"])
+    assert again["attributes"].keys() == saved["attributes"].keys() and again["modifiers"] == saved["modifiers"]
+    assert again["materials"] == saved["materials"]
 
 
 def test_drain_handles_events_results_errors_and_cancel_without_timers():
@@ -382,6 +382,11 @@ def test_panels_and_preferences_draw_existing_properties(scene):
     calls = [c for p in panels.classes[1:] for c in _draw(p, context)]
     assert ("operator", "partstyle.stylize") in calls and ("operator", "partstyle.locate") in calls
     assert ("prop", f'["{nodes.strength_key(nodes.displace_modifier(obj))}"]') in calls
+    estimate = next(c[1] for c in _draw(panels.PARTSTYLE_PT_stylize, context) if c[0] == "label")
+    assert re.fullmatch(r"Memory: about \d+\.\d GB \(optimizing [\d,]+ vertices\)", estimate), estimate
+    bpy.context.scene.partstyle.overrides = "field.max_vertices=1000"
+    estimate = next(c[1] for c in _draw(panels.PARTSTYLE_PT_stylize, context) if c[0] == "label")
+    assert f"a copy of 1,000 of its {len(obj.data.vertices):,} vertices" in estimate, estimate
     job = jobs.claim(jobs.Job("Stylize", "Lamp", lambda on_event, cancel: None))
     try:
         job.progress.step, job.progress.total, job.progress.eta = 30, 300, 65
@@ -433,3 +438,122 @@ def test_part_rows_reach_the_engine_as_parsed_pairs(scene):
     settings.parts[1].part = "Base "
     with pytest.raises(engine_link.user_errors(), match="'base' is given twice"):
         runs.StyleRun(addon.operators.request_from(bpy.context)).prepare(live=False)
+
+
+def _point_cloud(name: str, count: int):
+    """A mesh object of ``count`` loose vertices (vertex groups need no faces)."""
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(count)
+    mesh.vertices.foreach_set("co", np.random.default_rng(0).random(count * 3, dtype=np.float32))
+    obj = bpy.data.objects.new(name, mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    return obj
+
+
+def test_vertex_groups_are_written_in_linear_time(scene):
+    """3 part groups at 300k vertices, written and then refilled. One VertexGroup.add per weight step in
+    use (at most 1024), not one per distinct weight scanning every vertex: that took 84 s on the 2-core
+    test machine for one write, this about 0.3 s. Weights are the engine's rounded down to 1/1024."""
+    count, parts = 300_000, ["base", "tube", "shade"]
+    obj = _point_cloud("Cloud", count)
+    rng = np.random.default_rng(1)
+    weights = rng.random((count, 4)).astype(np.float32)
+    weights /= weights.sum(1, keepdims=True)  # a vertex's part weights sum to at most 1, as the engine's
+    weights[rng.random(count) < 0.3, 0] = 0.0
+    weights[:5, :3] = [[1, 0, 0], [0.99999994, 0, 0], [0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3], [0, 0, 0.0004]]
+    start = time.perf_counter()
+    bridge.write_groups(obj, parts, weights[:, :3])
+    bridge.write_groups(obj, parts, weights[:, :3])  # a rerun refills the add-on's own groups
+    seconds = time.perf_counter() - start
+    assert seconds < 10.0, f"writing 3 vertex groups twice at {count} vertices took {seconds:.1f} s"
+    written = group_weights(obj)
+    stacked = np.stack([written[f"part:{p}"] for p in parts], 1)
+    step = 1.0 / bridge.WEIGHT_STEPS
+    assert np.all(stacked <= weights[:, :3] + 1e-6), "never above the engine's weight"
+    assert np.all(stacked > weights[:, :3] - step), "less than one step below it"
+    assert stacked.sum(1).max() <= 1.0, "a vertex's weights still sum to at most 1"
+    np.testing.assert_array_equal(stacked[:5], [[1, 0, 0], [1, 0, 0], [0.5, 0.5, 0], [341 / 1024] * 3, [0, 0, 0]])
+    assert sorted(bridge.owned(obj.data)[bridge.GROUPS]) == sorted(f"part:{p}" for p in parts)
+
+
+def _colors_without_an_active_one(obj) -> None:
+    """The user's color attributes as Blender leaves them after deleting the active one and adding
+    others: none active, ``Paint`` chosen for rendering."""
+    colors = obj.data.color_attributes
+    colors.remove(colors["Col"])
+    colors.new("Paint", 'FLOAT_COLOR', 'POINT')
+    colors.new("Col", 'BYTE_COLOR', 'CORNER')
+    colors.render_color_index = colors.find("Paint")
+    assert (colors.active_color_name, colors.default_color_name) == ("", "Paint")
+
+
+def test_cancel_and_failure_give_back_the_active_and_render_colors(scene):
+    from engine.errors import PartstyleError
+    from engine.events import PreviewEvent
+
+    obj = make_lamp(user_data=True)
+    _colors_without_an_active_one(obj)
+    set_panel(iterations=200, overrides=(*FAST_OVERRIDES, "run.preview_every=1"))
+    before = object_state(obj)
+    run = runs.StyleRun(addon.operators.request_from(bpy.context))
+    job = runs.start(run, threaded=True)
+    deadline = time.time() + 60
+    previews = []
+    while not previews and jobs.drain(job, lambda e: (previews.append(e), run.preview(e))) == jobs.RUNNING:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert obj.data.color_attributes.active_color_name == bridge.COLOR_ATTRIBUTE, "the preview switched it"
+    job.cancel()
+    while jobs.drain(job, run.preview) == jobs.RUNNING:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert runs.conclude(job, run)[0] == 'WARNING' and job.state == jobs.CANCELLED
+    assert_same_state(before, object_state(obj))
+
+    count = len(obj.data.vertices)
+
+    def failing(on_event, cancel):
+        on_event(PreviewEvent(1, 2, np.full((count, 3), 0.5, np.float32), np.zeros(count, np.float32)))
+        raise PartstyleError("the engine gave up")
+
+    run = runs.StyleRun(addon.operators.request_from(bpy.context)).prepare(live=False)
+    job = jobs.claim(jobs.Job(run.kind, obj.name, failing)).start(threaded=False)
+    assert jobs.drain(job, run.preview) == jobs.FAILED
+    assert obj.data.color_attributes.active_color_name == bridge.COLOR_ATTRIBUTE, "the preview switched it"
+    assert runs.conclude(job, run) == ('ERROR', "the engine gave up")
+    assert_same_state(before, object_state(obj))
+
+
+def test_deleting_the_object_stops_the_run_and_writes_nothing(scene):
+    obj = make_lamp(user_data=True)
+    mesh_name = obj.data.name
+    set_panel(iterations=200, overrides=(*FAST_OVERRIDES, "run.preview_every=1"))
+    colors = obj.data.color_attributes
+    before = ({a.name: attribute_values(a) for a in obj.data.attributes}, colors.active_color_name,
+              colors.default_color_name, sorted(obj.data.keys()))
+    run = runs.StyleRun(addon.operators.request_from(bpy.context))
+    job = runs.start(run, threaded=True)
+    deadline = time.time() + 60
+    previews = []
+    while not previews and jobs.drain(job, lambda e: (previews.append(e), run.preview(e))) == jobs.RUNNING:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert bridge.COLOR_ATTRIBUTE in obj.data.attributes, "a preview was shown"
+    bpy.data.objects.remove(obj)
+    jobs.drain(job, run.preview)  # the main thread sees that the object is gone and cancels
+    assert job.cancel_token.cancelled and "'Lamp' was deleted" in job.stop_reason
+    stopped_at = job.progress.step
+    while jobs.drain(job, run.preview) == jobs.RUNNING:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert job.state == jobs.CANCELLED and job.progress.step <= stopped_at + 2 < 200, "the engine stopped"
+    level, message = runs.conclude(job, run)
+    assert level == 'ERROR' and "'Lamp' was deleted" in message and "nothing was written" in message
+    assert jobs.current() is None
+    mesh = bpy.data.meshes[mesh_name]  # the object's mesh outlives it until the file is saved
+    colors = mesh.color_attributes
+    after = ({a.name: attribute_values(a) for a in mesh.attributes}, colors.active_color_name,
+             colors.default_color_name, sorted(mesh.keys()))
+    assert after[0].keys() == before[0].keys() and after[1:] == before[1:]
+    for name, values in before[0].items():
+        np.testing.assert_array_equal(after[0][name], values, err_msg=name)

@@ -6,6 +6,7 @@ with Blender as the ``bpy`` module: the same code path as ``blender -b FILE --py
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -22,17 +23,23 @@ except ImportError as exc:
 from addon_fixtures import FAST_OVERRIDES, make_lamp, reset_scene
 
 from addon import bridge, nodes
+from addon.cli import main as cli_main
 from addon.cli import script_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "addon", "cli.py")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: str = "/") -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("PYTHONPATH", None)  # the command must find the add-on and the engine on its own
-    return subprocess.run([sys.executable, CLI, *args], cwd="/", env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def digest(path: str) -> str:
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +47,7 @@ def blend_file(tmp_path_factory):
     reset_scene()
     make_lamp("Lamp")
     make_lamp("Lamp2", user_data=True)
+    bpy.context.scene.collection.objects.link(bpy.data.objects.new("Marker", None))  # an empty, not a mesh
     path = str(tmp_path_factory.mktemp("cli") / "input.blend")
     bpy.ops.wm.save_as_mainfile(filepath=path)
     reset_scene()
@@ -78,10 +86,58 @@ def test_batch_stylizes_several_objects_and_saves(blend_file, tmp_path):
 
 def test_batch_failure_exits_nonzero_and_saves_nothing(blend_file, tmp_path):
     out = str(tmp_path / "result.blend")
-    done = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--object", "Nope", "--prompt",
-                   "red base, blue shade", "--use-groups", "--iterations", "1", "--out", out)
+    done = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--object", "Lamp2", "--prompt",
+                   "red base, blue handle", "--use-groups", "--iterations", "1", "--out", out)
     assert done.returncode == 1
-    assert "There is no object named 'Nope'" in done.stderr and "nothing was saved" in done.stderr
+    assert "error: Lamp: 'Lamp' has no vertex group 'part:handle'" in done.stderr
+    assert "2 of 2 object(s) failed" in done.stderr and "nothing was saved" in done.stderr
     assert not os.path.exists(out)
     bad = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--prompt", "x", "--out", "result.txt")
     assert bad.returncode == 2 and "ending in .blend" in bad.stderr
+
+
+def test_batch_refuses_to_save_over_its_input(blend_file):
+    """``--out`` naming the input file is refused before any work, however the path is written."""
+    folder, name = os.path.split(blend_file)
+    original = digest(blend_file)
+    link = os.path.join(folder, "link-to-input.blend")
+    if not os.path.exists(link):
+        os.symlink(blend_file, link)
+    for out, cwd in ((blend_file, "/"), (os.path.join(".", name), folder), (link, "/")):
+        done = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--prompt", "red base, blue shade",
+                       "--use-groups", "--iterations", "1", "--out", out, cwd=cwd)
+        assert done.returncode == 2, (out, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --out {out} is the input .blend file"), done.stderr
+        assert "[Lamp]" not in done.stdout, "nothing ran"
+        assert digest(blend_file) == original
+
+
+
+def test_batch_in_blender_refuses_to_save_over_the_open_file(blend_file, capsys):
+    """``blender -b FILE --python cli.py``: the input is the file Blender opened (no --blend)."""
+    original = digest(blend_file)
+    bpy.ops.wm.open_mainfile(filepath=blend_file)
+    try:
+        code = cli_main(["--object", "Lamp", "--prompt", "red base", "--out", os.path.relpath(blend_file)])
+    finally:
+        reset_scene()
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {os.path.relpath(blend_file)} is the input .blend file")
+    assert digest(blend_file) == original
+
+
+def test_batch_checks_every_object_before_running_any(blend_file, tmp_path):
+    out = str(tmp_path / "result.blend")
+    done = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--object", "Nope", "--object", "Marker",
+                   "--object", "lamp2", "--prompt", "red base, blue shade", "--use-groups", "--iterations", "1",
+                   "--out", out)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --object: "), done.stderr
+    for problem in ("no object named 'Nope'", "'Marker' is an empty object, not a mesh", "no object named 'lamp2'",
+                    "Mesh objects there: Lamp, Lamp2."):
+        assert problem in lines[0]
+    assert "'Lamp'" not in lines[0]
+    assert "[Lamp]" not in done.stdout, "no object ran"
+    assert not os.path.exists(out)
