@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.blend))
     if bpy.data.filepath and _same_file(args.out, bpy.data.filepath):  # blender -b FILE: the open file
         return _out_is_input(args.out)
-    problem = check_objects(args.object, bpy.data.objects, os.path.basename(bpy.data.filepath) or "the file")
+    problem = (check_objects(args.object, bpy.data.objects, os.path.basename(bpy.data.filepath) or "the file")
+               or check_destination(args.out, engine_link))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -166,6 +167,19 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist yet
         return False
+
+
+def check_destination(out: str, engine_link) -> str | None:
+    """Why the result could not be saved at ``out`` (checked before any object runs), or None: a
+    folder in its place, or a folder that cannot be created or written (the engine's own check)."""
+    path = os.path.abspath(out)
+    if os.path.isdir(path):
+        return f"--out {out} is a folder; give the path of the .blend file to write"
+    try:
+        engine_link.load("files", light=True).check_output_folder(os.path.dirname(path), option="--out's folder")
+    except engine_link.user_errors() as exc:
+        return str(exc)
+    return None
 
 
 def _out_is_input(out: str) -> int:

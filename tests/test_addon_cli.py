@@ -141,3 +141,18 @@ def test_batch_checks_every_object_before_running_any(blend_file, tmp_path):
     assert "'Lamp'" not in lines[0]
     assert "[Lamp]" not in done.stdout, "no object ran"
     assert not os.path.exists(out)
+
+
+def test_batch_checks_where_it_will_save_before_running(blend_file, tmp_path):
+    """A result that could not be saved is found before any object runs, not after the whole batch."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    folder = tmp_path / "looks-like.blend"
+    folder.mkdir()
+    for out, message in ((str(folder), "is a folder"), (str(blocker / "result.blend"), "exists and is not a folder"),
+                         ("/proc/partstyle/result.blend", "cannot be written")):
+        done = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--prompt", "red base, blue shade",
+                       "--use-groups", "--iterations", "1", "--out", out)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and message in lines[0], (out, done.stderr)
+        assert "[Lamp]" not in done.stdout, "nothing ran"
