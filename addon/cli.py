@@ -14,9 +14,9 @@ With Blender as a Python module (``pip install bpy``), the same options plus ``-
 Each object is stylized synchronously (the same run as the panel's Stylize button), with progress
 lines on stdout. The result file is written only when every object succeeded; otherwise the
 command prints ``error: ...`` on stderr and exits 1 (2 for bad arguments, 130 when interrupted).
-Bad arguments are found before any object runs: an ``--out`` that is the input file, and every
-``--object`` that is not a mesh object of the file (all of them in one error, with the mesh
-objects there).
+Bad arguments are found before any object runs: an ``--out`` that is the input file or could not
+be saved, and every ``--object`` that is not a mesh object of the file (all of them in one error,
+with the mesh objects there).
 """
 
 from __future__ import annotations
