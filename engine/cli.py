@@ -13,6 +13,7 @@ import signal
 import sys
 import warnings
 
+from .cli_progress import ProgressPrinter, install_interrupt, silence_library_progress
 from .cli_training import add_training_commands
 from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
 
@@ -232,7 +233,7 @@ def _stylize_into(args: argparse.Namespace, settings, mesh) -> int:
     progress = ProgressPrinter(quiet=args.quiet)
     if args.quiet:
         silence_library_progress()
-    old_handler = _install_interrupt(cancel)
+    old_handler = install_interrupt(cancel)
     try:
         result = stylize(mesh, request, settings=settings, models=store, device=args.device, on_event=progress,
                          cancel=cancel, checkpoint=checkpoint, resume=args.resume)
@@ -262,7 +263,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
         parse_prompt(args.parts)  # raises the prompt grammar's error naming the empty phrase
     progress = ProgressPrinter()
     cancel = CancelToken()
-    old_handler = _install_interrupt(cancel)
+    old_handler = install_interrupt(cancel)
     try:
         localization = locate_parts(
             mesh,
@@ -295,68 +296,6 @@ def cmd_eval_localization(args: argparse.Namespace) -> int:
         parts = ", ".join(f"{name} {value:.3f}" for name, value in score.iou.items()) or score.error
         print(f"{score.sample:<8} {score.source:<8} {score.miou:>6.3f}  {parts}")
     return 0
-
-
-def silence_library_progress() -> None:
-    """No progress bars from transformers and huggingface_hub (their weight-loading bars) in this process.
-
-    Process-wide switches of those libraries, so only the command line (the application) flips them.
-    """
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as transformers_logging
-
-    disable_progress_bars()
-    transformers_logging.disable_progress_bar()
-
-
-def _install_interrupt(cancel):
-    """First Ctrl-C asks the run to stop at the next iteration; a second one interrupts at once."""
-
-    def on_interrupt(signum, frame):
-        if cancel.cancelled:
-            raise KeyboardInterrupt
-        cancel.cancel()
-
-    try:
-        return signal.signal(signal.SIGINT, on_interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        return signal.getsignal(signal.SIGINT)
-
-
-class ProgressPrinter:
-    """Turns engine events into a progress bar with ETA (tqdm) and one-line notices on stderr."""
-
-    def __init__(self, *, quiet: bool = False):
-        self.quiet = quiet
-        self.bar = None
-
-    def __call__(self, event) -> None:
-        from tqdm import tqdm
-
-        from .events import NoticeEvent, StageEvent, StepEvent
-
-        if isinstance(event, NoticeEvent):
-            self._write(f"notice: {event.message}")
-        elif isinstance(event, StageEvent) and not self.quiet:
-            self._write(f"{event.name}: {event.detail}" if event.detail else event.name)
-        elif isinstance(event, StepEvent) and not self.quiet:
-            if self.bar is None:
-                self.bar = tqdm(
-                    total=event.total, initial=event.step - 1, unit="it", dynamic_ncols=True, file=sys.stderr
-                )
-            self.bar.set_postfix(loss=f"{event.losses.get('total', float('nan')):.4f}", refresh=False)
-            self.bar.update(event.step - self.bar.n)
-
-    def _write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
