@@ -8,10 +8,11 @@ engine's estimate beside the measured peak.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
-from typing import TextIO
 
 LARGE_FACES = (200_000, 500_000, 1_000_000, 2_000_000)
 
@@ -45,27 +46,35 @@ def large_mesh_run(faces: int, preset: str, max_vertices: int, iterations: int =
     }
 
 
-def large_mesh_table(*, preset: str = "preview", max_vertices: int | None = None, sizes=LARGE_FACES,
-                     out: TextIO = sys.stdout) -> list[dict]:
-    """Print and return :func:`large_mesh_run`'s figures for each size (``max_vertices`` None: the preset's)."""
+LARGE_HEADER = (f"{'faces':>9} {'vertices':>9} {'optimized':>9} {'s/it':>7} {'total s':>8} {'peak GB':>8} "
+                f"{'est. GB':>8}")
+
+
+def large_mesh_rows(*, preset: str = "preview", max_vertices: int | None = None, sizes=LARGE_FACES):
+    """:func:`large_mesh_run`'s figures for each size, each measured in a process of its own, yielded
+    as they come (``max_vertices`` None: the preset's). A size that failed yields
+    ``{"faces": F, "error": "..."}``."""
     from .config import settings_for
 
     limit = settings_for(preset).field.max_vertices if max_vertices is None else max_vertices
-    print(f"# large meshes: {preset}, field.max_vertices={limit}, one process per size", file=out, flush=True)
-    print(f"{'faces':>9} {'vertices':>9} {'optimized':>9} {'s/it':>7} {'total s':>8} {'peak GB':>8} {'est. GB':>8}",
-          file=out, flush=True)
-    rows = []
-    for faces in sizes:
-        code = ("import json, sys; from engine.bench_large import large_mesh_run; "
-                f"print(json.dumps(large_mesh_run({faces}, {preset!r}, {limit})))")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if done.returncode:
-            print(f"{faces:>9} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'}",
-                  file=out, flush=True)
-            continue
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(f"{row['faces']:>9} {row['vertices']:>9} {row['optimized_vertices']:>9} "
-              f"{row['seconds_per_iteration']:>7.2f} {row['seconds_total']:>8.1f} {row['peak_gb']:>8.2f} "
-              f"{row['estimate_gb']:>8.2f}", file=out, flush=True)
-    return rows
+    with tempfile.TemporaryDirectory(prefix="partstyle-bench-") as folder:
+        for faces in sizes:
+            path = os.path.join(folder, f"{faces}.json")
+            code = ("import json, sys; from engine.bench_large import large_mesh_run; "
+                    f"json.dump(large_mesh_run({faces}, {preset!r}, {limit}), open(sys.argv[1], 'w'))")
+            done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
+            if done.returncode or not os.path.isfile(path):
+                lines = done.stderr.strip().splitlines()
+                yield {"faces": faces, "error": lines[-1] if lines else f"exit code {done.returncode}"}
+                continue
+            with open(path, encoding="utf-8") as fh:
+                yield json.load(fh)
+
+
+def format_large_row(row: dict) -> str:
+    """One row of :data:`LARGE_HEADER`'s table."""
+    if "error" in row:
+        return f"{row['faces']:>9} failed: {row['error']}"
+    return (f"{row['faces']:>9} {row['vertices']:>9} {row['optimized_vertices']:>9} "
+            f"{row['seconds_per_iteration']:>7.2f} {row['seconds_total']:>8.1f} {row['peak_gb']:>8.2f} "
+            f"{row['estimate_gb']:>8.2f}")

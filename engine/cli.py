@@ -343,9 +343,14 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.large:
-        from .bench_large import LARGE_FACES, large_mesh_table
+        from .bench_large import LARGE_FACES, LARGE_HEADER, format_large_row, large_mesh_rows
+        from .config import settings_for
 
-        large_mesh_table(max_vertices=args.max_vertices, sizes=tuple(args.faces or LARGE_FACES), out=sys.stdout)
+        limit = settings_for("preview").field.max_vertices if args.max_vertices is None else args.max_vertices
+        print(f"# large meshes: preview, field.max_vertices={limit}, one process per size", flush=True)
+        print(LARGE_HEADER, flush=True)
+        for row in large_mesh_rows(max_vertices=limit, sizes=tuple(args.faces or LARGE_FACES)):
+            print(format_large_row(row), flush=True)
         return 0
     from .bench import run_benchmarks
 

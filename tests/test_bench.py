@@ -25,3 +25,14 @@ def test_quick_benchmark_reports_every_figure():
     assert every == 25 and parts["clip_step"] > 0 and parts["grounding_step"] > 0
     assert abs(parts["average"] - ((every - 1) * parts["clip_step"] + parts["grounding_step"]) / every) < 1e-9
     assert "# part prompts" in text and "# localization" in text and figures["localization"][256] > 0
+
+
+def test_large_mesh_benchmark_measures_each_size_in_its_own_process():
+    from engine.bench_large import LARGE_HEADER, format_large_row, large_mesh_rows
+
+    rows = list(large_mesh_rows(max_vertices=1000, sizes=(8000,)))
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    row = rows[0]
+    assert row["vertices"] > 1000 >= row["optimized_vertices"] and row["peak_gb"] > 0 and row["estimate_gb"] > 0
+    assert len(format_large_row(row).split()) == 7 and LARGE_HEADER.split()[0] == "faces"  # one value a column
+    assert "failed:" in format_large_row({"faces": 10, "error": "MemoryError"})
