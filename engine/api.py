@@ -12,26 +12,24 @@ import hashlib
 import json
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
 
 from .compose import Composition, compose_parts, whole_object
 from .config import Settings, settings_for
-from .errors import CheckpointError, DeviceError, PromptError, ResourceError
+from .errors import CheckpointError, DeviceError
 from .events import CancelToken, EventSink, StageEvent, ignore_events
 from .field import BASE_COLOR
-from .geometry import Proxy, cluster_vertices
+from .geometry import simplified_copy
 from .grounding.detector import GroundingDetector
 from .grounding.locate import Localization, detector_boxes, locate
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
-from .memory import BASE_BYTES, available_bytes, estimate_peak_bytes, gigabytes
-from .mesh import Mesh, MeshWarning, Normalization, mesh_from_arrays
+from .memory import check_fits
+from .mesh import Mesh, Normalization
 from .models import ModelStore
-from .parts import PartWeights
-from .prompt import MAX_PROMPT_CHARACTERS, StylePrompt, normalize_part_name
+from .prompt import StylePrompt, check_part_names
 from .request import StyleRequest
 from .result import StyleResult
 from .train import Objective, StyleTrainer, SurfaceInputs
@@ -75,15 +73,7 @@ def locate_parts(
     settings = settings or settings_for()
     dev = resolve_device(device)
     store = models if isinstance(models, ModelStore) else ModelStore(models)
-    names = [normalize_part_name(p) for p in parts]
-    if not names or any(not n for n in names):
-        raise PromptError("give at least one part name to locate, e.g. --parts \"base, tube, shade\".")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise PromptError(f"part {repeated[0]!r} is named twice; name each part once.")
-    if len(", ".join(names)) > MAX_PROMPT_CHARACTERS:
-        raise PromptError(f"the part names have {len(', '.join(names))} characters together; keep them under "
-                          f"{MAX_PROMPT_CHARACTERS} (the detector reads a limited caption).")
+    names = check_part_names(parts)
     on_event(StageEvent("loading models", f"grounding ({store.describe()})"))
     detector = views_detector(store.grounding(dev), settings.localize.resolution)
     on_event(StageEvent("locating parts", ", ".join(names)))
@@ -132,20 +122,20 @@ def stylize(
     started = time.perf_counter()
     normalization = Normalization.fit(mesh.vertices)
     proxy = simplified_copy(mesh, settings.field.max_vertices)
-    work = mesh if proxy is None else proxy_mesh(mesh, proxy)
+    work = mesh if proxy is None else proxy.mesh(mesh.name)
     if proxy is not None:
         on_event(StageEvent("simplifying", f"{mesh.num_vertices} -> {work.num_vertices} vertices to optimize on "
                                            f"(field.max_vertices={settings.field.max_vertices})"))
-    check_memory(work.num_vertices, settings, max(1, len(request.styled_pairs)), dev)
+    check_fits(work.num_vertices, settings, max(1, len(request.styled_pairs)), dev)
     part_weights = work_weights = None
     if not parsed.is_holistic:
         if request.parts is not None:
             part_weights = request.parts.select(parsed.parts)
-            work_weights = part_weights if proxy is None else _reduced_weights(part_weights, proxy)
+            work_weights = part_weights if proxy is None else proxy.reduce_part_weights(part_weights)
         else:
             work_weights = locate_parts(work, parsed.parts, settings=settings, models=store, device=dev,
                                         on_event=on_event, cancel=cancel).weights
-            part_weights = work_weights if proxy is None else _expanded_weights(work_weights, proxy)
+            part_weights = work_weights if proxy is None else proxy.expand_part_weights(work_weights)
     reduce = None if proxy is None else proxy.mean_of
     composition = _composition(work.num_vertices, request, work_weights, normalization, reduce=reduce)
 
@@ -219,49 +209,6 @@ def _composition(num_vertices: int, request: StyleRequest, part_weights, normali
         previous_colors=None if previous is None else keep(previous.colors_srgb),
         previous_displacement=None if previous is None else keep(previous.displacement) / normalization.scale,
     )
-
-
-def check_memory(num_vertices: int, settings: Settings, parts: int, device: torch.device) -> int:
-    """Raise :class:`ResourceError` when optimizing ``num_vertices`` vertices would need more memory than
-    ``device`` has free (:mod:`engine.memory`); returns the estimate in bytes."""
-    need = estimate_peak_bytes(num_vertices, settings, parts)
-    free = available_bytes(device)
-    if free is not None and need > free:
-        per_vertex = (need - BASE_BYTES) / max(num_vertices, 1)
-        budget = max(1000, int((0.8 * free - BASE_BYTES) / per_vertex))  # what fits in 80% of the free memory
-        raise ResourceError(
-            f"this run would need about {gigabytes(need)} ({num_vertices} vertices optimized) but {device} has "
-            f"{gigabytes(free)} free. Optimize on a smaller copy (--set field.max_vertices={budget // 1000 * 1000}), "
-            "use a device with more memory, or close other programs."
-        )
-    return need
-
-
-def simplified_copy(mesh: Mesh, max_vertices: int) -> Proxy | None:
-    """The clustered copy a run optimizes on when ``mesh`` has more than ``max_vertices`` vertices
-    (``field.max_vertices``; 0: never), else None."""
-    if not max_vertices or mesh.num_vertices <= max_vertices:
-        return None
-    return cluster_vertices(mesh.vertices, mesh.faces, max_vertices)
-
-
-def proxy_mesh(mesh: Mesh, proxy: Proxy) -> Mesh:
-    """The :class:`Mesh` of a simplified copy (its faces that collapsed are dropped quietly)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MeshWarning)
-        return mesh_from_arrays(proxy.vertices, proxy.faces, name=f"{mesh.name} (simplified)")
-
-
-def _reduced_weights(weights: PartWeights, proxy: Proxy) -> PartWeights:
-    """Per-vertex part weights of the original -> the copy's (each cluster's mean; rows still sum to 1)."""
-    return PartWeights(weights.names, proxy.mean_of(weights.weights), proxy.mean_of(weights.confidence),
-                       weights.source)
-
-
-def _expanded_weights(weights: PartWeights, proxy: Proxy) -> PartWeights:
-    """The copy's part weights -> every original vertex (its cluster's)."""
-    return PartWeights(weights.names, weights.weights[proxy.cluster], weights.confidence[proxy.cluster],
-                       weights.source)
 
 
 def views_detector(bundle, resolution: int) -> GroundingDetector:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from .config import Settings
+from .errors import ResourceError
 
 #: Python, PyTorch, the tiny models, the renders: measured 0.54 GB with the tiny models.
 BASE_BYTES = 600 * 2**20
@@ -52,6 +53,22 @@ def available_bytes(device) -> int | None:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def check_fits(num_vertices: int, settings: Settings, parts: int, device) -> int:
+    """Raise :class:`ResourceError` when optimizing ``num_vertices`` vertices would need more memory than
+    ``device`` (a torch.device) has free; returns the estimate in bytes."""
+    need = estimate_peak_bytes(num_vertices, settings, parts)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        per_vertex = (need - BASE_BYTES) / max(num_vertices, 1)
+        budget = max(1000, int((0.8 * free - BASE_BYTES) / per_vertex))  # what fits in 80% of the free memory
+        raise ResourceError(
+            f"this run would need about {gigabytes(need)} ({num_vertices} vertices optimized) but {device} has "
+            f"{gigabytes(free)} free. Optimize on a smaller copy (--set field.max_vertices={budget // 1000 * 1000}), "
+            "use a device with more memory, or close other programs."
+        )
+    return need
 
 
 def gigabytes(count: int) -> str:

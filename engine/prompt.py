@@ -219,10 +219,24 @@ def check_prompt(prompt: str | StylePrompt, *, holistic: bool = False) -> StyleP
         )
     if parsed is None:
         return parse_prompt(text, holistic=holistic)
-    repeated = sorted({part for part in parsed.parts if parsed.parts.count(part) > 1})
-    if repeated:
-        raise PromptError(f"part {repeated[0]!r} is given twice: give each part one style")
+    if parsed.pairs:
+        check_part_names(parsed.parts)
     return parsed
+
+
+def check_part_names(names: Iterable[str]) -> list[str]:
+    """Part names to look for, normalized (:func:`normalize_part_name`); :class:`PromptError` for none, an
+    empty one, one named twice, or more than :data:`MAX_PROMPT_CHARACTERS` together."""
+    names = [normalize_part_name(n) for n in names]
+    if not names or any(not n for n in names):
+        raise PromptError("give at least one part name, e.g. \"base, tube, shade\".")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise PromptError(f"part {repeated[0]!r} is given twice: name each part once.")
+    if len(", ".join(names)) > MAX_PROMPT_CHARACTERS:
+        raise PromptError(f"the part names have {len(', '.join(names))} characters together; keep them under "
+                          f"{MAX_PROMPT_CHARACTERS} (the models read a limited text).")
+    return names
 
 
 def format_pairs(pairs: Iterable[PartStyle | tuple[str, str]]) -> str:

@@ -225,17 +225,26 @@ def test_one_undo_step_removes_the_results(scene):
     assert_same_state(before, object_state(bpy.data.objects["Lamp"]))
 
 
+def start_until_first_preview(run, timeout: float = 60.0):
+    """Start ``run`` on its worker thread and drain its events until the first live preview was shown.
+
+    Returns ``(job, previews, deadline)``: the running job, the PreviewEvents seen, and the time by which
+    the test should be done waiting."""
+    job = runs.start(run, threaded=True)
+    deadline = time.time() + timeout
+    previews = []
+    while not previews and jobs.drain(job, lambda e: (previews.append(e), run.preview(e))) == jobs.RUNNING:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return job, previews, deadline
+
+
 def test_cancel_during_a_threaded_run_leaves_the_object_unchanged(scene):
     obj = make_lamp(user_data=True)
     set_panel(iterations=200, overrides=(*FAST_OVERRIDES, "run.preview_every=1"))
     before = object_state(obj)
     run = runs.StyleRun(addon.operators.request_from(bpy.context))
-    job = runs.start(run, threaded=True)
-    previews = []
-    deadline = time.time() + 60
-    while not previews and jobs.drain(job, lambda e: (previews.append(e.step), run.preview(e))) == jobs.RUNNING:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    job, previews, deadline = start_until_first_preview(run)
     assert previews and bridge.COLOR_ATTRIBUTE in obj.data.attributes, "a live preview was shown"
     assert job.progress.total == 200 and 0 < job.progress.fraction < 1
     job.cancel()
@@ -496,12 +505,7 @@ def test_cancel_and_failure_give_back_the_active_and_render_colors(scene):
     set_panel(iterations=200, overrides=(*FAST_OVERRIDES, "run.preview_every=1"))
     before = object_state(obj)
     run = runs.StyleRun(addon.operators.request_from(bpy.context))
-    job = runs.start(run, threaded=True)
-    deadline = time.time() + 60
-    previews = []
-    while not previews and jobs.drain(job, lambda e: (previews.append(e), run.preview(e))) == jobs.RUNNING:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    job, _previews, deadline = start_until_first_preview(run)
     assert obj.data.color_attributes.active_color_name == bridge.COLOR_ATTRIBUTE, "the preview switched it"
     job.cancel()
     while jobs.drain(job, run.preview) == jobs.RUNNING:
@@ -532,12 +536,7 @@ def test_deleting_the_object_stops_the_run_and_writes_nothing(scene):
     before = ({a.name: attribute_values(a) for a in obj.data.attributes}, colors.active_color_name,
               colors.default_color_name, sorted(obj.data.keys()))
     run = runs.StyleRun(addon.operators.request_from(bpy.context))
-    job = runs.start(run, threaded=True)
-    deadline = time.time() + 60
-    previews = []
-    while not previews and jobs.drain(job, lambda e: (previews.append(e), run.preview(e))) == jobs.RUNNING:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    job, _previews, deadline = start_until_first_preview(run)
     assert bridge.COLOR_ATTRIBUTE in obj.data.attributes, "a preview was shown"
     bpy.data.objects.remove(obj)
     jobs.drain(job, run.preview)  # the main thread sees that the object is gone and cancels

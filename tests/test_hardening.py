@@ -98,7 +98,7 @@ def test_iterations_have_an_upper_bound():
 
 
 @pytest.mark.parametrize("parts, message", [
-    (["base", "Base "], "'base' is named twice"),
+    (["base", "Base "], "'base' is given twice"),
     (["x" * 200, "y" * 200], "keep them under"),
 ])
 def test_locate_refuses_repeated_and_overlong_part_names(tmp_path, parts, message):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import trimesh
 
-import engine.api
+import engine.memory
 from engine.api import stylize
 from engine.config import settings_for
 from engine.errors import ResourceError, SettingsError
@@ -82,7 +82,7 @@ def test_a_run_that_would_not_fit_is_refused_before_it_starts(monkeypatch, tmp_p
     mesh = sphere(60)
     settings = settings_for("preview", {"field.max_vertices": 0})
     need = estimate_peak_bytes(mesh.num_vertices, settings)
-    monkeypatch.setattr(engine.api, "available_bytes", lambda device: need // 2)
+    monkeypatch.setattr(engine.memory, "available_bytes", lambda device: need // 2)
     with pytest.raises(ResourceError, match=r"would need about .* GB .*--set field\.max_vertices=\d+"):
         stylize(mesh, "a red sphere", settings=settings, models=str(tmp_path / "no-models"), device="cpu")
 

@@ -1,6 +1,6 @@
-"""Mesh-side analysis that needs no model: simplification for large meshes (more to come: local
-thickness, self-intersection checks). Below ``grounding/`` and the training loop, which use it."""
+"""Mesh-side analysis that needs no model: the simplified copy a large mesh is optimized on.
+Below ``grounding/`` and the training loop, which use it."""
 
-from .simplify import Proxy, cluster_vertices
+from .simplify import Proxy, cluster_vertices, simplified_copy
 
-__all__ = ["Proxy", "cluster_vertices"]
+__all__ = ["Proxy", "cluster_vertices", "simplified_copy"]

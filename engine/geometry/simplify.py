@@ -9,9 +9,13 @@ on any input - open, non-manifold, disconnected - and linear in the mesh's size.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..mesh import Mesh, MeshWarning, mesh_from_arrays
+from ..parts import PartWeights
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,22 @@ class Proxy:
     faces: np.ndarray
     cluster: np.ndarray
 
+    def mesh(self, name: str) -> Mesh:
+        """The copy as a :class:`Mesh` named after the original (faces that collapsed are dropped quietly)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MeshWarning)
+            return mesh_from_arrays(self.vertices, self.faces, name=f"{name} (simplified)")
+
+    def reduce_part_weights(self, weights: PartWeights) -> PartWeights:
+        """The original's per-vertex part weights -> the copy's (each cluster's mean; rows still sum to 1)."""
+        return PartWeights(weights.names, self.mean_of(weights.weights), self.mean_of(weights.confidence),
+                           weights.source)
+
+    def expand_part_weights(self, weights: PartWeights) -> PartWeights:
+        """The copy's part weights -> every original vertex (its cluster's)."""
+        return PartWeights(weights.names, weights.weights[self.cluster], weights.confidence[self.cluster],
+                           weights.source)
+
     def mean_of(self, values: np.ndarray) -> np.ndarray:
         """[V, ...] per original vertex -> [P, ...] per proxy vertex (the cluster's mean)."""
         values = np.asarray(values, dtype=np.float64)
@@ -35,6 +55,14 @@ class Proxy:
         np.add.at(total, self.cluster, values)
         count = np.bincount(self.cluster, minlength=len(self.vertices)).astype(np.float64)
         return (total / count.reshape(-1, *([1] * (values.ndim - 1)))).astype(np.float32)
+
+
+def simplified_copy(mesh: Mesh, max_vertices: int) -> Proxy | None:
+    """The clustered copy a run optimizes on when ``mesh`` has more than ``max_vertices`` vertices
+    (``field.max_vertices``; 0: never), else None."""
+    if not max_vertices or mesh.num_vertices <= max_vertices:
+        return None
+    return cluster_vertices(mesh.vertices, mesh.faces, max_vertices)
 
 
 def cluster_vertices(vertices: np.ndarray, faces: np.ndarray, max_vertices: int) -> Proxy:
