@@ -237,6 +237,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim.learning_rate": 2e-3,
         "optim.lr_decay_every": 20,
         "run.preview_every": 5,
+        # A first look stays quick on a large mesh: measured 4.4 s an iteration at 100k vertices.
+        "field.max_vertices": 25_000,
     },
 }
 DEFAULT_PRESET = "fast"
