@@ -21,9 +21,10 @@ from . import jobs, operators, panels, preferences, prompt_ops, properties
 _modules = (properties, preferences)
 _register_operators, _unregister_operators = bpy.utils.register_classes_factory((
     operators.PARTSTYLE_OT_stylize, operators.PARTSTYLE_OT_locate, operators.PARTSTYLE_OT_cancel,
-    operators.PARTSTYLE_OT_clear, prompt_ops.PARTSTYLE_OT_parse_prompt, prompt_ops.PARTSTYLE_OT_part_add,
-    prompt_ops.PARTSTYLE_OT_part_remove, prompt_ops.PARTSTYLE_OT_show_parts, prompt_ops.PARTSTYLE_OT_paint_part,
-    prompt_ops.PARTSTYLE_OT_check_engine, prompt_ops.PARTSTYLE_OT_copy_install_command,
+    operators.PARTSTYLE_OT_clear, operators.PARTSTYLE_OT_apply_as_new, prompt_ops.PARTSTYLE_OT_parse_prompt,
+    prompt_ops.PARTSTYLE_OT_part_add, prompt_ops.PARTSTYLE_OT_part_remove, prompt_ops.PARTSTYLE_OT_show_parts,
+    prompt_ops.PARTSTYLE_OT_paint_part, prompt_ops.PARTSTYLE_OT_check_engine,
+    prompt_ops.PARTSTYLE_OT_copy_install_command,
 ))
 
 

@@ -8,16 +8,17 @@ modifiers that change topology (Subdivision, Remesh...) cannot shift vertex indi
 What it writes is new data that :func:`.runs.clear` removes again, by default named
 
 - ``Partstyle``: a FLOAT_COLOR attribute on points, linear RGB (alpha 1), made the active color;
-- ``Partstyle Displacement``: a FLOAT attribute on points, signed, object units along the normal,
+- ``Partstyle_Displacement``: a FLOAT attribute on points, signed, object units along the normal,
   read by the ``Partstyle Displace`` Geometry Nodes modifier (see :mod:`.nodes`);
-- ``Partstyle Parts``: a FLOAT_COLOR attribute showing each part's weights in its row's color;
+- ``Partstyle_Parts``: a FLOAT_COLOR attribute showing each part's weights in its row's color;
 - one vertex group ``part:<name>`` per located part.
 
 The add-on knows its own data by a record, not by the name: the mesh's custom property
 ``partstyle_owned`` holds the names of the attributes and vertex groups it made there (the
 object's the name of its modifier, :mod:`.nodes`). Where a default name is taken by the user's own
-data, a free one is used (``Partstyle.001``). The user's positions, attributes, vertex groups and
-materials are never changed or removed.
+data, a free one is used (``Partstyle.001``). Names have no spaces (USD keeps them); older files'
+``Partstyle Displacement`` and ``Partstyle Parts`` are found by the record all the same. The
+user's positions, attributes, vertex groups and materials are never changed or removed.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from . import engine_link
 from .engine_link import AddonError
 
 COLOR_ATTRIBUTE = "Partstyle"
-DISPLACEMENT_ATTRIBUTE = "Partstyle Displacement"
-PARTS_ATTRIBUTE = "Partstyle Parts"
+DISPLACEMENT_ATTRIBUTE = "Partstyle_Displacement"
+PARTS_ATTRIBUTE = "Partstyle_Parts"
 GROUP_PREFIX = "part:"
 #: Mesh custom property: the user's active color attribute before the add-on made its own active.
 PREVIOUS_ACTIVE_KEY = "partstyle_previous_active_color"

@@ -5,7 +5,8 @@ With Blender::
     blender -b file.blend --python-exit-code 1 --python addon/cli.py -- \\
         --object NAME [--object NAME ...] --prompt "pottery base, linen shade" --out result.blend \\
         [--use-groups] [--lock PART] [--preset fast] [--seed 0] [--iterations N] \\
-        [--device auto|cpu|cuda] [--models tiny|default|FOLDER] [--allow-download] [--set KEY=VALUE]
+        [--device auto|cpu|cuda] [--models tiny|default|FOLDER] [--allow-download] [--set KEY=VALUE] \\
+        [--relief none|subtle|strong|AMOUNT] [--relief PART=LEVEL ...]
 
 With Blender as a Python module (``pip install bpy``), the same options plus ``--blend``::
 
@@ -15,8 +16,8 @@ Each object is stylized synchronously (the same run as the panel's Stylize butto
 lines on stdout. The result file is written only when every object succeeded; otherwise the
 command prints ``error: ...`` on stderr and exits 1 (2 for bad arguments, 130 when interrupted).
 Bad arguments are found before any object runs: an ``--out`` that is the input file or could not
-be saved, and every ``--object`` that is not a mesh object of the file (all of them in one error,
-with the mesh objects there).
+be saved, every ``--object`` that is not a mesh object of the file (all of them in one error,
+with the mesh objects there), and a ``--relief`` level or part the engine would refuse.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--models", default="tiny", help="tiny (offline), default (hub models) or a folder")
     parser.add_argument("--allow-download", action="store_true", help="let --models default download")
+    parser.add_argument("--relief", action="append", default=[], metavar="LEVEL|PART=LEVEL",
+                        help="how far surfaces may move: none, subtle (default), strong or a number, the share of "
+                        "the local thickness; PART=LEVEL sets one part's (repeatable), "
+                        "e.g. --relief strong --relief tube=none")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="an engine setting, e.g. --set views.count=2 (python -m engine settings lists them)")
     return parser
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if bpy.data.filepath and _same_file(args.out, bpy.data.filepath):  # blender -b FILE: the open file
         return _out_is_input(args.out)
     problem = (check_objects(args.object, bpy.data.objects, os.path.basename(bpy.data.filepath) or "the file")
-               or check_destination(args.out, engine_link))
+               or check_destination(args.out, engine_link) or check_relief(args, engine_link, runs))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -206,6 +211,45 @@ def check_objects(names: list[str], objects, where: str) -> str | None:
             "Nothing was run; check the names (they are case-sensitive).")
 
 
+def check_relief(args, engine_link, runs) -> str | None:
+    """Why the ``--relief`` options cannot run (a level or a part the engine refuses), or None. The
+    prompt's own errors are left to each object's run, which reports them as before."""
+    try:
+        relief = engine_link.load("relief", light=True).relief_options(args.relief)
+    except engine_link.user_errors() as exc:
+        return str(exc)
+    request = runs.Request(object_name="", prompt=args.prompt, **relief)
+    try:
+        for level in (request.relief, *(level for _, level in request.part_relief)):
+            engine_link.load("relief", light=True).relief_fraction(level)
+        try:
+            parsed = request.parsed_prompt()
+        except engine_link.user_errors():
+            return None
+        engine_link.load("request", light=True).StyleRequest(parsed, **request.relief_arguments(parsed))
+    except engine_link.user_errors() as exc:
+        return f"--relief: {exc}"
+    return None
+
+
+def request_for(name: str, args, runs, engine_link):
+    """The :class:`runs.Request` for the object ``name`` from the parsed command line."""
+    return runs.Request(
+        object_name=name,
+        prompt=args.prompt,
+        lock=tuple(args.lock),
+        use_groups=args.use_groups,
+        preset=args.preset,
+        iterations=args.iterations,
+        seed=args.seed,
+        device=args.device,
+        models=args.models,
+        allow_download=args.allow_download,
+        overrides=tuple(args.overrides),
+        **engine_link.load("relief", light=True).relief_options(args.relief),
+    )
+
+
 def _cancel_on_interrupt(jobs):
     """Ctrl-C cancels the running object at its next iteration (a second one stops at once).
     Returns a function that tells whether Ctrl-C was pressed."""
@@ -226,20 +270,7 @@ def _cancel_on_interrupt(jobs):
 
 def stylize_object(name: str, args, engine_link, jobs, runs) -> bool:
     """Stylize one object; prints its outcome. True on success."""
-    request = runs.Request(
-        object_name=name,
-        prompt=args.prompt,
-        lock=tuple(args.lock),
-        use_groups=args.use_groups,
-        preset=args.preset,
-        iterations=args.iterations,
-        seed=args.seed,
-        device=args.device,
-        models=args.models,
-        allow_download=args.allow_download,
-        overrides=tuple(args.overrides),
-    )
-    run = runs.StyleRun(request)
+    run = runs.StyleRun(request_for(name, args, runs, engine_link))
     try:
         job = runs.start(run, threaded=False, listener=ProgressLines(name, jobs.load_events()))
     except engine_link.user_errors() as exc:

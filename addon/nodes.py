@@ -6,7 +6,7 @@ edits or removes a material or node group of the user's that happens to share th
 modifier is the add-on's when it runs the add-on's node group; its name is recorded on the object
 (``partstyle_owned``, see :mod:`.bridge`), and it is ``Partstyle Displace.001``... where the user
 has a modifier called ``Partstyle Displace``. The node group reads the displacement attribute whose
-name the modifier gives it (its ``Attribute`` input), so it finds ``Partstyle Displacement.001``
+name the modifier gives it (its ``Attribute`` input), so it finds ``Partstyle_Displacement.001``
 where the user's own attribute has the default name.
 
 Materials: an object without any material slot gets one slot with the ``Partstyle`` material
@@ -169,6 +169,19 @@ def _group() -> bpy.types.GeometryNodeTree:
 def strength_key(modifier: bpy.types.Modifier) -> str | None:
     """The ID-property key of the modifier's Strength input (``Socket_2``...), or None."""
     return _inputs(modifier.node_group).get(STRENGTH)
+
+
+def modifier_inputs(modifier: bpy.types.Modifier) -> tuple[float, str | None]:
+    """What the add-on's displacement ``modifier`` does: its Strength (the node group's default where
+    the modifier has none) and the name of the point attribute it reads (None where it names none)."""
+    inputs = _inputs(modifier.node_group)
+    strength = modifier.get(inputs.get(STRENGTH, ""))
+    if not isinstance(strength, (int, float)):
+        socket = next((item for item in modifier.node_group.interface.items_tree
+                       if getattr(item, "identifier", None) == inputs.get(STRENGTH)), None)
+        strength = getattr(socket, "default_value", 1.0)
+    attribute = modifier.get(inputs.get(ATTRIBUTE, ""))
+    return float(strength), attribute if isinstance(attribute, str) and attribute else None
 
 
 def _is_displace(modifier) -> bool:

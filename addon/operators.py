@@ -14,7 +14,7 @@ Locate parts and Stylize run in two ways:
 import bpy
 from bpy.props import BoolProperty
 
-from . import engine_link, jobs, nodes, preferences, runs
+from . import apply, engine_link, jobs, nodes, preferences, runs
 
 TIMER_SECONDS = 0.2
 
@@ -56,6 +56,7 @@ def request_from(context, *, styles: bool = True) -> runs.Request:
     """The panel's state as a run request for the active object.
 
     With part rows, the rows are the prompt (sent as parsed pairs); without, the prompt field is.
+    Relief: the run's, and the rows' own where a row does not say "Same as the run".
     ``styles=False`` (Locate parts) needs only the rows' part names.
     """
     settings = context.scene.partstyle
@@ -67,12 +68,14 @@ def request_from(context, *, styles: bool = True) -> runs.Request:
         if styles and not row.style.strip():
             raise engine_link.AddonError(f"Row {number} ({name}) has no style; write one or remove the row.")
     pairs = tuple((n, row.style) for n, row in zip(names, rows, strict=True)) if styles else ()
+    own_relief = tuple((n, level) for n, row in zip(names, rows, strict=True)
+                       if (level := row.relief_value()) is not None) if styles else ()
     return runs.Request(
         object_name=context.active_object.name, prompt=settings.prompt, pairs=pairs, part_names=names,
         lock=tuple(n for n, row in zip(names, rows, strict=True) if row.lock), use_groups=settings.use_vertex_groups,
         preset=settings.preset, iterations=settings.iterations, seed=settings.seed,
         overrides=tuple(settings.overrides.split()), swatches=tuple(tuple(row.color) for row in rows),
-        **preferences.effective(settings, context))
+        relief=settings.relief_value(), part_relief=own_relief, **preferences.effective(settings, context))
 
 
 def show_vertex_colors(context) -> None:
@@ -239,4 +242,38 @@ class PARTSTYLE_OT_clear(bpy.types.Operator):
     def execute(self, context):
         removed = runs.clear(context.active_object, keep_groups=self.keep_groups)
         self.report({'INFO'}, f"Removed {', '.join(removed)}." if removed else "Nothing to clear.")
+        return {'FINISHED'}
+
+
+class PARTSTYLE_OT_apply_as_new(bpy.types.Operator):
+    """Make a new object with the displacement in its vertex positions and the Partstyle colors for rendering"""
+
+    bl_idname = "partstyle.apply_as_new"
+    bl_label = "Apply as new object"
+    bl_description = ("Make a new object from the styled one: its mesh with the displacement applied to the "
+                      "positions and the Partstyle colors as the render colors, without the modifier, so exporters "
+                      "(glTF, FBX, USD) keep both. The original stays as it is")
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        if not _mesh_poll(cls, context):
+            return False
+        obj = context.active_object
+        job = jobs.current()
+        if job is not None and job.object_name == obj.name:
+            cls.poll_message_set("A run is in progress on this object; wait for it or cancel it first")
+            return False
+        if apply.styled_colors(obj) is None:
+            cls.poll_message_set(f"'{obj.name}' has no Partstyle result yet; Stylize it first")
+            return False
+        return True
+
+    def execute(self, context):
+        try:
+            copy, notes = apply.apply_as_new(context.active_object, context)
+        except _user_errors() as exc:
+            self.report({'ERROR'}, str(exc))
+            return {'CANCELLED'}
+        self.report({'WARNING'} if notes else {'INFO'}, " ".join([f"Made '{copy.name}'.", *notes]))
         return {'FINISHED'}

@@ -8,7 +8,7 @@ from . import engine_link, jobs, nodes, runs
 
 
 class PARTSTYLE_UL_parts(bpy.types.UIList):
-    """A part row: swatch, part, style, lock, and a button to see its weights."""
+    """A part row: swatch, part, style, relief, lock, and a button to see its weights."""
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
         row = layout.row(align=True)
@@ -17,6 +17,11 @@ class PARTSTYLE_UL_parts(bpy.types.UIList):
         swatch.prop(item, "color", text="")
         row.prop(item, "part", text="", emboss=False)
         row.prop(item, "style", text="")
+        relief = row.row(align=True)
+        relief.ui_units_x = 5.0 if item.relief == 'custom' else 3.0
+        relief.prop(item, "relief", text="")
+        if item.relief == 'custom':
+            relief.prop(item, "relief_custom", text="")
         row.prop(item, "lock", text="", icon='LOCKED' if item.lock else 'UNLOCKED', emboss=False)
         paint = row.operator("partstyle.paint_part", text="", icon='GROUP_VERTEX', emboss=False)
         paint.index = index
@@ -86,6 +91,9 @@ class PARTSTYLE_PT_stylize(_Panel, bpy.types.Panel):
         col.prop(settings, "preset")
         col.prop(settings, "iterations")
         col.prop(settings, "seed")
+        col.prop(settings, "relief")
+        if settings.relief == 'custom':
+            col.prop(settings, "relief_custom", text="Amount")
         col.prop(settings, "device")
         col.prop(settings, "models")
         if settings.models == 'folder':
@@ -109,7 +117,7 @@ class PARTSTYLE_PT_stylize(_Panel, bpy.types.Panel):
 
 
 class PARTSTYLE_PT_results(_Panel, bpy.types.Panel):
-    """The displacement strength and Clear results."""
+    """The displacement strength, Apply as new object and Clear results."""
 
     bl_label = "Results"
     bl_parent_id = "PARTSTYLE_PT_main"
@@ -123,6 +131,7 @@ class PARTSTYLE_PT_results(_Panel, bpy.types.Panel):
             layout.prop(modifier, f'["{key}"]', text="Displacement strength")
         else:
             layout.label(text="No result on this object yet.")
+        layout.operator("partstyle.apply_as_new", icon='DUPLICATE')
         layout.operator("partstyle.clear", icon='TRASH')
 
 

@@ -10,13 +10,14 @@ from bpy.props import (
     BoolProperty,
     CollectionProperty,
     EnumProperty,
+    FloatProperty,
     FloatVectorProperty,
     IntProperty,
     PointerProperty,
     StringProperty,
 )
 
-from .runs import PALETTE, PRESETS
+from .runs import PALETTE, PRESETS, RELIEF_DEFAULT, RELIEF_LEVELS, RELIEF_MAX
 
 PRESET_HELP = {
     "fast": "CPU-friendly: 300 iterations, 3 views, few crops",
@@ -35,6 +36,22 @@ MODEL_ITEMS = [
     ('folder', "Local folder", "Models in a folder on this computer"),
 ]
 _FOLLOW = ('PREFERENCES', "As in Preferences", "Use the add-on's preferences")
+#: Relief levels (engine.relief): identifiers are the engine's names; 'custom' takes the amount.
+RELIEF_ITEMS = [
+    ('none', "None", "No relief: the surface keeps its exact shape, only the colors change"),
+    ('subtle', "Subtle", f"Color first: the surface may move by {RELIEF_LEVELS['subtle']:g} of the local thickness; "
+     "silhouettes stay as they were to the eye"),
+    ('strong', "Strong", f"Relief the style can carve: up to {RELIEF_LEVELS['strong']:g} of the local thickness, "
+     "short of opposite walls meeting"),
+    ('custom', "Custom", f"Your own share of the local thickness, from 0 to {RELIEF_MAX:g} (the amount next to it)"),
+]
+_SAME_AS_RUN = ('run', "Same as the run", "Not set for this part: it gets the run's Relief (Stylize settings)")
+_AMOUNT_HELP = ("The share of the local thickness the surface may move (Custom relief): "
+                + ", ".join(f"{value:g} {name}" for name, value in RELIEF_LEVELS.items()))
+
+
+def _relief_value(level: str, amount: float) -> str | float:
+    return round(float(amount), 6) if level == 'custom' else level  # the float32 amount, as typed
 
 
 def _palette_color(index: int) -> tuple[float, float, float]:
@@ -49,6 +66,15 @@ class PARTSTYLE_PG_part(bpy.types.PropertyGroup):
     lock: BoolProperty(name="Lock", description="Keep this part's current result while restyling the others")
     color: FloatVectorProperty(name="Swatch", subtype='COLOR', size=3, min=0.0, max=1.0, default=(0.8, 0.1, 0.1),
                                description="The color this part's weights are shown in (Show parts)")
+    relief: EnumProperty(name="Relief", items=[_SAME_AS_RUN, *RELIEF_ITEMS], default='run',
+                         description="How far this part's surface may move; 'Same as the run' leaves it to the "
+                         "run's Relief")
+    relief_custom: FloatProperty(name="Relief amount", min=0.0, max=RELIEF_MAX, default=RELIEF_LEVELS["subtle"],
+                                 step=1, precision=2, description=_AMOUNT_HELP)
+
+    def relief_value(self) -> str | float | None:
+        """This row's relief for the engine (a level's name or the custom amount), None when not set."""
+        return None if self.relief == 'run' else _relief_value(self.relief, self.relief_custom)
 
 
 class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
@@ -67,6 +93,11 @@ class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
     iterations: IntProperty(name="Iterations", min=0, max=100000, default=0,
                             description="Optimization steps; 0 keeps the preset's")
     seed: IntProperty(name="Seed", min=0, default=0, description="Same seed, same result on the same machine")
+    relief: EnumProperty(name="Relief", items=RELIEF_ITEMS, default=RELIEF_DEFAULT,
+                         description="How far the styled surface may move, as a share of the shape's own local "
+                         "thickness (a part row may set its own)")
+    relief_custom: FloatProperty(name="Relief amount", min=0.0, max=RELIEF_MAX, default=RELIEF_LEVELS["subtle"],
+                                 step=1, precision=2, description=_AMOUNT_HELP)
     device: EnumProperty(name="Device", items=[_FOLLOW, *DEVICE_ITEMS], default='PREFERENCES')
     models: EnumProperty(name="Models", items=[_FOLLOW, *MODEL_ITEMS], default='PREFERENCES')
     model_folder: StringProperty(name="Model folder", subtype='DIR_PATH',
@@ -74,6 +105,10 @@ class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
     overrides: StringProperty(
         name="Settings", description="Extra engine settings as key=value separated by spaces, e.g. "
         "'views.count=2 optim.learning_rate=0.002' (see the engine's settings list)")
+
+    def relief_value(self) -> str | float:
+        """The run's relief for the engine: a level's name, or the custom amount."""
+        return _relief_value(self.relief, self.relief_custom)
 
     def add_row(self, part: str = "", style: str = "") -> PARTSTYLE_PG_part:
         row = self.parts.add()

@@ -23,6 +23,9 @@ from . import bridge, engine_link, jobs, nodes
 
 UP_AXIS = "views.up_axis=z"  # Blender's frame: Z up, front view looking along +Y
 PRESETS = ("fast", "faithful", "text2mesh", "preview")  # engine.config.PRESETS (a test keeps them equal)
+#: engine.relief's levels (a test keeps them equal): the share of the local thickness a surface may move.
+RELIEF_LEVELS = {"none": 0.0, "subtle": 0.1, "strong": 0.25}
+RELIEF_DEFAULT, RELIEF_MAX = "subtle", 0.3
 PALETTE = ((0.8, 0.1, 0.1), (0.1, 0.5, 0.9), (0.95, 0.75, 0.05), (0.2, 0.7, 0.2), (0.6, 0.2, 0.8),
            (0.95, 0.45, 0.1), (0.1, 0.8, 0.8), (0.9, 0.3, 0.6))  # linear RGB, one per part row
 _stores: dict = {}
@@ -44,6 +47,9 @@ class Request:
         models: ``tiny``, ``default`` or a folder; ``allow_download`` only matters for ``default``.
         overrides: ``key=value`` settings (``python -m engine settings`` lists them).
         swatches: linear RGB per part, in prompt order, for the parts view.
+        relief: how far the styled surface may move, for the whole run: ``none``, ``subtle``,
+            ``strong``, or a share of the local thickness from 0 to RELIEF_MAX (a number, or its text).
+        part_relief: ``(part, level)`` for the parts whose relief differs from the run's (same values).
     """
 
     object_name: str
@@ -60,6 +66,8 @@ class Request:
     allow_download: bool = False
     overrides: tuple[str, ...] = ()
     swatches: tuple[tuple[float, float, float], ...] = field(default_factory=tuple)
+    relief: str | float = RELIEF_DEFAULT
+    part_relief: tuple[tuple[str, str | float], ...] = ()
 
     def settings(self, *, live: bool = True):
         """The engine's Settings: the preset, then seed, iterations, Blender's up axis, overrides.
@@ -83,6 +91,16 @@ class Request:
         if self.pairs:
             return prompt.check_prompt(prompt.StylePrompt(pairs=tuple(prompt.PartStyle(*p) for p in self.pairs)))
         return prompt.check_prompt(self.prompt)
+
+    def relief_arguments(self, parsed) -> dict:
+        """The StyleRequest's ``relief`` and ``part_relief`` for the ``parsed`` prompt (the engine checks
+        the levels and the part names); per-part relief of a prompt without parts is refused here."""
+        if self.part_relief and parsed.is_holistic:
+            parts = ", ".join(part for part, _ in self.part_relief)
+            raise engine_link.AddonError(
+                f"Relief is set for the part(s) {parts}, but the prompt describes the whole object and names no "
+                "parts; give one relief for the whole run, or write the styles per part.")
+        return {"relief": self.relief, "part_relief": tuple(self.part_relief)}
 
     def swatch(self, k: int) -> tuple[float, float, float]:
         return tuple(self.swatches[k]) if k < len(self.swatches) else PALETTE[k % len(PALETTE)]
@@ -181,7 +199,8 @@ class StyleRun:
         user = bridge.user_colors(obj.data)
         self.style_request = engine_link.load("request", light=True).StyleRequest(
             self.parsed, parts=self.parts, lock=r.lock, previous=previous,
-            base_colors=None if user is None else np.clip(colors.linear_to_srgb(user), 0.0, 1.0))
+            base_colors=None if user is None else np.clip(colors.linear_to_srgb(user), 0.0, 1.0),
+            **r.relief_arguments(self.parsed))
         self.style_request.check_mesh(self.mesh.num_vertices)
         self.color_name = bridge.attribute_name(obj, bridge.COLOR)  # previews and the result go there
         self.snapshot = bridge.ColorSnapshot(obj.data, self.color_name)
@@ -324,7 +343,7 @@ def _write_parts_view(obj, linear: np.ndarray) -> None:
 
 
 def show_parts(obj, parts: list[str], swatches) -> str:
-    """Paint the ``Partstyle Parts`` colors from the ``part:<name>`` groups, one swatch per part."""
+    """Paint the ``Partstyle_Parts`` colors from the ``part:<name>`` groups, one swatch per part."""
     groups = bridge.read_groups(obj, parts)
     weights = np.stack([groups[bridge.normalize_part(p)] for p in parts], 1)
     total = weights.sum(1, keepdims=True)

@@ -30,6 +30,7 @@ from .memory import check_fits
 from .mesh import Mesh, Normalization
 from .models import ModelStore
 from .prompt import StylePrompt, check_part_names
+from .relief import relief_bounds
 from .request import StyleRequest
 from .result import StyleResult
 from .train import Objective, StyleTrainer, SurfaceInputs
@@ -137,7 +138,12 @@ def stylize(
                                         on_event=on_event, cancel=cancel).weights
             part_weights = work_weights if proxy is None else proxy.expand_part_weights(work_weights)
     reduce = None if proxy is None else proxy.mean_of
+    outward, inward = _relief_bounds(mesh, request, settings, on_event)
     composition = _composition(work.num_vertices, request, work_weights, normalization, reduce=reduce)
+    if proxy is not None:  # a cluster may move no further than its most constrained vertex
+        composition = composition.with_relief(proxy.min_of(outward), proxy.min_of(inward))
+    else:
+        composition = composition.with_relief(outward, inward)
 
     on_event(StageEvent("loading models", store.describe()))
     guidance = ClipGuidance(store.clip(dev), settings.guidance)
@@ -165,7 +171,7 @@ def stylize(
     colors, displacement = trained.colors, trained.displacement
     if proxy is not None:  # the field at every original vertex, with the original's own composition
         on_event(StageEvent("transferring", f"the result to all {mesh.num_vertices} vertices"))
-        full = _composition(mesh.num_vertices, request, part_weights, normalization)
+        full = _composition(mesh.num_vertices, request, part_weights, normalization).with_relief(outward, inward)
         colors, displacement = trainer.evaluate(
             torch.from_numpy(normalization.to_unit(mesh.vertices)).to(dev), full.to(dev))
     record = {
@@ -177,6 +183,8 @@ def stylize(
         "seconds_optimizing": round(trained.seconds, 3),
         "normalization": {"center": normalization.center.tolist(), "scale": normalization.scale},
         "optimized_vertices": work.num_vertices,
+        "relief": dict(zip(["whole object"] if parsed.is_holistic else [pair.part for pair in styled],
+                           request.relief_fractions, strict=True)),
     }
     return StyleResult(
         mesh=mesh,
@@ -188,6 +196,17 @@ def stylize(
         history=trained.history,
         record=record,
     )
+
+
+def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, on_event: EventSink):
+    """[V, P] outward and inward displacement bounds of each styled part (unit frame); zeros, without
+    measuring anything, when no part may move."""
+    fractions = request.relief_fractions
+    if not any(fractions) or settings.field.max_displacement <= 0:
+        zeros = np.zeros((mesh.num_vertices, len(fractions)), np.float32)
+        return zeros, zeros
+    on_event(StageEvent("measuring thickness", f"{mesh.num_vertices} vertices, for relief bounds"))
+    return relief_bounds(mesh.local_thickness, fractions, settings.field.max_displacement)
 
 
 def _composition(num_vertices: int, request: StyleRequest, part_weights, normalization: Normalization, *,
@@ -237,7 +256,8 @@ def run_fingerprint(
     flat = settings.flat()
     flat.pop("optim.iterations")
     h = hashlib.sha256()
-    for array in (mesh.vertices, mesh.faces, composition.weights.numpy(), composition.fixed_colors.numpy()):
+    for array in (mesh.vertices, mesh.faces, *(getattr(composition, name).numpy() for name in
+                                                 ("weights", "fixed_colors", "outward", "inward"))):
         h.update(np.ascontiguousarray(array).tobytes())
     h.update(json.dumps([repr(prompt), flat, model_name], sort_keys=True).encode())
     return h.hexdigest()

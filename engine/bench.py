@@ -32,6 +32,8 @@ from .cameras import sample_views
 from .compose import compose_parts, whole_object
 from .config import settings_for
 from .errors import PartNotFound
+from .geometry.intersections import intersecting_pairs
+from .geometry.thickness import local_thickness
 from .grounding.detector import GroundingDetector
 from .grounding.locate import detector_boxes, locate
 from .guidance import ClipGuidance
@@ -119,6 +121,13 @@ def run_benchmarks(
         figures["localization"][size] = seconds
         say(f"  {size:>4} px  {seconds:>7.2f}")
 
+    say("\n# relief's mesh analysis (CPU, numpy): local thickness and the self-intersection check (s)")
+    figures["geometry"] = {}
+    for count in (20_000,) if quick else (20_000, 100_000):
+        thickness, check = geometry_timing(count)
+        figures["geometry"][count] = {"thickness_s": thickness, "intersections_s": check}
+        say(f"  lamp {count:>7} faces  thickness {thickness:>6.2f}  self-intersections {check:>6.2f}")
+
     figures["peak_rss_mb"] = peak_rss_mb()
     say(f"\npeak process memory: {figures['peak_rss_mb']:.0f} MB")
     if dev.type == "cuda":
@@ -150,6 +159,13 @@ def render_timing(faces: int, size: int, device: torch.device, reps: int) -> tup
     return statistics.median(forward[1:]) * 1e3, statistics.median(backward[1:]) * 1e3
 
 
+def with_relief(composition):
+    """``composition`` with uniform relief bounds, so an iteration does what a run with relief does
+    (the geometry render and the smoothness term); the timing does not depend on their values."""
+    bounds = np.full(tuple(composition.weights.shape), 0.01, np.float32)
+    return composition.with_relief(bounds, bounds)
+
+
 def lamp_surface(faces: int, device: torch.device) -> tuple:
     """(mesh, SurfaceInputs) of the sample lamp with ``faces`` faces, unit frame."""
     mesh = sample_mesh("lamp", faces)
@@ -175,7 +191,7 @@ def iteration_timing(
     guidance = ClipGuidance(models.clip, settings.guidance)
     mesh, surface = lamp_surface(faces, device)
     text = guidance.encode_text(["a lamp made of gold"])[0]
-    trainer = StyleTrainer(surface, Objective(text, whole_object(mesh.num_vertices)), guidance, settings)
+    trainer = StyleTrainer(surface, Objective(text, with_relief(whole_object(mesh.num_vertices))), guidance, settings)
     phases: dict[str, list[float]] = {}
     sampling = seeded_generator(0, "bench")
     for rep in range(reps + 1):
@@ -230,7 +246,7 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
     mesh, surface = lamp_surface(faces, device)
     prompt = parse_prompt("pottery base, gold tube, linen shade")
     weights = PartWeights.from_labels(mesh.labels, mesh.label_names).select(prompt.parts)
-    composition = compose_parts(weights, original_colors=np.full((mesh.num_vertices, 3), 0.5, np.float32))
+    composition = with_relief(compose_parts(weights, original_colors=np.full((mesh.num_vertices, 3), 0.5, np.float32)))
     detector = GroundingDetector(models.grounding, size=settings.guidance.grounding_resolution)
     objective = Objective(
         text=guidance.encode_text([prompt.full_text()])[0],
@@ -240,7 +256,8 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
         grounding=GroundingPartLoss(detector, list(prompt.parts), [p.phrase for p in prompt.pairs]),
     )
     parts = StyleTrainer(surface, objective, guidance, settings)
-    holistic = StyleTrainer(surface, Objective(objective.text, whole_object(mesh.num_vertices)), guidance, settings)
+    holistic_objective = Objective(objective.text, with_relief(whole_object(mesh.num_vertices)))
+    holistic = StyleTrainer(surface, holistic_objective, guidance, settings)
     every = max(settings.guidance.grounding_every, 1)
     clip_steps, grounding_steps, holistic_steps = [], [], []
     for rep in range(reps + 1):
@@ -265,6 +282,18 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
         "average": average,
         "ratio": average / holistic_ms,
     }
+
+
+def geometry_timing(faces: int) -> tuple[float, float]:
+    """Seconds for the lamp's local thickness (what a run with relief measures once per mesh) and for
+    its self-intersection check (what eval-relief runs twice per case)."""
+    mesh = sample_mesh("lamp", faces)
+    vertices = mesh.unit_vertices()
+    started = time.perf_counter()
+    local_thickness(vertices, mesh.faces, mesh.vertex_normals)
+    middle = time.perf_counter()
+    intersecting_pairs(vertices, mesh.faces)
+    return middle - started, time.perf_counter() - middle
 
 
 def localization_timing(size: int, device: torch.device, *, models: BenchmarkModels) -> float:

@@ -13,6 +13,7 @@ import signal
 import sys
 import warnings
 
+from .cli_eval import add_relief_evaluation
 from .cli_progress import ProgressPrinter, install_interrupt, silence_library_progress
 from .cli_training import add_training_commands
 from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep this part's earlier result (from --previous) while restyling the others (repeatable)",
     )
     p.add_argument("--previous", metavar="DIR", help="an earlier output folder of the same mesh, for --lock")
+    p.add_argument(
+        "--relief",
+        action="append",
+        default=[],
+        metavar="LEVEL|PART=LEVEL",
+        help="how far surfaces may move: none, subtle (default), strong or a share of the local thickness "
+        "(0..0.3); PART=LEVEL sets one part's (repeatable), e.g. --relief strong --relief tube=none",
+    )
     p.add_argument("--out", required=True, help="output folder (created; earlier results are replaced only on success)")
     p.add_argument(
         "--preset", default=DEFAULT_PRESET, choices=list(PRESETS), help=f"settings preset (default {DEFAULT_PRESET})"
@@ -113,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_eval_localization, up_axis=None)
 
     add_training_commands(sub)
+    add_relief_evaluation(sub)
 
     p = sub.add_parser("info", help="versions, devices and which models are present")
     p.set_defaults(handler=cmd_info)
@@ -213,6 +223,7 @@ def _stylize_into(args: argparse.Namespace, settings, mesh) -> int:
     from .events import CancelToken
     from .export import read_surface_style, write_result
     from .models import ModelStore
+    from .relief import relief_options
     from .request import StyleRequest
 
     request = StyleRequest(
@@ -221,6 +232,7 @@ def _stylize_into(args: argparse.Namespace, settings, mesh) -> int:
         parts=load_part_weights(args.parts_from, mesh) if args.parts_from else None,
         lock=tuple(args.lock),
         previous=read_surface_style(args.previous, mesh.num_vertices) if args.previous else None,
+        **relief_options(args.relief),
     )
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     if os.path.exists(checkpoint) and not args.resume:

@@ -64,7 +64,13 @@ class FieldSettings:
     sigma: std of the random Fourier feature matrix (5 for most objects, 12 for detailed humans).
     fourier_features: columns of the Fourier matrix (input width is 3 + 2 * this).
     width, trunk_depth, head_depth: MLP shape (T2M: 256, 4, 2).
-    max_displacement: bound of |displacement| in unit-sphere radii (T2M: 0.1).
+    max_displacement: bound of |displacement| in unit-sphere radii (T2M: 0.1); within it, the
+        request's relief level bounds each vertex by a share of the shape's local thickness
+        (docs/relief.md).
+    relief_smoothness: weight of the smoothness term, the mean squared slope of the displacement
+        over the mesh's edges: higher makes relief broader and calmer, 0 switches it off.
+    relief_gain: the relief head's output is scaled by this before its tanh: relief develops in
+        fewer iterations (its bound is unchanged).
     progressive_steps: iterations over which the Fourier frequencies open, lowest first (0: off).
     precision: ``float32``, or ``bfloat16`` to run the MLP under autocast: about 2x faster on CPUs
         with native bf16 (AVX512-BF16, AMX) and on GPUs, slower on CPUs without it.
@@ -79,6 +85,8 @@ class FieldSettings:
     trunk_depth: int = 4
     head_depth: int = 2
     max_displacement: float = 0.1
+    relief_smoothness: float = 1.0
+    relief_gain: float = 5.0
     progressive_steps: int = 0
     precision: str = "float32"
     max_vertices: int = 100_000
@@ -350,6 +358,8 @@ def _validate(s: Settings) -> None:
         ("field.trunk_depth", s.field.trunk_depth >= 1, "at least 1"),
         ("field.head_depth", s.field.head_depth >= 0, "0 or more"),
         ("field.max_displacement", s.field.max_displacement >= 0.0, "0 or more"),
+        ("field.relief_smoothness", s.field.relief_smoothness >= 0.0, "0 or more"),
+        ("field.relief_gain", s.field.relief_gain > 0.0, "greater than 0"),
         ("field.max_vertices", s.field.max_vertices == 0 or s.field.max_vertices >= 1000, "0 (off) or at least 1000"),
         ("field.precision", s.field.precision in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
         ("guidance.global_augmentations", s.guidance.global_augmentations >= 0, "0 or more"),

@@ -28,12 +28,13 @@ from .files import STAGING_PREFIX, commit_staged
 from .glb import write_glb
 from .grounding.locate import Localization
 from .images import image_grid, plot_curves, save_png
-from .mesh import Mesh, Normalization
+from .mesh import Mesh, Normalization, vertex_normals
 from .parts import PartWeights
+from .ply import write_ply
 from .render import Renderer
 from .result import StyleResult, SurfaceStyle
 
-RESULT_FILES = ("stylized.glb", "result.npz", "preview.png", "losses.png", "run.json")
+RESULT_FILES = ("stylized.glb", "stylized.ply", "result.npz", "preview.png", "losses.png", "run.json")
 LOCATE_FILES = ("parts.npz", "parts.ply", "preview.png")
 # Part colors (sRGB 0..1) for previews; rest is light gray.
 PART_PALETTE = np.array(
@@ -76,8 +77,10 @@ def _staged(out_dir: str, names: tuple[str, ...], write) -> dict[str, str]:
 def write_result(result: StyleResult, out_dir: str, *, extra_record: dict | None = None) -> dict[str, str]:
     """Write every result file into ``out_dir`` (created if needed); returns name -> path.
 
-    - ``stylized.glb``: displaced vertices (object frame) with linear vertex colors, the
-      displacement as the custom attribute ``_DISPLACEMENT``;
+    - ``stylized.glb``: displaced vertices (object frame) with their recomputed normals, linear vertex
+      colors, the displacement as the custom attribute ``_DISPLACEMENT``;
+    - ``stylized.ply``: the same mesh with 8-bit sRGB vertex colors, normals and a ``displacement``
+      float property;
     - ``result.npz``: ``colors_linear``, ``colors_srgb`` [V, 3], ``displacement`` [V] (object
       units), ``vertices`` (displaced) [V, 3], ``faces`` [F, 3];
     - ``preview.png``: before/after from four views; ``losses.png``: loss curves;
@@ -215,14 +218,18 @@ def localization_preview(localization: Localization, mesh: Mesh, *, size: int = 
 def _write_all(result: StyleResult, folder: str, extra_record: dict) -> None:
     mesh = result.mesh
     displaced = result.displaced_vertices()
+    normals = vertex_normals(displaced, mesh.faces)  # of the displaced surface, as renderers shade it
     colors_linear = result.colors_linear
     write_glb(
         os.path.join(folder, "stylized.glb"),
         displaced,
         mesh.faces,
         colors_linear=colors_linear,
+        normals=normals,
         extra_attributes={"displacement": result.displacement},
     )
+    write_ply(os.path.join(folder, "stylized.ply"), displaced, mesh.faces, normals=normals,
+              colors_srgb=result.colors_srgb, properties={"displacement": result.displacement})
     parts = {}
     if result.parts is not None:
         parts = {"part_names": np.array(result.parts.names), "part_weights": result.parts.weights}

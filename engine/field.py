@@ -1,4 +1,4 @@
-"""The neural style field (METHOD section 4): unit-frame position -> (sRGB color, displacement).
+"""The neural style field (METHOD section 4): unit-frame position -> (sRGB color, relief).
 
 Random Fourier features of the position feed an MLP trunk with a color head and a displacement
 head. With part prompts the heads give one output per styled part (METHOD section 7: "one head
@@ -71,15 +71,16 @@ class StyleField(nn.Module):
 
         Returns:
             colors: [V, P, 3] sRGB in (0, 1), one color per styled part.
-            displacement: [V, P] signed, unit-frame units, |d| < ``max_displacement``.
+            relief: [V, P] in (-1, 1): each part's displacement as a share of its bound at the
+                vertex, outward when positive (the composition applies the bounds, ``compose.py``).
         """
         hidden = self.trunk(features if mask is None else features * mask)
         colors = BASE_COLOR + 0.5 * torch.tanh(self.color_head(hidden))
-        displacement = self.settings.max_displacement * torch.tanh(self.displacement_head(hidden))
-        return colors.view(-1, self.parts, 3), displacement
+        relief = torch.tanh(self.settings.relief_gain * self.displacement_head(hidden))
+        return colors.view(-1, self.parts, 3), relief
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[V, 3] unit frame -> ([V, P, 3] sRGB colors, [V, P] displacement); see :meth:`decode`."""
+        """[V, 3] unit frame -> ([V, P, 3] sRGB colors, [V, P] relief in (-1, 1)); see :meth:`decode`."""
         return self.decode(self.encode(points))
 
 

@@ -10,6 +10,7 @@ checked when the request is made, so a bad request fails before any model loads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from .errors import InputError, PromptError
 from .parts import PartWeights
 from .prompt import PartStyle, StylePrompt, check_prompt, normalize_part_name
+from .relief import DEFAULT_RELIEF, relief_fraction
 from .result import StyleResult, SurfaceStyle
 
 
@@ -36,6 +38,9 @@ class StyleRequest:
             accepted and reduced to its :attr:`StyleResult.surface`.
         base_colors: [V, 3] sRGB in 0..1 that vertices outside every styled part keep (default: the
             field's neutral gray).
+        relief: how far styled surfaces may move, for the whole run: ``none``, ``subtle`` (default),
+            ``strong`` or a share of the local thickness (``engine/relief.py``). Stored as a number.
+        part_relief: per-part exceptions, ``{"tube": "none"}``; stored as ``((part, number), ...)``.
 
     Raises :class:`PromptError` for a bad prompt or a lock that cannot be honoured, and
     :class:`InputError` for arrays of the wrong kind.
@@ -47,6 +52,8 @@ class StyleRequest:
     lock: tuple[str, ...] = ()
     previous: SurfaceStyle | None = None
     base_colors: np.ndarray | None = None
+    relief: str | float = DEFAULT_RELIEF
+    part_relief: Mapping[str, str | float] | tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         parsed = check_prompt(self.prompt, holistic=self.holistic)
@@ -63,11 +70,17 @@ class StyleRequest:
         object.__setattr__(self, "previous", previous)
         if self.base_colors is not None:
             object.__setattr__(self, "base_colors", _colors(self.base_colors, "base_colors"))
+        object.__setattr__(self, "relief", relief_fraction(self.relief))
+        items = self.part_relief.items() if isinstance(self.part_relief, Mapping) else self.part_relief
+        object.__setattr__(self, "part_relief", tuple(
+            (normalize_part_name(part), relief_fraction(value)) for part, value in items))
         self._check_parts()
 
     def _check_parts(self) -> None:
         parsed = self.prompt
         if parsed.is_holistic:
+            if self.part_relief:
+                raise PromptError("relief per part needs a part prompt; give one relief for the whole object instead.")
             if self.lock:
                 raise PromptError("lock needs a part prompt; a holistic prompt has no parts to keep.")
             if self.parts is not None:
@@ -76,6 +89,12 @@ class StyleRequest:
                     "(e.g. 'red base, blue shade') or leave the parts out."
                 )
             return
+        strangers = [p for p, _ in self.part_relief if p not in parsed.parts]
+        if strangers:
+            raise PromptError(
+                f"relief is set for {', '.join(map(repr, strangers))}, which the prompt does not name "
+                f"({', '.join(parsed.parts) or 'no parts'})."
+            )
         unknown = [p for p in self.lock if p not in parsed.parts]
         if unknown:
             raise PromptError(
@@ -93,6 +112,14 @@ class StyleRequest:
     def styled_pairs(self) -> tuple[PartStyle, ...]:
         """The (part, style) pairs that this run restyles: the prompt's, less the locked parts."""
         return tuple(pair for pair in self.prompt.pairs if pair.part not in self.lock)
+
+    @property
+    def relief_fractions(self) -> tuple[float, ...]:
+        """The relief fraction of each styled part, in :attr:`styled_pairs` order (holistic: one)."""
+        if self.prompt.is_holistic:
+            return (self.relief,)
+        own = dict(self.part_relief)
+        return tuple(own.get(pair.part, self.relief) for pair in self.styled_pairs)
 
     def check_mesh(self, num_vertices: int) -> None:
         """Raise :class:`InputError` unless every per-vertex input has ``num_vertices`` rows."""

@@ -1,7 +1,8 @@
 """Procedural sample meshes with exact per-vertex part labels: the demo asset and test fixtures.
 
 Frame: Y is up, every object stands on y = 0 and is centred on the Y axis in x and z; sizes are
-in metres (lamp ~0.55 m tall, chair ~0.9 m, mug ~0.1 m). The chair faces +z, the mug's handle
+in metres (lamp ~0.55 m tall, chair ~0.9 m, mug ~0.1 m; the generated shapes with thin features:
+figure 1.7 m, vase 0.3 m, rod on a block 0.35 m, thin-walled cup 0.09 m). The chair faces +z, the mug's handle
 points to +x. Every part is built from its own closed, outward-oriented surfaces with its own
 vertices, so ``Mesh.labels`` is exact (no -1). Everything is numpy, deterministic, no file I/O.
 
@@ -20,6 +21,9 @@ from .errors import MeshError
 from .mesh import Mesh, mesh_from_arrays
 
 SAMPLE_NAMES: tuple[str, ...] = ("lamp", "chair", "mug")
+#: Generated shapes with thin features, for relief checks (``eval-relief``) and users' own trials.
+SHAPE_NAMES: tuple[str, ...] = ("figure", "vase", "rod", "cup")
+ALL_SAMPLES: tuple[str, ...] = SAMPLE_NAMES + SHAPE_NAMES
 DEFAULT_FACES = 20_000
 MIN_FACES, MAX_FACES = 500, 2_000_000
 
@@ -173,14 +177,80 @@ def _mug(h: float) -> list[Part]:
     return [body, handle]
 
 
-_BUILDERS = {"lamp": _lamp, "chair": _chair, "mug": _mug}
-_LABELS = {"lamp": ("base", "tube", "shade"), "chair": ("seat", "back", "legs"), "mug": ("body", "handle")}
-_HEIGHT = {"lamp": 0.55, "chair": 0.9, "mug": 0.1}
+def _poles_on_axis(profile: np.ndarray) -> np.ndarray:
+    """The profile with its first and last points exactly on the axis (arcs end at r ~ 1e-17)."""
+    profile = profile.copy()
+    profile[[0, -1], 0] = 0.0
+    return profile
+
+
+def _capsule(p0, p1, r: float, h: float) -> Part:
+    """Closed capsule of radius r around the segment p0 -> p1 ([3] each), gridded at ~h."""
+    p0, p1 = np.asarray(p0, np.float64), np.asarray(p1, np.float64)
+    length = float(np.linalg.norm(p1 - p0))
+    pieces = [(_arc((0.0, length), r, np.pi / 2, 0.0), 3), (((r, length), (r, 0.0)), 2),
+              (_arc((0.0, 0.0), r, 0.0, -np.pi / 2), 3)]
+    verts, faces = _revolve(_poles_on_axis(_profile(pieces, h)), h, 12)  # along +Y from 0 to length
+    axis = (p1 - p0) / length
+    v = np.cross([0.0, 1.0, 0.0], axis)
+    c = float(axis[1])
+    skew = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    rotation = np.eye(3) + skew + skew @ skew / (1.0 + c) if c > -1.0 + 1e-9 else np.diag([1.0, -1.0, -1.0])
+    return verts @ rotation.T + p0, faces
+
+
+def _sphere(centre, r: float, h: float) -> Part:
+    """Closed sphere of radius r at ``centre``, gridded at ~h."""
+    verts, faces = _revolve(_poles_on_axis(_profile([(_arc((0.0, 0.0), r, np.pi / 2, -np.pi / 2), 8)], h)), h, 16)
+    return verts + np.asarray(centre, np.float64), faces
+
+
+def _figure(h: float) -> list[Part]:
+    """head (sphere), torso (capsule), arms and legs (thin capsules): limbs ~3-5 cm thick, 1.7 m tall."""
+    head = _sphere((0.0, 1.58, 0.0), 0.11, h)
+    torso = _capsule((0.0, 0.95, 0.0), (0.0, 1.35, 0.0), 0.13, h)
+    arms = _concat([_capsule((s * 0.17, 1.40, 0.0), (s * 0.42, 0.95, 0.0), 0.032, h) for s in (-1.0, 1.0)])
+    legs = _concat([_capsule((s * 0.08, 0.95, 0.0), (s * 0.11, 0.045, 0.0), 0.045, h) for s in (-1.0, 1.0)])
+    floor = legs[0][:, 1].min()  # the tilted feet's lowest vertex stands on y = 0
+    return [(v - [0.0, floor, 0.0], f) for v, f in (head, torso, arms, legs)]
+
+
+def _vase(h: float) -> list[Part]:
+    """body (a closed, solid body of revolution: foot, belly, neck and lip), 0.3 m tall."""
+    y = np.linspace(0.0, 0.3, 257)
+    radius = 0.06 + 0.05 * np.sin(np.pi * np.clip(y / 0.22, 0, 1)) ** 1.5 - 0.03 * np.clip((y - 0.2) / 0.1, 0, 1)
+    radius += 0.012 * np.clip((y - 0.28) / 0.02, 0, 1)  # the lip flares
+    side = np.stack([radius[::-1], y[::-1]], -1)
+    body = _revolve(_profile([(((0.0, 0.3), side[0]), 2), (side, 16), ((side[-1], (0.0, 0.0)), 2)], h), h, 32)
+    return [body]
+
+
+def _rod(h: float) -> list[Part]:
+    """block (a 20 x 8 x 20 cm box) with a thin rod (1.2 cm across, 35 cm tall) standing in its middle."""
+    block = _box((-0.1, 0.0, -0.1), (0.1, 0.08, 0.1), h)
+    rod = _capsule((0.0, 0.07, 0.0), (0.0, 0.344, 0.0), 0.006, h)
+    return [block, rod]
+
+
+def _cup(h: float) -> list[Part]:
+    """wall (a thin-walled cup, 1.5 mm thick, rounded rim), 9 cm tall."""
+    ro, ri, H, tb = 0.035, 0.0335, 0.09, 0.003
+    pieces = [(((0.0, tb), (ri, tb)), 3), (((ri, tb), (ri, H)), 4),
+              (_arc(((ri + ro) / 2, H), (ro - ri) / 2, np.pi, 0.0), 2), (((ro, H), (ro, 0.0)), 4),
+              (((ro, 0.0), (0.0, 0.0)), 3)]
+    return [_revolve(_profile(pieces, h), h, 32)]
+
+
+_BUILDERS = {"lamp": _lamp, "chair": _chair, "mug": _mug, "figure": _figure, "vase": _vase, "rod": _rod, "cup": _cup}
+_LABELS = {"lamp": ("base", "tube", "shade"), "chair": ("seat", "back", "legs"), "mug": ("body", "handle"),
+           "figure": ("head", "torso", "arms", "legs"), "vase": ("body",), "rod": ("block", "rod"),
+           "cup": ("wall",)}
+_HEIGHT = {"lamp": 0.55, "chair": 0.9, "mug": 0.1, "figure": 1.7, "vase": 0.3, "rod": 0.35, "cup": 0.09}
 
 
 def _check(name, faces) -> tuple[str, int]:
-    if name not in SAMPLE_NAMES:
-        raise MeshError(f"unknown sample {name!r}; available samples: {', '.join(SAMPLE_NAMES)}.")
+    if name not in ALL_SAMPLES:
+        raise MeshError(f"unknown sample {name!r}; available samples: {', '.join(ALL_SAMPLES)}.")
     if isinstance(faces, bool) or not isinstance(faces, (int, np.integer)):
         raise MeshError(f"sample face count must be an integer, got {faces!r}.")
     if not MIN_FACES <= faces <= MAX_FACES:
@@ -189,7 +259,7 @@ def _check(name, faces) -> tuple[str, int]:
 
 
 def sample_mesh(name: str, faces: int = DEFAULT_FACES) -> Mesh:
-    """Build the sample ``name`` (one of SAMPLE_NAMES) with about ``faces`` triangles.
+    """Build the sample ``name`` (one of ALL_SAMPLES) with about ``faces`` triangles.
 
     Returns a :class:`Mesh` in the frame described in the module docstring, with [V] labels
     indexing ``label_names`` (lamp: base, tube, shade; chair: seat, back, legs; mug: body,
@@ -226,7 +296,7 @@ def parse_sample_spec(spec: str) -> tuple[str, int]:
     example = "use NAME or NAME@FACES, e.g. 'lamp', 'lamp@80k' or 'chair@5000'"
     m = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
     if m is None:
-        raise MeshError(f"bad sample spec {spec!r}; {example} (samples: {', '.join(SAMPLE_NAMES)}).")
+        raise MeshError(f"bad sample spec {spec!r}; {example} (samples: {', '.join(ALL_SAMPLES)}).")
     value = DEFAULT_FACES if m.group(2) is None else \
         float(m.group(2)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(3).lower()]
     if abs(value - round(value)) > 1e-6:

@@ -91,6 +91,16 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def _edges_of(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The mesh's unique edges as ([E], [E]) vertex indices and [E] weights 1 / |edge|^2 (unit frame;
+    a collapsed edge gets the weight of the shortest real one)."""
+    pairs = torch.cat((faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]))
+    pairs = torch.unique(torch.sort(pairs, dim=1).values, dim=0)
+    length2 = (vertices[pairs[:, 0]] - vertices[pairs[:, 1]]).square().sum(1)
+    floor = length2[length2 > 0].min() if bool((length2 > 0).any()) else torch.ones(())
+    return (pairs[:, 0], pairs[:, 1]), 1.0 / length2.clamp(min=floor)
+
+
 class StyleTrainer:
     """Optimizes a :class:`StyleField` so that renders of the displaced, colored mesh match a text."""
 
@@ -124,6 +134,8 @@ class StyleTrainer:
         )
         with torch.no_grad():
             self.features = self.field.encode(surface.vertices)
+        self.edges, self.edge_weights = _edges_of(surface.vertices, surface.faces)
+        self.has_relief = self.composition.has_relief  # checked every step: computed once
         self.step_index = 0
         self.history: dict[str, list[float]] = {}
         self.skipped = 0
@@ -154,8 +166,21 @@ class StyleTrainer:
         colors, displacement = self.outputs(self.frequency_mask())
         positions = self.surface.vertices + displacement.unsqueeze(-1) * self.surface.normals
         if self.is_grounding_step():
-            return self._grounding_step_loss(positions, colors)
-        return self._clip_step_loss(positions, colors)
+            losses, image = self._grounding_step_loss(positions, colors)
+        else:
+            losses, image = self._clip_step_loss(positions, colors)
+        weight = self.settings.field.relief_smoothness
+        if weight > 0 and self.has_relief:
+            losses["smoothness"] = weight * self.relief_roughness(displacement)
+            losses["total"] = losses["total"] + losses["smoothness"]
+        return losses, image
+
+    def relief_roughness(self, displacement: torch.Tensor) -> torch.Tensor:
+        """Mean squared slope of the displacement [V] over the mesh's edges: (d_i - d_j)^2 / |e_ij|^2,
+        dimensionless. Small for relief that rises and falls over several edges, large for spikes."""
+        first, second = self.edges  # index_select: a deterministic backward (docs/architecture.md)
+        step = displacement.index_select(0, first) - displacement.index_select(0, second)
+        return (step.square() * self.edge_weights).mean()
 
     def _grounding_step_loss(self, positions: torch.Tensor, colors: torch.Tensor):
         """The grounding-space part loss on ``grounding_views`` renders at ``grounding_resolution``."""
@@ -178,7 +203,7 @@ class StyleTrainer:
             self.surface.faces,
             cameras,
             colors=colors,
-            geometry=s.guidance.geometry_crops > 0,
+            geometry=s.guidance.geometry_crops > 0 and self.has_relief,
             attributes=self.composition.weights if part_mode else None,
         )
         losses = self.guidance.losses(out.color, out.geometry, self.objective.text, self.sampling, local=not part_mode)
@@ -312,9 +337,7 @@ class StyleTrainer:
             end = start + chunk
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 part_colors, part_displacement = self.field.decode(self.field.encode(vertices[start:end]))
-            part = Composition(composition.weights[start:end], composition.fixed_colors[start:end],
-                               composition.fixed_displacement[start:end])
-            c, d = part.apply(part_colors.float(), part_displacement.float())
+            c, d = composition.rows(start, end).apply(part_colors.float(), part_displacement.float())
             colors.append(c.cpu())
             displacement.append(d.cpu())
         return torch.cat(colors), torch.cat(displacement)

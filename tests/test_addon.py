@@ -390,6 +390,9 @@ def test_panels_and_preferences_draw_existing_properties(scene):
     context = bpy.context
     calls = [c for p in panels.classes[1:] for c in _draw(p, context)]
     assert ("operator", "partstyle.stylize") in calls and ("operator", "partstyle.locate") in calls
+    assert ("operator", "partstyle.apply_as_new") in calls and ("prop", "relief") in calls
+    bpy.context.scene.partstyle.relief = 'custom'
+    assert ("prop", "relief_custom") in _draw(panels.PARTSTYLE_PT_stylize, context)
     assert ("prop", f'["{nodes.strength_key(nodes.displace_modifier(obj))}"]') in calls
     estimate = next(c[1] for c in _draw(panels.PARTSTYLE_PT_stylize, context) if c[0] == "label")
     assert re.fullmatch(r"Memory: about \d+\.\d GB \(optimizing [\d,]+ vertices\)", estimate), estimate
@@ -406,6 +409,10 @@ def test_panels_and_preferences_draw_existing_properties(scene):
     row = bpy.context.scene.partstyle.parts[0]
     panels.PARTSTYLE_UL_parts.draw_item(None, context, _Layout(calls := []), None, row, 0, None, "", 0)
     assert ("prop", "style") in calls and ("operator", "partstyle.paint_part") in calls
+    assert ("prop", "relief") in calls and ("prop", "relief_custom") not in calls
+    row.relief = 'custom'
+    panels.PARTSTYLE_UL_parts.draw_item(None, context, _Layout(calls := []), None, row, 0, None, "", 0)
+    assert ("prop", "relief_custom") in calls
     prefs = {"model_source": 'folder', "model_folder": "", "allow_download": True, "device": 'auto',
              "bl_rna": preferences.PARTSTYLE_AP_preferences.bl_rna}
     calls = _draw(preferences.PARTSTYLE_AP_preferences, context, **prefs)

@@ -20,11 +20,11 @@ except ImportError as exc:
     pytest.skip(f"Blender's Python module is not importable ({exc}); the add-on tests need "
                 "`pip install bpy==5.0.1` on Python 3.11", allow_module_level=True)
 
-from addon_fixtures import FAST_OVERRIDES, make_lamp, reset_scene
+from addon_fixtures import FAST_OVERRIDES, group_weights, make_lamp, reset_scene
 
-from addon import bridge, nodes
+from addon import bridge, engine_link, nodes, runs
+from addon.cli import build_parser, request_for, script_args
 from addon.cli import main as cli_main
-from addon.cli import script_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "addon", "cli.py")
@@ -156,3 +156,56 @@ def test_batch_checks_where_it_will_save_before_running(blend_file, tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and message in lines[0], (out, done.stderr)
         assert "[Lamp]" not in done.stdout, "nothing ran"
+
+
+def test_relief_options_become_the_requests_relief():
+    base = ["--object", "Lamp", "--prompt", "red base, yellow tube, blue shade", "--out", "r.blend"]
+    request = request_for("Lamp", build_parser().parse_args(base), runs, engine_link)
+    assert (request.relief, request.part_relief) == (runs.RELIEF_DEFAULT, ())
+    args = build_parser().parse_args([*base, "--relief", "tube=none", "--relief", "strong", "--relief", "shade = 0.2"])
+    request = request_for("Lamp", args, runs, engine_link)
+    assert request.relief == "strong" and request.part_relief == (("tube", "none"), ("shade", "0.2"))
+
+
+def test_bad_relief_is_refused_before_any_object_runs(blend_file, tmp_path, capsys):
+    out = str(tmp_path / "result.blend")
+    cases = [
+        (["--relief", "huge"], "red base, blue shade", "--relief: relief 'huge' is not understood; use none, subtle"),
+        (["--relief", "strong", "--relief", "none"], "red base, blue shade",
+         "--relief for the whole object was given 2 times (strong, none)"),
+        (["--relief", "shade=9"], "red base, blue shade", "--relief: relief '9' is not understood"),
+        (["--relief", "handle=none"], "red base, blue shade",
+         "--relief: relief is set for 'handle', which the prompt does not name (base, shade)"),
+        (["--relief", "tube=none"], "a lamp made of gold", "describes the whole object and names no parts"),
+    ]
+    try:
+        for relief, prompt, message in cases:
+            code = cli_main(["--blend", blend_file, "--object", "Lamp", "--prompt", prompt, "--use-groups",
+                             "--iterations", "1", "--out", out, *relief])
+            captured = capsys.readouterr()
+            lines = captured.err.strip().splitlines()
+            assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+                relief, captured.err)
+            assert "[Lamp]" not in captured.out, "nothing ran"
+            assert not os.path.exists(out)
+    finally:
+        reset_scene()
+
+
+def test_batch_relief_reaches_the_engine(blend_file, tmp_path):
+    """``--relief none --relief base=strong``: only the base may move, every other vertex stays exactly put."""
+    out = str(tmp_path / "result.blend")
+    sets = [a for o in FAST_OVERRIDES for a in ("--set", o)]
+    done = run_cli("--blend", blend_file, "--", "--object", "Lamp", "--prompt", "red base, yellow tube, blue shade",
+                   "--use-groups", "--iterations", "2", "--models", "tiny", "--device", "cpu", *sets,
+                   "--relief", "none", "--relief", "base=strong", "--out", out)
+    assert done.returncode == 0, done.stderr
+    bpy.ops.wm.open_mainfile(filepath=out)
+    try:
+        obj = bpy.data.objects["Lamp"]
+        shift = bridge.read_float(obj.data, bridge.DISPLACEMENT_ATTRIBUTE)
+        base = group_weights(obj)["part:base"]
+        assert np.all(shift[base == 0.0] == 0.0), "relief none outside the base"
+        assert np.abs(shift[base == 1.0]).max() > 0.0, "the base's own relief (strong)"
+    finally:
+        reset_scene()

@@ -174,3 +174,51 @@ def test_locating_never_overwrites_the_users_part_groups(scene):
     assert jobs.current() is None
     weights = group_weights(obj)
     assert all(weights[f"part:{p}"].max() == 1.0 for p in ("base", "tube", "shade"))
+
+
+def _as_an_earlier_version_wrote_it(obj) -> None:
+    """Rename the add-on's attributes to the names earlier versions gave them (with spaces), as a file
+    saved by such a version has them: the record and the modifier's Attribute input name them."""
+    mesh = obj.data
+    for role, old in ((bridge.DISPLACEMENT, "Partstyle Displacement"), (bridge.PARTS, "Partstyle Parts")):
+        mesh.attributes[bridge.owned_attribute(mesh, role)].name = old
+        bridge.claim(mesh, role, old)
+    nodes.ensure_modifier(obj, "Partstyle Displacement")  # the modifier reads the attribute it names
+    assert nodes.modifier_inputs(nodes.displace_modifier(obj)) == (1.0, "Partstyle Displacement")
+
+
+def test_results_under_the_earlier_names_with_spaces_are_still_the_add_ons(scene):
+    """The default names have no spaces now (USD keeps them); an object styled by an earlier version,
+    with ``Partstyle Displacement`` and ``Partstyle Parts``, is still recognized by its record: the
+    modifier still displaces, a rerun refills those attributes (adding none), Clear removes them."""
+    assert (bridge.COLOR_ATTRIBUTE, bridge.DISPLACEMENT_ATTRIBUTE, bridge.PARTS_ATTRIBUTE) == (
+        "Partstyle", "Partstyle_Displacement", "Partstyle_Parts")
+    assert not any(" " in name for name, _ in bridge.ATTRIBUTES.values())
+    obj = make_lamp(user_data=True)
+    mesh = obj.data
+    before = object_state(obj)
+    settings = set_panel()
+    assert bpy.ops.partstyle.show_parts() == {'FINISHED'}
+    assert bpy.ops.partstyle.stylize() == {'FINISHED'}
+    _as_an_earlier_version_wrote_it(obj)
+    old = {"Partstyle", "Partstyle Displacement", "Partstyle Parts"}
+    assert set(object_state(obj)["attributes"]) - set(before["attributes"]) == old
+    assert bridge.owned_attribute(mesh, bridge.DISPLACEMENT) == "Partstyle Displacement"
+    assert bridge.owned_attributes(mesh) == old
+    vertices, _ = bridge.mesh_arrays(obj)
+    normals = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("normal", normals)
+    shift = bridge.read_float(mesh, "Partstyle Displacement")
+    assert_close(_evaluated_positions(obj), vertices + shift[:, None] * normals.reshape(-1, 3), rel=SAME_MATH,
+                 what="positions displaced through the earlier name")
+
+    settings.seed = SEED + 1
+    assert bpy.ops.partstyle.stylize() == {'FINISHED'}
+    assert bpy.ops.partstyle.show_parts() == {'FINISHED'}
+    assert set(object_state(obj)["attributes"]) - set(before["attributes"]) == old, "refilled, nothing added"
+    assert bridge.owned_attribute(mesh, bridge.DISPLACEMENT) == "Partstyle Displacement"
+    assert not np.array_equal(bridge.read_float(mesh, "Partstyle Displacement"), shift), "the rerun wrote there"
+
+    assert bpy.ops.partstyle.clear(keep_groups=True) == {'FINISHED'}
+    assert_same_state(before, object_state(obj))
+    assert not any(nodes.is_ours(g) for g in bpy.data.node_groups)

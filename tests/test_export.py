@@ -43,3 +43,49 @@ def test_preview_shows_before_and_after(tmp_path):
     assert grid.shape[0] >= 2 * 64 and grid.shape[1] >= 2 * 64
     top, bottom = grid[: grid.shape[0] // 2], grid[grid.shape[0] // 2 :]
     assert bottom.mean() < top.mean()
+
+
+def _ply_vertex_table(path) -> np.ndarray:
+    """The vertex element of a binary little-endian PLY as a structured array (read by hand, so the
+    check does not depend on how a library maps custom properties)."""
+    raw = path.read_bytes()
+    end = raw.index(b"end_header\n") + len(b"end_header\n")
+    lines = raw[:end].decode("ascii").splitlines()
+    assert "format binary_little_endian 1.0" in lines
+    count = int(next(line for line in lines if line.startswith("element vertex")).split()[-1])
+    kinds = {"float": "<f4", "uchar": "u1"}
+    props = []
+    for line in lines[lines.index(f"element vertex {count}") + 1:]:
+        if not line.startswith("property "):
+            break
+        _, kind, name = line.split()
+        props.append((name, kinds[kind]))
+    return np.frombuffer(raw, np.dtype(props), count=count, offset=end)
+
+
+def test_glb_and_ply_carry_normals_colors_and_displacement(tmp_path):
+    """Both files load in trimesh with the displaced positions, the displaced surface's normals and the
+    colors; the PLY keeps the displacement as a property."""
+    import trimesh
+
+    from engine.mesh import vertex_normals
+
+    result = fake_result(0.25)
+    result.colors_srgb[:, 0] = np.linspace(0.0, 1.0, result.mesh.num_vertices)
+    export.write_result(result, str(tmp_path))
+    displaced = result.displaced_vertices()
+    normals = vertex_normals(displaced, result.mesh.faces)
+    assert np.abs(normals - result.mesh.vertex_normals).max() > 1e-3  # they are the displaced surface's own
+
+    (glb,) = trimesh.load(tmp_path / "stylized.glb", process=False).geometry.values()  # keeps the file's normals
+    assert "vertex_normals" in glb._cache.cache, "trimesh would have computed normals the file lacks"
+    np.testing.assert_allclose(glb.vertices, displaced, rtol=0, atol=1e-6 * np.abs(displaced).max())
+    np.testing.assert_allclose(glb.vertex_normals, normals, rtol=0, atol=1e-5)
+    ply = trimesh.load(tmp_path / "stylized.ply", process=False)
+    np.testing.assert_allclose(ply.vertices, displaced, rtol=0, atol=1e-6 * np.abs(displaced).max())
+    np.testing.assert_allclose(ply.vertex_normals, normals, rtol=0, atol=1e-5)
+    expected = np.round(result.colors_srgb * 255)
+    np.testing.assert_array_equal(ply.visual.vertex_colors[:, :3], expected)
+    table = _ply_vertex_table(tmp_path / "stylized.ply")
+    np.testing.assert_array_equal(table["displacement"], result.displacement)
+    np.testing.assert_array_equal(np.stack([table[c] for c in ("red", "green", "blue")], 1), expected)

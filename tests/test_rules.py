@@ -16,7 +16,7 @@ ENGINE = os.path.join(ROOT, "engine")
 ADDON = os.path.join(ROOT, "addon")
 # Command-line code, whose job is to print: the commands themselves, and the bench command's report
 # (written to the stream the command gives it).
-PRINTING_ALLOWED = {"cli.py", "cli_progress.py", "cli_training.py", "__main__.py", "bench.py"}
+PRINTING_ALLOWED = {"cli.py", "cli_eval.py", "cli_progress.py", "cli_training.py", "__main__.py", "bench.py"}
 
 
 def _modules(folder: str) -> list[tuple[str, ast.Module]]:

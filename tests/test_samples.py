@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from engine.errors import MeshError
-from engine.samples import SAMPLE_NAMES, parse_sample_spec, sample_mesh
+from engine.samples import ALL_SAMPLES, SAMPLE_NAMES, parse_sample_spec, sample_mesh
 
-PARTS = {"lamp": ("base", "tube", "shade"), "chair": ("seat", "back", "legs"), "mug": ("body", "handle")}
-COMPONENTS = {"lamp": (1, 1, 1), "chair": (1, 1, 4), "mug": (1, 1)}
-HEIGHT = {"lamp": 0.55, "chair": 0.9, "mug": 0.1}
+PARTS = {"lamp": ("base", "tube", "shade"), "chair": ("seat", "back", "legs"), "mug": ("body", "handle"),
+         "figure": ("head", "torso", "arms", "legs"), "vase": ("body",), "rod": ("block", "rod"), "cup": ("wall",)}
+COMPONENTS = {"lamp": (1, 1, 1), "chair": (1, 1, 4), "mug": (1, 1), "figure": (1, 1, 2, 2), "vase": (1,),
+              "rod": (1, 1), "cup": (1,)}
+HEIGHT = {"lamp": 0.55, "chair": 0.9, "mug": 0.1, "figure": 1.7, "vase": 0.3, "rod": 0.35, "cup": 0.09}
 
 
 def _build(name, faces=20_000):
@@ -46,21 +48,21 @@ def _part_bounds(mesh, part):
     return v.min(axis=0), v.max(axis=0)
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("name", ALL_SAMPLES)
 @pytest.mark.parametrize("target", [5_000, 12_345, 20_000, 80_000, 320_000])
 def test_face_count_within_tolerance(name, target):
     mesh = _build(name, target)
     assert abs(mesh.num_faces - target) <= 0.15 * target, (name, target, mesh.num_faces)
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("name", ALL_SAMPLES)
 def test_minimum_request_builds_without_warnings(name):
     mesh = _build(name, 500)
     assert mesh.num_faces >= 400
     assert set(np.unique(mesh.labels)) == set(range(len(PARTS[name])))
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("name", ALL_SAMPLES)
 def test_labels_exact_and_parts_disjoint(name):
     mesh = _default(name)
     assert mesh.name == name
@@ -75,7 +77,7 @@ def test_labels_exact_and_parts_disjoint(name):
     assert np.unique(mesh.faces).size == mesh.num_vertices, "unused vertices"
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("name", ALL_SAMPLES)
 def test_parts_are_closed_outward_manifolds(name):
     mesh = _default(name)
     v, f = mesh.vertices.astype(np.float64), mesh.faces
@@ -96,7 +98,7 @@ def test_parts_are_closed_outward_manifolds(name):
             assert volume > 0, (name, i, c, volume)  # divergence theorem: outward normals
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("name", ALL_SAMPLES)
 def test_no_duplicate_points_within_a_part(name):
     """Poles are single centre vertices, not collapsed rings; box seams are welded."""
     mesh = _default(name)
@@ -105,7 +107,7 @@ def test_no_duplicate_points_within_a_part(name):
         assert np.unique(pts, axis=0).shape[0] == pts.shape[0]
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("name", ALL_SAMPLES)
 def test_triangle_sizes_similar_across_parts(name):
     mesh = _default(name)
     tri = mesh.vertices[mesh.faces].astype(np.float64)
@@ -115,7 +117,7 @@ def test_triangle_sizes_similar_across_parts(name):
     assert means.max() / means.min() < 2.0, means
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("name", ALL_SAMPLES)
 def test_deterministic(name):
     a, b = _build(name, 7_000), _build(name, 7_000)
     np.testing.assert_array_equal(a.vertices, b.vertices)
@@ -123,7 +125,7 @@ def test_deterministic(name):
     np.testing.assert_array_equal(a.labels, b.labels)
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
+@pytest.mark.parametrize("name", ALL_SAMPLES)
 def test_frame_and_size(name):
     mesh = _default(name)
     lo, hi = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)

@@ -57,6 +57,14 @@ class Proxy:
         return (total / count.reshape(-1, *([1] * (values.ndim - 1)))).astype(np.float32)
 
 
+    def min_of(self, values: np.ndarray) -> np.ndarray:
+        """[V, ...] per original vertex -> [P, ...] per proxy vertex (the cluster's smallest)."""
+        values = np.asarray(values, dtype=np.float32)
+        low = np.full((len(self.vertices), *values.shape[1:]), np.inf, np.float32)
+        np.minimum.at(low, self.cluster, values)
+        return low
+
+
 def simplified_copy(mesh: Mesh, max_vertices: int) -> Proxy | None:
     """The clustered copy a run optimizes on when ``mesh`` has more than ``max_vertices`` vertices
     (``field.max_vertices``; 0: never), else None."""
