@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class ReliefScore:
     max_position_change: float
     seconds: float
     tube_radius_change: float | None = None
-    failures: list[str] = field(default_factory=list)
+    failures: tuple[str, ...] = ()
 
 
 def evaluate_relief(
@@ -116,8 +116,7 @@ def score_relief(case: ReliefCase, mesh, displaced: np.ndarray, seconds: float =
         case, changes, len(fresh), flipped_faces(before, after, mesh.faces), float(moved.mean()),
         float(np.abs(displaced - mesh.vertices).max()), seconds, tube,
     )
-    score.failures.extend(_misses(score))
-    return score
+    return replace(score, failures=tuple(_misses(score)))
 
 
 def wall_change(before: np.ndarray, after: np.ndarray, faces: np.ndarray, normals: np.ndarray) -> np.ndarray:
