@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from . import bridge, engine_link, jobs, nodes
+from . import bridge, engine_link, jobs, nodes, snapshot
 
 UP_AXIS = "views.up_axis=z"  # Blender's frame: Z up, front view looking along +Y
 PRESETS = ("fast", "faithful", "text2mesh", "preview")  # engine.config.PRESETS (a test keeps them equal)
@@ -203,7 +203,7 @@ class StyleRun:
             **r.relief_arguments(self.parsed))
         self.style_request.check_mesh(self.mesh.num_vertices)
         self.color_name = bridge.attribute_name(obj, bridge.COLOR)  # previews and the result go there
-        self.snapshot = bridge.ColorSnapshot(obj.data, self.color_name)
+        self.snapshot = snapshot.ColorSnapshot(obj.data, self.color_name)
         return self
 
     def work(self, on_event, cancel):
