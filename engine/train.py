@@ -24,6 +24,7 @@ from .config import Settings
 from .errors import Cancelled, CheckpointError, NumericalError
 from .events import CancelToken, EventSink, NoticeEvent, PreviewEvent, StageEvent, StepEvent, ignore_events
 from .field import StyleField
+from .geometry.graph import VertexGraph
 from .guidance import ClipGuidance
 from .render import Renderer
 
@@ -94,8 +95,8 @@ class TrainResult:
 def _edges_of(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The mesh's unique edges as ([E], [E]) vertex indices and [E] weights 1 / |edge|^2 (unit frame;
     a collapsed edge gets the weight of the shortest real one)."""
-    pairs = torch.cat((faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]))
-    pairs = torch.unique(torch.sort(pairs, dim=1).values, dim=0)
+    edges = VertexGraph(faces.cpu().numpy(), vertices.shape[0]).edges
+    pairs = torch.from_numpy(edges).to(vertices.device)
     length2 = (vertices[pairs[:, 0]] - vertices[pairs[:, 1]]).square().sum(1)
     floor = length2[length2 > 0].min() if bool((length2 > 0).any()) else torch.ones(())
     return (pairs[:, 0], pairs[:, 1]), 1.0 / length2.clamp(min=floor)

@@ -26,3 +26,25 @@ def _guarded_connect(self, address):
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+@pytest.fixture(scope="module")
+def addon_registered():
+    """The Blender add-on registered for a test module (``pytestmark = usefixtures(...)``); needs bpy,
+    imported only when a module asks for it."""
+    from addon_fixtures import registered_addon
+
+    yield from registered_addon()
+
+
+@pytest.fixture
+def scene(addon_registered):
+    """A reset scene with the add-on registered; any run left behind is abandoned afterwards."""
+    import bpy
+    from addon_fixtures import reset_scene
+
+    from addon import jobs
+
+    reset_scene()
+    yield bpy.context.scene
+    jobs.abandon()

@@ -31,8 +31,6 @@ from addon_fixtures import (
     lamp_arrays,
     make_lamp,
     object_state,
-    registered_addon,
-    reset_scene,
     set_panel,
 )
 from tolerances import CHANGED, SAME_MATH, assert_close, relative_difference
@@ -45,16 +43,7 @@ def _registered() -> bool:
     return hasattr(bpy.types.Scene, "partstyle")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    yield from registered_addon()
-
-
-@pytest.fixture
-def scene():
-    reset_scene()
-    yield bpy.context.scene
-    jobs.abandon()
+pytestmark = pytest.mark.usefixtures("addon_registered")  # conftest.py: addon_registered, scene
 
 
 def engine_result(obj_name: str, *, overrides=FAST_OVERRIDES):

@@ -16,26 +16,17 @@ except ImportError as exc:  # bpy 5.0.x exists for Python 3.11 only
     pytest.skip(f"Blender's Python module is not importable ({exc}); the add-on tests need "
                 "`pip install bpy==5.0.1` on Python 3.11", allow_module_level=True)
 
-from addon_fixtures import assert_same_state, make_lamp, object_state, registered_addon, reset_scene, set_panel
+from addon_fixtures import assert_same_state, make_lamp, object_state, set_panel
 from tolerances import SAME_MATH, assert_close
 
-from addon import apply, bridge, jobs, nodes
+from addon import apply, bridge, nodes
 
 #: The displacement of a 4-step test run is about 1e-4 of the lamp's size; a large Strength makes the
 #: applied shape differ from the original far beyond any tolerance (the copy must carry the Strength).
 STRENGTH = 150.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    yield from registered_addon()
-
-
-@pytest.fixture
-def scene():
-    reset_scene()
-    yield bpy.context.scene
-    jobs.abandon()
+pytestmark = pytest.mark.usefixtures("addon_registered")  # conftest.py: addon_registered, scene
 
 
 def _positions(mesh) -> np.ndarray:

@@ -22,25 +22,13 @@ from addon_fixtures import (
     group_weights,
     make_lamp,
     object_state,
-    registered_addon,
-    reset_scene,
     set_panel,
 )
 from tolerances import SAME_MATH, assert_close
 
 from addon import bridge, jobs, nodes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    yield from registered_addon()
-
-
-@pytest.fixture
-def scene():
-    reset_scene()
-    yield bpy.context.scene
-    jobs.abandon()
+pytestmark = pytest.mark.usefixtures("addon_registered")  # conftest.py: addon_registered, scene
 
 
 def _users_node_group() -> bpy.types.GeometryNodeTree:

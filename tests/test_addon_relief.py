@@ -20,25 +20,13 @@ from addon_fixtures import (
     group_weights,
     make_lamp,
     object_state,
-    registered_addon,
-    reset_scene,
     set_panel,
 )
 
 import addon
 from addon import bridge, engine_link, jobs, properties, runs
 
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    yield from registered_addon()
-
-
-@pytest.fixture
-def scene():
-    reset_scene()
-    yield bpy.context.scene
-    jobs.abandon()
+pytestmark = pytest.mark.usefixtures("addon_registered")  # conftest.py: addon_registered, scene
 
 
 def _style_request():

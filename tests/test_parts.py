@@ -14,7 +14,8 @@ from engine.config import GuidanceSettings, settings_for
 from engine.errors import PartNotFound, PromptError
 from engine.events import StepEvent
 from engine.field import BASE_COLOR
-from engine.grounding.lift import PartBoxes, VertexGraph, boxes_from_labels, lift_boxes, localization_views, visibility
+from engine.geometry.graph import VertexGraph
+from engine.grounding.lift import PartBoxes, boxes_from_labels, lift_boxes, localization_views, visibility
 from engine.grounding.locate import locate
 from engine.guidance import ClipGuidance
 from engine.mesh import Normalization

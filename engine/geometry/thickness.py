@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .graph import VertexGraph
 from .triangle_tree import TriangleTree, morton_codes
 
 #: Ray directions per vertex and side: the axis, then rings of (angle from it in degrees, rays).
@@ -83,20 +84,19 @@ def local_thickness(
         rays = (sign * directions).reshape(-1, 3)
         hits = tree.nearest_hits(start, rays, MAX_DISTANCE, min_distance).reshape(len(chosen), -1)
         sides.append(pool(np.minimum(hits * cosines, MAX_DISTANCE), axis=1))
-    edges = _edges(faces)
-    lengths = np.linalg.norm(vertices[edges[0]] - vertices[edges[1]], axis=1)
-    inside, outside = (_lipschitz(_spread(values, chosen, len(vertices), edges), edges, lengths) for values in sides)
-    bend = _lipschitz(_bend_radius(np.asarray(normals, np.float64), edges, lengths, len(vertices)), edges, lengths)
+    graph = VertexGraph(np.asarray(faces, np.int64), len(vertices))
+    lengths = np.linalg.norm(vertices[graph.source] - vertices[graph.target], axis=1)
+    inside, outside = (_lipschitz(_spread(values, chosen, graph), graph, lengths) for values in sides)
+    bend = _lipschitz(_bend_radius(np.asarray(normals, np.float64), graph, lengths), graph, lengths)
     return LocalThickness(*(values.astype(np.float32) for values in (inside, outside, bend)))
 
 
-def _bend_radius(normals: np.ndarray, edges, lengths: np.ndarray, num_vertices: int) -> np.ndarray:
+def _bend_radius(normals: np.ndarray, graph: VertexGraph, lengths: np.ndarray) -> np.ndarray:
     """[V] smallest |edge| / |change of the unit normal along it| over each vertex's edges."""
-    source, target = edges
-    turn = np.linalg.norm(normals[source] - normals[target], axis=1)
+    turn = np.linalg.norm(normals[graph.source] - normals[graph.target], axis=1)
     radius = np.minimum(lengths / np.maximum(turn, 1e-12), MAX_DISTANCE)
-    out = np.full(num_vertices, MAX_DISTANCE)
-    np.minimum.at(out, target, radius)
+    out = np.full(graph.num_vertices, MAX_DISTANCE)
+    np.minimum.at(out, graph.target, radius)
     return np.maximum(out, 1e-6)
 
 
@@ -116,46 +116,28 @@ def _cone(normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(directions, 1), np.array(cosines)
 
 
-def _edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The vertex graph as (source, target) arrays of directed edges, both directions."""
-    f = np.asarray(faces, np.int64)
-    edges = np.concatenate((f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]))
-    edges = np.concatenate((edges, edges[:, ::-1]))
-    edges = np.unique(edges, axis=0)
-    return edges[:, 0], edges[:, 1]
-
-
-def _spread(values: np.ndarray, chosen: np.ndarray, num_vertices: int, edges) -> np.ndarray:
-    """Sampled values -> [V]: unsampled vertices take a neighbour's value (rounds of propagation),
-    then a few rounds of averaging, keeping each vertex's smaller of raw and averaged value."""
-    source, target = edges
-    out = np.full(num_vertices, np.nan)
-    out[chosen] = values
-    for _ in range(num_vertices):
-        missing = np.isnan(out)
-        if not missing.any():
-            break
-        fill = np.full(num_vertices, np.nan)
-        known = ~np.isnan(out[source])
-        np.fmin.at(fill, target[known], out[source[known]])
-        if not (missing & ~np.isnan(fill)).any():
-            break
-        out = np.where(missing, fill, out)
-    out = np.where(np.isnan(out), MAX_DISTANCE, out)  # a vertex no sampled vertex reaches
-    raw = out
-    degree = np.bincount(target, minlength=num_vertices) + 1.0
+def _spread(values: np.ndarray, chosen: np.ndarray, graph: VertexGraph) -> np.ndarray:
+    """Sampled values -> [V]: unsampled vertices take the mean of their filled neighbours (growing
+    outwards), then a few rounds of neighbour averaging, each vertex keeping the smaller of its
+    own and the averaged value."""
+    known = np.zeros(graph.num_vertices, bool)
+    known[chosen] = True
+    filled = np.zeros((graph.num_vertices, 1))
+    filled[chosen, 0] = values
+    raw = graph.fill(filled, known, unreached=np.array([MAX_DISTANCE]))
+    out = raw
     for _ in range(SMOOTHING_ROUNDS):
-        out = (out + np.bincount(target, weights=out[source], minlength=num_vertices)) / degree
-    return np.maximum(np.minimum(raw, out), 1e-6)
+        out = graph.mean_of_neighbours(out)
+    return np.maximum(np.minimum(raw, out)[:, 0], 1e-6)
 
 
-def _lipschitz(values: np.ndarray, edges, lengths: np.ndarray) -> np.ndarray:
+def _lipschitz(values: np.ndarray, graph: VertexGraph, lengths: np.ndarray) -> np.ndarray:
     """The largest values <= ``values`` that change by at most an edge's length across each edge.
 
     Thickness is a local feature size: it cannot grow faster than one moves along the surface. The
     end cap of a long thin tube measures the whole tube along its normal; here it reads the tube's
     width plus the distance to its rim, so relief there stays in proportion to the tube."""
-    source, target = edges
+    source, target = graph.source, graph.target
     out = values.copy()
     while True:  # rounds of relaxation, each one edge further; stops when nothing changes
         reach = np.full_like(out, np.inf)
