@@ -38,6 +38,8 @@ PREVIOUS_ACTIVE_KEY = "partstyle_previous_active_color"
 #: Custom property of a mesh (attributes, vertex groups) and of an object (the modifier): the names
 #: of what the add-on made there. Only what it lists is the add-on's to replace or remove.
 OWNED_KEY = "partstyle_owned"
+# Mesh custom property: part name -> how strongly the evidence supported the located part (0..1).
+CONFIDENCE_KEY = "partstyle_part_confidence"
 COLOR, DISPLACEMENT, PARTS, GROUPS = "color", "displacement", "parts", "groups"
 #: The add-on's attributes by role: (default name, data type), all on points.
 ATTRIBUTES = {COLOR: (COLOR_ATTRIBUTE, 'FLOAT_COLOR'), DISPLACEMENT: (DISPLACEMENT_ATTRIBUTE, 'FLOAT'),
@@ -234,6 +236,18 @@ def write_groups(obj: bpy.types.Object, parts: list[str], weights: np.ndarray) -
     if parts:
         claim(obj.data, GROUPS, list(dict.fromkeys(owned_groups(obj) + written)))
         obj.vertex_groups.active_index = obj.vertex_groups[written[0]].index
+
+
+def write_confidence(obj: bpy.types.Object, confidence: dict[str, float]) -> None:
+    """Record the located parts' confidence on ``obj``'s mesh (merged with earlier parts')."""
+    stored = dict(obj.data.get(CONFIDENCE_KEY, {}))
+    stored.update({normalize_part(name): float(value) for name, value in confidence.items()})
+    obj.data[CONFIDENCE_KEY] = stored
+
+
+def read_confidence(obj: bpy.types.Object) -> dict[str, float]:
+    """Part -> confidence of the parts located on ``obj`` (none for groups painted by hand)."""
+    return {str(k): float(v) for k, v in dict(obj.data.get(CONFIDENCE_KEY, {})).items()}
 
 
 # --- attributes ----------------------------------------------------------------------------------

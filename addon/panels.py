@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import engine_link, jobs, nodes, runs
+from . import bridge, engine_link, jobs, nodes, runs
 
 
 class PARTSTYLE_UL_parts(bpy.types.UIList):
@@ -75,6 +75,13 @@ class PARTSTYLE_PT_parts(_Panel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("partstyle.locate", icon='VIEWZOOM')
         row.operator("partstyle.show_parts", icon='COLOR')
+        obj = context.active_object
+        confidence = bridge.read_confidence(obj) if obj is not None and obj.type == 'MESH' else {}
+        if confidence:
+            col = layout.column(align=True)
+            col.label(text="Located with confidence:")
+            for name, value in confidence.items():
+                col.label(text=f"{name}: {value:.0%}", icon='CHECKMARK' if value >= 0.5 else 'ERROR')
 
 
 class PARTSTYLE_PT_stylize(_Panel, bpy.types.Panel):

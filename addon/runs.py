@@ -197,6 +197,7 @@ class StyleRun:
             previous = result.SurfaceStyle(np.clip(colors.linear_to_srgb(linear), 0.0, 1.0),
                                            np.zeros(len(linear), np.float32) if shift is None else shift)
         user = bridge.user_colors(obj.data)
+        self.user_linear = user
         self.style_request = engine_link.load("request", light=True).StyleRequest(
             self.parsed, parts=self.parts, lock=r.lock, previous=previous,
             base_colors=None if user is None else np.clip(colors.linear_to_srgb(user), 0.0, 1.0),
@@ -231,7 +232,13 @@ class StyleRun:
         if located:
             bridge.check_groups_writable(obj, list(result.parts.names))
         shift_name = bridge.attribute_name(obj, bridge.DISPLACEMENT)
-        bridge.write_color(mesh, self.color_name, result.colors_linear)
+        colors = result.colors_linear
+        if self.user_linear is not None and result.parts is not None:
+            # Vertices outside every styled part keep the user's colors exactly as Blender stores them
+            # (the engine's sRGB round trip may differ in the last bit).
+            keep = result.parts.weights[:, -1] == 1.0
+            colors = np.where(keep[:, None], self.user_linear, colors)
+        bridge.write_color(mesh, self.color_name, colors)
         bridge.claim(mesh, bridge.COLOR, self.color_name)
         bridge.write_float(mesh, shift_name, result.displacement)
         bridge.claim(mesh, bridge.DISPLACEMENT, shift_name)
@@ -240,6 +247,7 @@ class StyleRun:
         if located:
             names = list(result.parts.names)
             bridge.write_groups(obj, names, result.parts.weights[:, : len(names)])
+            bridge.write_confidence(obj, result.record.get("part_confidence", {}))
         obj.data.update()
         obj.update_tag()
         steps = result.record.get("steps", 0)
@@ -280,20 +288,27 @@ class LocateRun:
         r = self.request
         return engine_link.load("api").locate_parts(
             self.mesh, self.names, settings=self.settings, models=model_store(r.models, r.allow_download),
-            device=r.device, on_event=on_event, cancel=cancel).weights
+            device=r.device, on_event=on_event, cancel=cancel)
 
     def preview(self, event) -> None:
         """Localization sends no previews."""
 
-    def apply(self, weights) -> str:
+    def apply(self, localization) -> str:
+        """Write the groups and their confidence, show the parts, and switch the scene to the groups, so
+        the next Stylize uses them with any correction painted into them."""
         obj = _unchanged_object(self.request.object_name, self.mesh)
+        weights = localization.weights
         k = len(weights.names)
         bridge.write_groups(obj, list(weights.names), weights.weights[:, :k])
+        bridge.write_confidence(obj, localization.part_confidence)
         swatches = np.array([self.request.swatch(i) for i in range(k)], np.float32)
         _write_parts_view(obj, bridge.parts_colors(weights.weights, swatches))
+        bpy.context.scene.partstyle.use_vertex_groups = True
         labels = weights.labels()
-        counts = ", ".join(f"{name} {int((labels == i).sum())}" for i, name in enumerate(weights.names))
-        return f"Located parts on '{obj.name}' (vertices per part: {counts}; rest {int((labels < 0).sum())})."
+        counts = ", ".join(f"{name} {int((labels == i).sum())} ({localization.part_confidence.get(name, 0.0):.0%} "
+                           "confident)" for i, name in enumerate(weights.names))
+        return (f"Located parts on '{obj.name}' (vertices per part: {counts}; unchanged {int((labels < 0).sum())}). "
+                "'Use my vertex groups' is on: paint corrections into the part groups, then Stylize.")
 
     def restore(self) -> None:
         """Nothing was written before the end."""
@@ -350,7 +365,10 @@ def show_parts(obj, parts: list[str], swatches) -> str:
     weights = np.where(total > 1.0, weights / np.maximum(total, 1e-12), weights)
     weights = np.concatenate([weights, np.clip(1.0 - weights.sum(1, keepdims=True), 0.0, 1.0)], 1)
     _write_parts_view(obj, bridge.parts_colors(weights, np.asarray(swatches, np.float32)))
-    return f"Showing {len(parts)} part(s) of '{obj.name}' in their row colors."
+    confidence = bridge.read_confidence(obj)
+    shown = ", ".join(f"{p} {confidence[bridge.normalize_part(p)]:.0%}" if bridge.normalize_part(p) in confidence
+                      else f"{p} given by hand" for p in parts)
+    return f"Showing {len(parts)} part(s) of '{obj.name}' in their row colors (confidence: {shown})."
 
 
 def clear(obj, *, keep_groups: bool = False) -> list[str]:
@@ -374,5 +392,7 @@ def clear(obj, *, keep_groups: bool = False) -> list[str]:
             obj.vertex_groups.remove(obj.vertex_groups[name])
             removed.append(f"group {name}")
         bridge.disown(mesh, bridge.GROUPS)
+        if bridge.CONFIDENCE_KEY in mesh:
+            del mesh[bridge.CONFIDENCE_KEY]
     mesh.update()
     return removed

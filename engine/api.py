@@ -23,7 +23,8 @@ from .events import CancelToken, EventSink, StageEvent, ignore_events
 from .field import BASE_COLOR
 from .geometry import simplified_copy
 from .grounding.detector import GroundingDetector
-from .grounding.locate import Localization, detector_boxes, locate
+from .grounding.locate import Localization, detector_boxes, locate, rectangle_masks, segmenter_masks
+from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .memory import check_fits
@@ -67,7 +68,10 @@ def locate_parts(
 ) -> Localization:
     """Find the named parts on ``mesh`` with the grounding model (METHOD section 5.1).
 
-    Returns the per-vertex :class:`PartWeights` with the boxes and views they came from. Raises
+    Boxes from the grounding model are refined to pixel masks by the segmenter
+    (``localize.evidence=masks``, the default) or used as they are (``boxes``); the evidence is
+    settled on the mesh's patches. Returns the per-vertex :class:`PartWeights` (exactly *keep*
+    where no part won) with the boxes, masks and views they came from. Raises
     :class:`PartNotFound` when a part has no support in any view, :class:`Cancelled` when
     ``cancel`` is set while the model runs.
     """
@@ -75,12 +79,16 @@ def locate_parts(
     dev = resolve_device(device)
     store = models if isinstance(models, ModelStore) else ModelStore(models)
     names = check_part_names(parts)
-    on_event(StageEvent("loading models", f"grounding ({store.describe()})"))
-    detector = views_detector(store.grounding(dev), settings.localize.resolution)
+    loc = settings.localize
+    use_masks = loc.evidence == "masks"
+    on_event(StageEvent("loading models", f"grounding{' and segmenter' if use_masks else ''} ({store.describe()})"))
+    detector = views_detector(store.grounding(dev), loc.resolution)
+    masks = (segmenter_masks(BoxSegmenter(store.segmenter(dev)), loc.box_threshold, cancel) if use_masks
+             else rectangle_masks(settings))
     on_event(StageEvent("locating parts", ", ".join(names)))
     vertices = torch.from_numpy(mesh.unit_vertices()).to(dev)
-    detect = detector_boxes(detector, settings.localize.box_threshold, cancel)
-    return locate(vertices, torch.from_numpy(mesh.faces).to(dev), names, detect, settings)
+    detect = detector_boxes(detector, loc.box_threshold, cancel)
+    return locate(vertices, torch.from_numpy(mesh.faces).to(dev), names, detect, masks, settings)
 
 
 def stylize(
@@ -129,13 +137,15 @@ def stylize(
                                            f"(field.max_vertices={settings.field.max_vertices})"))
     check_fits(work.num_vertices, settings, max(1, len(request.styled_pairs)), dev)
     part_weights = work_weights = None
+    part_confidence: dict[str, float] = {}
     if not parsed.is_holistic:
         if request.parts is not None:
             part_weights = request.parts.select(parsed.parts)
             work_weights = part_weights if proxy is None else proxy.reduce_part_weights(part_weights)
         else:
-            work_weights = locate_parts(work, parsed.parts, settings=settings, models=store, device=dev,
-                                        on_event=on_event, cancel=cancel).weights
+            located = locate_parts(work, parsed.parts, settings=settings, models=store, device=dev,
+                                   on_event=on_event, cancel=cancel)
+            work_weights, part_confidence = located.weights, located.part_confidence
             part_weights = work_weights if proxy is None else proxy.expand_part_weights(work_weights)
     reduce = None if proxy is None else proxy.mean_of
     outward, inward = _relief_bounds(mesh, request, settings, on_event)
@@ -186,6 +196,8 @@ def stylize(
         "relief": dict(zip(["whole object"] if parsed.is_holistic else [pair.part for pair in styled],
                            request.relief_fractions, strict=True)),
     }
+    if part_confidence:
+        record["part_confidence"] = {name: round(value, 4) for name, value in part_confidence.items()}
     return StyleResult(
         mesh=mesh,
         prompt=parsed,

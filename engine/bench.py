@@ -10,14 +10,15 @@
 3. Part prompts (3 parts) with ``fast`` and ``faithful``: a CLIP step and a grounding step (the
    real-size Grounding DINO tiny architecture), averaged over the preset's schedule, next to a
    holistic iteration of the same preset measured in the same run.
-4. Localization: 8 views rendered, grounded and lifted to the lamp's vertices, at 512 and 800 px.
+4. Localization: 10 views of the lamp rendered, grounded (the real-size Grounding DINO tiny), refined to
+   masks (the real-size SAM 2 hiera-tiny) and settled on the mesh's patches, at 512 and 800 px, phase
+   by phase, with the box-only path beside it.
 
 Figures are medians over repetitions after a warm-up. Nothing here is a pass/fail test.
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import sys
 import time
@@ -31,24 +32,36 @@ from .api import resolve_device
 from .cameras import sample_views
 from .compose import compose_parts, whole_object
 from .config import settings_for
-from .errors import PartNotFound
 from .geometry.intersections import intersecting_pairs
+from .geometry.patches import segment_patches
 from .geometry.thickness import local_thickness
 from .grounding.detector import GroundingDetector
-from .grounding.locate import detector_boxes, locate
+from .grounding.locate import detector_boxes, rectangle_masks, render_views, segmenter_masks, settle_masks
+from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
-from .models import CLIP_MEAN, CLIP_STD, GROUNDING_MEAN, GROUNDING_STD, ClipBundle, GroundingBundle
+from .models import (
+    CLIP_MEAN,
+    CLIP_STD,
+    GROUNDING_MEAN,
+    GROUNDING_STD,
+    SEGMENTER_SIZE,
+    TINY_SEGMENTER_SIZE,
+    ClipBundle,
+    GroundingBundle,
+    SegmenterBundle,
+)
 from .parts import PartWeights
 from .prompt import parse_prompt
 from .render import Renderer
 from .samples import sample_mesh
-from .tiny_models import build_tiny_grounding_dino, real_size_grounding_config
+from .tiny_models import build_tiny_grounding_dino, build_tiny_segmenter, real_size_grounding_config, segmenter_config
 from .train import Objective, StyleTrainer, SurfaceInputs, seeded_generator
 
 PHASES = ("field_forward", "render_forward", "guidance_forward", "guidance_backward",
           "render_backward", "field_backward", "optimizer")
-LOCATE_VIEWS = 8
+LOCATE_VIEWS = 10
+LOCATE_PHASES = ("render", "detect", "segment", "patches", "settle")
 RENDER_FACES = (5_000, 20_000, 80_000, 320_000)
 RENDER_SIZES = (224, 512)
 ITERATION_FACES = 40_000
@@ -114,12 +127,14 @@ def run_benchmarks(
             f"{result['ratio']:>6.2f}"
         )
 
-    say(f"\n# localization: {LOCATE_VIEWS} views of the lamp, render + detect + lift (s)")
+    say(f"\n# localization: {LOCATE_VIEWS} views of the lamp (20k faces), 3 parts, seconds per phase")
+    say(f"  {'px':>4} " + " ".join(f"{p:>8}" for p in LOCATE_PHASES) + f" {'masks':>8} {'boxes':>8}")
     figures["localization"] = {}
     for size in (256,) if quick else (512, 800):
-        seconds = localization_timing(size, dev, models=models)
-        figures["localization"][size] = seconds
-        say(f"  {size:>4} px  {seconds:>7.2f}")
+        phases = localization_timing(size, dev, models=models)
+        figures["localization"][size] = phases
+        say(f"  {size:>4} " + " ".join(f"{phases[p]:>8.2f}" for p in LOCATE_PHASES)
+            + f" {phases['masks']:>8.2f} {phases['boxes']:>8.2f}")
 
     say("\n# relief's mesh analysis (CPU, numpy): local thickness and the self-intersection check (s)")
     figures["geometry"] = {}
@@ -296,27 +311,40 @@ def geometry_timing(faces: int) -> tuple[float, float]:
     return middle - started, time.perf_counter() - middle
 
 
-def localization_timing(size: int, device: torch.device, *, models: BenchmarkModels) -> float:
-    """Seconds to locate 3 parts on the 20k-face lamp from ``LOCATE_VIEWS`` views at ``size`` px."""
+def localization_timing(size: int, device: torch.device, *, models: BenchmarkModels) -> dict[str, float]:
+    """Seconds per phase to locate 3 parts on the 20k-face lamp from ``LOCATE_VIEWS`` views at ``size``
+    px (:data:`LOCATE_PHASES`), and the totals of the mask path (all phases) and the box-only path
+    (no segmenter)."""
     settings = settings_for(
         "fast", [f"localize.views={LOCATE_VIEWS}", f"localize.resolution={size}", "localize.box_threshold=0"]
     )
     _mesh, surface = lamp_surface(20_000, device)
     detect = detector_boxes(GroundingDetector(models.grounding, size=size), 0.0)
-
-    def run():
-        with contextlib.suppress(PartNotFound):  # random weights may support no part: the work was done
-            locate(surface.vertices, surface.faces, ["base", "tube", "shade"], detect, settings)
-
-    return _seconds(device, run)
+    segment = segmenter_masks(BoxSegmenter(models.segmenter), 0.0)
+    vertices, faces = surface.vertices.cpu().numpy(), surface.faces.cpu().numpy()
+    parts = ("base", "tube", "shade")
+    times: dict[str, float] = {}
+    record = times.__setitem__
+    views = _timed(device, record, "render", lambda: render_views(surface.vertices, surface.faces, settings))
+    boxes = _timed(device, record, "detect", lambda: detect(views.images, list(parts)))
+    masks = _timed(device, record, "segment", lambda: segment(views.images, boxes))
+    patches = _timed(device, record, "patches", lambda: segment_patches(vertices, faces))
+    _timed(device, record, "settle", lambda: settle_masks(views, masks, vertices, faces, parts, settings, patches))
+    times["masks"] = sum(times[p] for p in LOCATE_PHASES)
+    rectangles = rectangle_masks(settings)
+    start = _now(device)
+    settle_masks(views, rectangles(views.images, boxes), vertices, faces, parts, settings, patches)
+    times["boxes"] = times["masks"] - times["segment"] - times["settle"] + _now(device) - start
+    return times
 
 
 class BenchmarkModels:
-    """The CLIP and Grounding DINO bundles a benchmark times (random weights; built once)."""
+    """The CLIP, Grounding DINO and segmenter bundles a benchmark times (random weights; built once)."""
 
     def __init__(self, name: str, device: torch.device):
         self.clip = benchmark_clip(name, device)
         self.grounding = benchmark_grounding(name, device)
+        self.segmenter = benchmark_segmenter(name, device)
 
 
 def benchmark_clip(name: str, device: torch.device) -> ClipBundle:
@@ -352,6 +380,22 @@ def benchmark_grounding(name: str, device: torch.device) -> GroundingBundle:
         size, max_size = 800, 1333
     model.requires_grad_(False)
     return GroundingBundle(model.to(device), tokenizer, size, max_size, GROUNDING_MEAN, GROUNDING_STD, name)
+
+
+def benchmark_segmenter(name: str, device: torch.device) -> SegmenterBundle:
+    """The real-size SAM 2 hiera-tiny architecture at 1024 px with random weights (``vit-b-32``), or
+    the tiny segmenter's (``tiny``)."""
+    from transformers import Sam2Model
+
+    if name == "tiny":
+        model, size = build_tiny_segmenter(), TINY_SEGMENTER_SIZE
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = Sam2Model(segmenter_config()).eval()
+        size = SEGMENTER_SIZE
+    model.requires_grad_(False)
+    return SegmenterBundle(model.to(device), size, GROUNDING_MEAN, GROUNDING_STD, name)
 
 
 def peak_rss_mb() -> float:

@@ -113,10 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-vertices", action="store_true")
     p.set_defaults(handler=cmd_locate)
 
-    p = sub.add_parser("eval-localization", help="mIoU per part of the localization on the procedural samples")
+    p = sub.add_parser("eval-localization",
+                       help="mIoU per part of the localization on the procedural samples, and unnamed parts' leakage")
     p.add_argument(
-        "--models", default=None, help="also score this model source's grounding (tiny, default or a folder)"
+        "--models", default=None,
+        help="also score this model source's grounding and segmenter (tiny, default or a folder)"
     )
+    p.add_argument("--no-leakage", dest="leakage", action="store_false",
+                   help="skip the leakage prompts (each is a short stylization per source)")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_eval_localization, up_axis=None)
@@ -291,22 +295,29 @@ def cmd_locate(args: argparse.Namespace) -> int:
     with output_lock(args.out):
         paths = write_localization(localization, mesh, args.out)
     counts = localization.weights.labels()
-    summary = ", ".join(f"{n}: {int((counts == k).sum())} vertices" for k, n in enumerate(localization.weights.names))
-    print(f"{summary}; rest: {int((counts < 0).sum())}")
+    summary = ", ".join(f"{n}: {int((counts == k).sum())} vertices (confidence {localization.part_confidence[n]:.2f})"
+                        for k, n in enumerate(localization.weights.names))
+    print(f"{summary}; unchanged (no part): {int((counts < 0).sum())}")
     print(f"wrote {len(paths)} files to {os.path.abspath(args.out)}: {', '.join(paths)}")
     return 0
 
 
 def cmd_eval_localization(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_localization
+    from .cli_progress import silence_library_progress
+    from .evaluate import LEAKAGE_PROMPTS, evaluate_localization
     from .models import ModelStore
 
     store = ModelStore(args.models) if args.models else None
-    scores = evaluate_localization(settings_from_args(args), store=store, device=args.device)
-    print(f"{'sample':<8} {'boxes':<8} {'mIoU':>6}  per part")
+    silence_library_progress()
+    scores = evaluate_localization(settings_from_args(args), store=store, device=args.device, leakage=args.leakage)
+    print(f"{'sample':<7} {'evidence':<12} {'mIoU':>6} {'untouched':>9}  per part")
     for score in scores:
         parts = ", ".join(f"{name} {value:.3f}" for name, value in score.iou.items()) or score.error
-        print(f"{score.sample:<8} {score.source:<8} {score.miou:>6.3f}  {parts}")
+        untouched = "-" if score.untouched is None else f"{score.untouched:.1%}"
+        print(f"{score.sample:<7} {score.source:<12} {score.miou:>6.3f} {untouched:>9}  {parts}", flush=True)
+    if args.leakage:
+        print("untouched: share of the unnamed parts' vertices left bit-identical by "
+              + "; ".join(f"{k}: {v!r}" for k, v in LEAKAGE_PROMPTS.items()))
     return 0
 
 
@@ -319,7 +330,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from . import __version__
     from .errors import ModelNotFound
-    from .models import DEFAULT_CLIP, hub_folder
+    from .models import DEFAULT_CLIP, DEFAULT_GROUNDING, DEFAULT_SEGMENTER, hub_folder
 
     print(f"partstyle {__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}")
@@ -329,11 +340,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"devices: cpu ({torch.get_num_threads()} threads)" + "".join(f", cuda:{i} {n}" for i, n in enumerate(cuda)))
     print("models: tiny (built in): available")
-    try:
-        folder = hub_folder(DEFAULT_CLIP, allow_download=False)
-        print(f"models: default CLIP {DEFAULT_CLIP}: present at {folder}")
-    except ModelNotFound:
-        print(f"models: default CLIP {DEFAULT_CLIP}: missing (fetch with `python -m engine fetch-models`)")
+    for role, model_id in (("CLIP", DEFAULT_CLIP), ("grounding", DEFAULT_GROUNDING), ("segmenter", DEFAULT_SEGMENTER)):
+        try:
+            folder = hub_folder(model_id, allow_download=False)
+            print(f"models: default {role} {model_id}: present at {folder}")
+        except ModelNotFound:
+            print(f"models: default {role} {model_id}: missing (fetch with `python -m engine fetch-models`)")
     return 0
 
 

@@ -13,13 +13,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from .models import TINY_CLIP_FOLDER, TINY_GROUNDING_FOLDER
+from .models import TINY_CLIP_FOLDER, TINY_GROUNDING_FOLDER, TINY_SEGMENTER_FOLDER
 
-CLIP_STEPS, GROUNDING_STEPS = 1200, 5000
+CLIP_STEPS, GROUNDING_STEPS, SEGMENTER_STEPS = 1200, 5000, 6000
 
 
 def add_training_commands(sub) -> None:
-    """Register ``train-tiny-clip`` and ``train-tiny-grounding`` on an argparse sub-parser set."""
+    """Register ``train-tiny-clip``, ``train-tiny-grounding`` and ``train-tiny-segmenter`` on an argparse
+    sub-parser set."""
     p = sub.add_parser("train-tiny-clip", help="train the shipped tiny CLIP on synthetic renders (CPU, ~25 min)")
     _common(p, TINY_CLIP_FOLDER, steps=CLIP_STEPS, batch="64 images")
     p.set_defaults(handler=cmd_train_tiny_clip)
@@ -28,6 +29,11 @@ def add_training_commands(sub) -> None:
                        help="train the shipped tiny Grounding DINO on synthetic part boxes (CPU, ~56 min)")
     _common(p, TINY_GROUNDING_FOLDER, steps=GROUNDING_STEPS, batch="8 images")
     p.set_defaults(handler=cmd_train_tiny_grounding)
+
+    p = sub.add_parser("train-tiny-segmenter",
+                       help="train the shipped tiny box-prompted segmenter on synthetic part masks (CPU, ~45 min)")
+    _common(p, TINY_SEGMENTER_FOLDER, steps=SEGMENTER_STEPS, batch="8 images x 2 boxes")
+    p.set_defaults(handler=cmd_train_tiny_segmenter)
 
 
 def _common(p: argparse.ArgumentParser, out: str, *, steps: int, batch: str) -> None:
@@ -89,3 +95,17 @@ def cmd_train_tiny_grounding(args: argparse.Namespace) -> int:
                         f"{evaluation.boxes} boxes), boxes for absent parts {evaluation.false_positive_rate:.1%}")
 
     return _train_and_report(args, train_tiny_grounding, grounding_recall, save_grounding, BATCH_SIZE, figures)
+
+
+def cmd_train_tiny_segmenter(args: argparse.Namespace) -> int:
+    from .training.train_segmenter import BATCH_SIZE, save_segmenter, segmenter_iou, train_tiny_segmenter
+
+    def figures(evaluation) -> tuple[dict, str]:
+        record = {"held_out_mask_iou": evaluation.miou,
+                  "held_out_mask_iou_by_object": evaluation.miou_by_object,
+                  "held_out_mask_iou_by_part": evaluation.miou_by_part,
+                  "held_out_masks": evaluation.masks}
+        by_object = ", ".join(f"{name} {value:.3f}" for name, value in evaluation.miou_by_object.items())
+        return record, f"held-out mask IoU {evaluation.miou:.3f} ({by_object}; {evaluation.masks} masks)"
+
+    return _train_and_report(args, train_tiny_segmenter, segmenter_iou, save_segmenter, BATCH_SIZE, figures)

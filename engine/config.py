@@ -132,27 +132,28 @@ class GuidanceSettings:
 
 @dataclass(frozen=True)
 class LocalizeSettings:
-    """Finding parts on the mesh (METHOD section 5.1): ground part names in views, lift to vertices.
+    """Finding parts on the mesh (METHOD section 5.1): ground part names in views, settle labels.
 
     views, resolution: untextured views rendered around the object (azimuths evenly spaced,
         elevations alternating between ``elevations_degrees``) and their size in pixels.
     box_threshold: a box counts for a part when its score for that part exceeds this.
-    border_weight, border_falloff: a vertex near a box's border gets its score times
-        ``border_weight``, rising to full inside ``border_falloff`` x the box's smaller side.
-    rest_score: the score of "no part"; a vertex goes to a part only where boxes say more.
-    temperature: softness of the competition between parts (softmax temperature over scores).
-    smoothing_iterations: rounds of neighbour averaging on the mesh's vertex graph.
+    evidence: ``masks`` (each part's best box per view refined to a pixel mask by the segmenter)
+        or ``boxes`` (the boxes themselves as filled rectangles: the box-only path, for comparison).
+    border_weight, border_falloff: (``boxes`` evidence) a pixel near a box's border gets its score
+        times ``border_weight``, rising to full inside ``border_falloff`` x the box's smaller side.
+    smoothness: the cost of a boundary between labels, per unit of length (discounted along creases).
+    band: edges of soft weights on each side of a boundary between two styled parts (0: hard).
     """
 
     views: int = 10
     resolution: int = 512
     elevations_degrees: tuple[float, float] = (30.0, -5.0)
     box_threshold: float = 0.25
+    evidence: str = "masks"
     border_weight: float = 0.5
     border_falloff: float = 0.15
-    rest_score: float = 0.1
-    temperature: float = 0.05
-    smoothing_iterations: int = 4
+    smoothness: float = 1.0
+    band: int = 2
 
 
 @dataclass(frozen=True)
@@ -379,9 +380,9 @@ def _validate(s: Settings) -> None:
         ("localize.box_threshold", 0.0 <= s.localize.box_threshold < 1.0, "in [0, 1)"),
         ("localize.border_weight", 0.0 <= s.localize.border_weight <= 1.0, "between 0 and 1"),
         ("localize.border_falloff", 0.0 <= s.localize.border_falloff <= 0.5, "between 0 and 0.5"),
-        ("localize.rest_score", 0.0 <= s.localize.rest_score < 1.0, "in [0, 1)"),
-        ("localize.temperature", s.localize.temperature > 0.0, "greater than 0"),
-        ("localize.smoothing_iterations", s.localize.smoothing_iterations >= 0, "0 or more"),
+        ("localize.evidence", s.localize.evidence in ("masks", "boxes"), "masks or boxes"),
+        ("localize.smoothness", s.localize.smoothness >= 0.0, "0 or more"),
+        ("localize.band", 0 <= s.localize.band <= 10, "between 0 and 10"),
         ("optim.iterations", 1 <= s.optim.iterations <= MAX_ITERATIONS, f"between 1 and {MAX_ITERATIONS}"),
         ("optim.optimizer", s.optim.optimizer in ("adam", "adamw"), "'adam' or 'adamw'"),
         ("optim.learning_rate", s.optim.learning_rate > 0.0, "greater than 0"),

@@ -24,6 +24,7 @@ from . import __version__
 from .cameras import ring_views
 from .config import RenderSettings
 from .errors import InputError, OutputError
+from .field import BASE_COLOR
 from .files import STAGING_PREFIX, commit_staged
 from .glb import write_glb
 from .grounding.locate import Localization
@@ -43,7 +44,9 @@ PART_PALETTE = np.array(
 REST_COLOR = np.array([0.85, 0.85, 0.85], dtype=np.float32)
 PREVIEW_VIEWS = 4
 PREVIEW_SIZE = 256
-BEFORE_GRAY = 0.75  # albedo of the untextured input in the preview's "before" row
+# Albedo of the untextured input in the preview's "before" row: the neutral gray that vertices outside
+# every styled part keep, so an untouched part looks the same before and after.
+BEFORE_GRAY = BASE_COLOR
 
 
 def part_colors(weights: np.ndarray) -> np.ndarray:
@@ -90,15 +93,17 @@ def write_result(result: StyleResult, out_dir: str, *, extra_record: dict | None
 
 
 def write_localization(localization: Localization, mesh: Mesh, out_dir: str) -> dict[str, str]:
-    """Write a localization: ``parts.npz`` (``names``, ``weights`` [V, K+1] with rest last,
-    ``labels`` [V] (-1 = rest), ``confidence`` [V]), ``parts.ply`` (the mesh colored by part) and
-    ``preview.png`` (each view with its boxes above the mesh colored by part)."""
+    """Write a localization: ``parts.npz`` (``names``, ``weights`` [V, K+1] with rest (keep) last,
+    ``labels`` [V] (-1 = rest), ``confidence`` [V], ``part_confidence`` [K]), ``parts.ply`` (the mesh
+    colored by part) and ``preview.png`` (each view with its masks and boxes above the mesh colored
+    by part)."""
 
     def write(folder: str) -> None:
         weights = localization.weights
         np.savez_compressed(
             os.path.join(folder, "parts.npz"), names=np.array(weights.names), weights=weights.weights,
             labels=weights.labels(), confidence=weights.confidence,
+            part_confidence=np.array([localization.part_confidence.get(n, 0.0) for n in weights.names], np.float32),
         )
         colors = (part_colors(weights.weights) * 255).round().astype(np.uint8)
         trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=colors, process=False).export(
@@ -185,24 +190,30 @@ def _array(
 
 
 def localization_preview(localization: Localization, mesh: Mesh, *, size: int = 256) -> np.ndarray:
-    """uint8 image: the detector's views with the part boxes drawn, above the mesh colored by part."""
+    """uint8 image: the detector's views with each part's mask tinted and the box it came from drawn
+    (with its score), above the mesh colored by the settled parts."""
     from PIL import Image, ImageDraw
 
     images = localization.images
     scale = size / images.shape[1]
+    palette = np.array([PART_PALETTE[k % len(PART_PALETTE)] for k in range(localization.masks.shape[1])])
     top = []
     for view, image in enumerate(images):
+        mask = localization.masks[view]  # [K, H, W]
+        if len(mask):
+            strength = 0.5 * mask.max(0)[..., None]
+            tint = palette[mask.argmax(0)]
+            image = image * (1.0 - strength) + tint * strength
         pil = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
         draw = ImageDraw.Draw(pil)
         for k, part in enumerate(localization.boxes[view]):
-            color = tuple(int(c * 255) for c in PART_PALETTE[k % len(PART_PALETTE)])
-            for box, score in zip(part.boxes, part.scores, strict=True):
-                draw.rectangle([float(v) * scale for v in box], outline=color, width=2)
-                draw.text(
-                    (float(box[0]) * scale + 3, float(box[1]) * scale + 2),
-                    f"{localization.weights.names[k]} {score:.2f}",
-                    fill=color,
-                )
+            if not len(part.scores) or not mask[k].any():  # the box the evidence came from, if any
+                continue
+            best = int(np.argmax(part.scores))
+            box, color = part.boxes[best], tuple(int(c * 255) for c in PART_PALETTE[k % len(PART_PALETTE)])
+            draw.rectangle([float(v) * scale for v in box], outline=color, width=2)
+            draw.text((float(box[0]) * scale + 3, float(box[1]) * scale + 2),
+                      f"{localization.weights.names[k]} {part.scores[best]:.2f}", fill=color)
         top.append(np.asarray(pil))
     vertices = torch.from_numpy(mesh.unit_vertices())
     colors = torch.from_numpy(part_colors(localization.weights.weights))
@@ -212,7 +223,7 @@ def localization_preview(localization: Localization, mesh: Mesh, *, size: int = 
         )
     bottom = [image.permute(1, 2, 0).numpy() for image in out.color]
     count = min(len(top), len(bottom))
-    return image_grid([top[:count], bottom[:count]], row_labels=["boxes", "parts"])
+    return image_grid([top[:count], bottom[:count]], row_labels=["masks and boxes", "parts"])
 
 
 def _write_all(result: StyleResult, folder: str, extra_record: dict) -> None:
@@ -250,7 +261,8 @@ def _write_all(result: StyleResult, folder: str, extra_record: dict) -> None:
 
 
 def before_after_grid(result: StyleResult, *, views: int = PREVIEW_VIEWS, size: int = PREVIEW_SIZE) -> np.ndarray:
-    """uint8 image: the input (gray) above the result, from ``views`` views around the object."""
+    """uint8 image: the input (gray), the parts styled (each in a palette color, unchanged vertices gray;
+    only for a part prompt) and the result, from ``views`` views around the object."""
     settings = result.settings
     mesh = result.mesh
     normalization = Normalization.fit(mesh.vertices)
@@ -258,16 +270,17 @@ def before_after_grid(result: StyleResult, *, views: int = PREVIEW_VIEWS, size: 
     renderer = Renderer(settings.render)
     faces = torch.from_numpy(mesh.faces)
     gray = torch.full((mesh.num_vertices, 3), BEFORE_GRAY)
+    shown = [("before", mesh.vertices, gray)]
+    if result.parts is not None:
+        shown.append(("parts", mesh.vertices, torch.from_numpy(part_colors(result.parts.weights))))
+    shown.append(("after", result.displaced_vertices(), torch.from_numpy(result.colors_srgb)))
     rows = []
-    for vertices, colors in (
-        (mesh.vertices, gray),
-        (result.displaced_vertices(), torch.from_numpy(result.colors_srgb)),
-    ):
+    for _, vertices, colors in shown:
         unit = torch.from_numpy(normalization.to_unit(vertices))
         with torch.no_grad():
             out = renderer.render(unit, faces, cameras, colors=colors, resolution=size)
         rows.append([image.permute(1, 2, 0).numpy() for image in out.color])
-    return image_grid(rows, row_labels=["before", "after"])
+    return image_grid(rows, row_labels=[label for label, _, _ in shown])
 
 
 def run_record(result: StyleResult, extra: dict) -> dict:

@@ -1,14 +1,16 @@
 """The model store: resolves a model source to loaded models. The only place that may download.
 
 Sources:
-- ``tiny``: the project's own small models, CLIP and Grounding DINO, trained on the project's
-  synthetic renders and shipped in ``engine/assets/tiny/`` (see docs/training.md); where a folder
-  is missing, the untrained model of the same kind is built in code. Never touches the network.
-- ``default``: the real models by hub id (:data:`DEFAULT_CLIP`, :data:`DEFAULT_GROUNDING`), taken
-  from the local Hugging Face cache; downloaded only when the store was created with
-  ``allow_download=True``.
-- a folder path: a folder holding one sub-folder per model role (``clip/``, ``grounding/``), or a
-  model folder itself (``config.json`` + ``model.safetensors`` + tokenizer files).
+- ``tiny``: the project's own small models, CLIP, Grounding DINO and the box-prompted segmenter,
+  trained on the project's synthetic renders and shipped in ``engine/assets/tiny/`` (see
+  docs/training.md); where a folder is missing, the untrained model of the same kind is built in
+  code. Never touches the network.
+- ``default``: the real models by hub id (:data:`DEFAULT_CLIP`, :data:`DEFAULT_GROUNDING`,
+  :data:`DEFAULT_SEGMENTER` at its pinned revision), taken from the local Hugging Face cache;
+  downloaded only when the store was created with ``allow_download=True``.
+- a folder path: a folder holding one sub-folder per model role (``clip/``, ``grounding/``,
+  ``segmenter/``), or a model folder itself (``config.json`` + ``model.safetensors`` + tokenizer
+  files).
 
 Only safetensors weights are loaded (pickled ``.bin`` files can run code when loaded), and
 ``trust_remote_code`` is never used.
@@ -29,6 +31,11 @@ from .errors import ModelFormatError, ModelNotFound
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_GROUNDING = "IDEA-Research/grounding-dino-tiny"
+# The box-prompted segmenter (SAM 2 hiera-tiny in transformers' format, Apache-2.0), pinned to a revision.
+DEFAULT_SEGMENTER = "facebook/sam2-hiera-tiny-hf"
+DEFAULT_SEGMENTER_REVISION = "e6ccaf46dd72dacb98108826ddef8b81b36d3b1e"
+# Revisions of the hub models (None: the newest).
+HUB_REVISIONS: dict[str, str | None] = {DEFAULT_SEGMENTER: DEFAULT_SEGMENTER_REVISION}
 # CLIP's image normalization (the processor's image_mean / image_std) where a model folder has none.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -41,12 +48,17 @@ GROUNDING_MAX_SIZE = 1333
 # The tiny model is run smaller: shortest edge 256, the same longest/shortest cap as 800/1333.
 TINY_GROUNDING_SIZE = 256
 TINY_GROUNDING_MAX_SIZE = 427
+# SAM 2's input side (square) where a segmenter folder has no preprocessor_config.json, and the tiny one's.
+SEGMENTER_SIZE = 1024
+TINY_SEGMENTER_SIZE = 256
 FETCH_COMMAND = "python -m engine fetch-models"
 # The tiny CLIP trained by `python -m engine train-tiny-clip`, shipped with the engine; where it is
 # missing, `tiny` falls back to the untrained tiny CLIP built in code.
 TINY_CLIP_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny", "clip")
 # The tiny Grounding DINO trained by `python -m engine train-tiny-grounding`, likewise.
 TINY_GROUNDING_FOLDER = os.path.join(os.path.dirname(TINY_CLIP_FOLDER), "grounding")
+# The tiny box-prompted segmenter trained by `python -m engine train-tiny-segmenter`, likewise.
+TINY_SEGMENTER_FOLDER = os.path.join(os.path.dirname(TINY_CLIP_FOLDER), "segmenter")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
 # Buffers a model rebuilds from its config, which a weights file may or may not hold (Swin's
 # relative position index, text position ids): their absence is not a mismatch.
@@ -95,6 +107,24 @@ class GroundingBundle:
     name: str
 
 
+@dataclass(frozen=True)
+class SegmenterBundle:
+    """A loaded box-prompted segmenter (SAM 2 family): the model (eval mode, frozen) and its preprocessing.
+
+    Attributes:
+        model: ``transformers.Sam2Model`` (or ``EdgeTamModel``) on the target device.
+        size: the square input side, in pixels, images are resized to.
+        mean, std: per-channel normalization of 0..1 RGB images.
+        name: where it came from (``tiny``, a hub id, or a folder).
+    """
+
+    model: object
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str
+
+
 class ModelStore:
     """Loads models from one source and keeps them for reuse within a process."""
 
@@ -114,6 +144,10 @@ class ModelStore:
     def grounding(self, device: torch.device | str = "cpu") -> GroundingBundle:
         """The Grounding DINO model of this source, frozen, on ``device``."""
         return self._cached("grounding", device, self._load_grounding)
+
+    def segmenter(self, device: torch.device | str = "cpu") -> SegmenterBundle:
+        """The box-prompted segmenter of this source, frozen, on ``device``."""
+        return self._cached("segmenter", device, self._load_segmenter)
 
     def _cached(self, role: str, device: torch.device | str, load):
         """Load a role's bundle once per device, frozen and moved there."""
@@ -149,6 +183,17 @@ class ModelStore:
         folder = self.resolve(DEFAULT_GROUNDING, role="grounding")
         return load_grounding_folder(folder, name=DEFAULT_GROUNDING if self.source == "default" else folder)
 
+    def _load_segmenter(self) -> SegmenterBundle:
+        if self.source == "tiny":
+            if os.path.isfile(os.path.join(TINY_SEGMENTER_FOLDER, "model.safetensors")):
+                return load_segmenter_folder(TINY_SEGMENTER_FOLDER, name="tiny")
+            from .tiny_models import build_tiny_segmenter
+
+            model = build_tiny_segmenter(image_size=TINY_SEGMENTER_SIZE)
+            return SegmenterBundle(model, TINY_SEGMENTER_SIZE, GROUNDING_MEAN, GROUNDING_STD, "tiny")
+        folder = self.resolve(DEFAULT_SEGMENTER, role="segmenter")
+        return load_segmenter_folder(folder, name=DEFAULT_SEGMENTER if self.source == "default" else folder)
+
     def resolve(self, model_id: str, *, role: str) -> str:
         """A local folder holding ``model_id`` (for ``default``) or the ``role`` model of a folder source."""
         if self.source == "default":
@@ -175,8 +220,10 @@ def hub_folder(model_id: str, *, allow_download: bool, cache_dir: str | None = N
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    revision = HUB_REVISIONS.get(model_id)
     try:
-        return snapshot_download(model_id, allow_patterns=_HUB_FILES, cache_dir=cache_dir, local_files_only=True)
+        return snapshot_download(model_id, revision=revision, allow_patterns=_HUB_FILES, cache_dir=cache_dir,
+                                 local_files_only=True)
     except LocalEntryNotFoundError:
         if not allow_download:
             raise ModelNotFound(
@@ -184,7 +231,7 @@ def hub_folder(model_id: str, *, allow_download: bool, cache_dir: str | None = N
                 f"`{FETCH_COMMAND}` (needs network), or use --models tiny to run offline."
             ) from None
     try:
-        return snapshot_download(model_id, allow_patterns=_HUB_FILES, cache_dir=cache_dir)
+        return snapshot_download(model_id, revision=revision, allow_patterns=_HUB_FILES, cache_dir=cache_dir)
     except Exception as exc:  # network errors come in many types
         raise ModelNotFound(f"could not download '{model_id}' ({type(exc).__name__}: {exc}).") from exc
 
@@ -235,6 +282,35 @@ def load_grounding_folder(folder: str, *, name: str) -> GroundingBundle:
             f"model splits phrases at {list(expected)}; use the tokenizer that belongs to the model."
         )
     return GroundingBundle(model.eval(), tokenizer, size, max_size, mean, std, name)
+
+
+# The box-promptable segmenter classes by config ``model_type``.
+SEGMENTER_CLASSES = {"sam2": "Sam2Model", "edgetam": "EdgeTamModel"}
+
+
+def load_segmenter_folder(folder: str, *, name: str) -> SegmenterBundle:
+    """Load a SAM 2 or EdgeTAM model folder (safetensors only) with its preprocessing.
+
+    ``preprocessor_config.json`` gives the input size (``size.height``) and normalization where the
+    folder has one, else SAM 2's (1024 px, ImageNet).
+    """
+    import transformers
+
+    require_safetensors(folder)
+    with _model_folder(folder, "SAM 2 / EdgeTAM"):
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+            model_type = json.load(fh).get("model_type")
+        if model_type not in SEGMENTER_CLASSES:
+            raise ModelFormatError(
+                f"'{folder}' holds a {model_type!r} model; the segmenter must be one of "
+                f"{', '.join(SEGMENTER_CLASSES)} (SAM 2 or EdgeTAM in transformers' format)."
+            )
+        model = _from_pretrained(getattr(transformers, SEGMENTER_CLASSES[model_type]), folder)
+        cfg = _processor_config(folder)
+    size = int((cfg.get("size") or {}).get("height", SEGMENTER_SIZE))
+    mean = tuple(cfg.get("image_mean", GROUNDING_MEAN))
+    std = tuple(cfg.get("image_std", GROUNDING_STD))
+    return SegmenterBundle(model.eval(), size, mean, std, name)
 
 
 @contextlib.contextmanager
@@ -310,5 +386,6 @@ def fetch_models(source: str = "default", *, cache_dir: str | None = None) -> li
     if source != "default":
         raise ModelNotFound("only --models default can be fetched; tiny models are built in, folders are yours.")
     return [
-        hub_folder(model_id, allow_download=True, cache_dir=cache_dir) for model_id in (DEFAULT_CLIP, DEFAULT_GROUNDING)
+        hub_folder(model_id, allow_download=True, cache_dir=cache_dir)
+        for model_id in (DEFAULT_CLIP, DEFAULT_GROUNDING, DEFAULT_SEGMENTER)
     ]

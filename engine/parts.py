@@ -1,7 +1,7 @@
 """Per-vertex part weights: which vertices the style of each part applies to.
 
 Weights come from the user (per-vertex labels, or Blender vertex groups) or from localization
-(``grounding/lift.py``). Each vertex has one weight per named part plus a *rest* weight for
+(``grounding/settle.py``). Each vertex has one weight per named part plus a *rest* weight for
 "no part"; the row sums to 1. Vertices whose weight is all rest keep their original color and
 shape when a part prompt is applied.
 """

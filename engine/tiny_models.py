@@ -250,3 +250,86 @@ def real_size_grounding_config():
         max_text_len=256,
         two_stage=True,
     )
+
+
+def segmenter_config(
+    image_size: int = 1024,
+    *,
+    embed_dims: tuple[int, int, int, int] = (96, 192, 384, 768),
+    blocks: tuple[int, int, int, int] = (1, 2, 7, 2),
+    heads: tuple[int, int, int, int] = (1, 2, 4, 8),
+    global_blocks: tuple[int, ...] = (5, 7, 9),
+    windows: tuple[int, int, int, int] = (8, 4, 14, 7),
+    background_window: int = 7,
+    hidden_size: int = 256,
+    decoder_mlp: int = 2048,
+    decoder_heads: int = 8,
+    stable_single_mask: bool = True,
+):
+    """A box-promptable SAM 2 (``Sam2Config``) of the given sizes, built without a download.
+
+    The defaults are the architecture of SAM 2 hiera-tiny (``facebook/sam2-hiera-tiny-hf``: Hiera
+    embed 96, blocks 1-2-7-2, 1024 px, FPN and decoder width 256; about 39 M parameters), as the
+    benchmark needs it. ``image_size`` is the square input side; the low-resolution masks it gives
+    are a quarter of it. ``stable_single_mask=False`` turns off the decoder's fallback from its single
+    mask to its multi-mask outputs when the single mask is unstable (the tiny model trains only the
+    single mask, so the fallback would pick untrained outputs).
+    """
+    from transformers import Sam2Config
+
+    return Sam2Config(
+        vision_config={
+            "backbone_config": {
+                "model_type": "sam2_hiera_det_model",
+                "hidden_size": embed_dims[0],
+                "embed_dim_per_stage": list(embed_dims),
+                "blocks_per_stage": list(blocks),
+                "num_attention_heads_per_stage": list(heads),
+                "global_attention_blocks": list(global_blocks),
+                "window_size_per_stage": list(windows),
+                "window_positional_embedding_background_size": [background_window, background_window],
+                "image_size": [image_size, image_size],
+            },
+            "backbone_channel_list": list(reversed(embed_dims)),
+            "backbone_feature_sizes": [[image_size // s, image_size // s] for s in (4, 8, 16)],
+            "fpn_hidden_size": hidden_size,
+        },
+        prompt_encoder_config={"hidden_size": hidden_size, "image_size": image_size, "patch_size": 16},
+        mask_decoder_config={
+            "hidden_size": hidden_size,
+            "mlp_dim": decoder_mlp,
+            "num_attention_heads": decoder_heads,
+            "iou_head_hidden_dim": hidden_size,
+            "dynamic_multimask_via_stability": stable_single_mask,
+        },
+    )
+
+
+# Sizes of the shipped tiny segmenter (about 1.7 M parameters, 7 MB as float32): 256 px, Hiera 32-64-128-256.
+TINY_SEGMENTER_SIZES = {
+    "embed_dims": (32, 64, 128, 256),
+    "blocks": (1, 1, 3, 1),
+    "heads": (1, 1, 2, 4),
+    "global_blocks": (3, 4),
+    "windows": (8, 4, 8, 4),
+    "background_window": 4,
+    "hidden_size": 64,
+    "decoder_mlp": 256,
+    "decoder_heads": 4,
+    "stable_single_mask": False,
+}
+
+
+def build_tiny_segmenter(seed: int = 0, image_size: int = 256, **sizes):
+    """A small randomly initialized ``Sam2Model`` taking box prompts on ``image_size`` px images.
+
+    ``sizes`` override :data:`TINY_SEGMENTER_SIZES` (see :func:`segmenter_config`). Returns the model
+    in eval mode; the global RNG is left as it was.
+    """
+    from transformers import Sam2Model
+
+    config = segmenter_config(image_size, **{**TINY_SEGMENTER_SIZES, **sizes})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam2Model(config)
+    return model.eval()

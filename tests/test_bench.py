@@ -24,7 +24,11 @@ def test_quick_benchmark_reports_every_figure():
     every = parts["grounding_every"]
     assert every == 25 and parts["clip_step"] > 0 and parts["grounding_step"] > 0
     assert abs(parts["average"] - ((every - 1) * parts["clip_step"] + parts["grounding_step"]) / every) < 1e-9
-    assert "# part prompts" in text and "# localization" in text and figures["localization"][256] > 0
+    assert "# part prompts" in text and "# localization" in text
+    located = figures["localization"][256]
+    assert all(located[p] > 0 for p in ("render", "detect", "segment", "patches", "settle"))
+    assert located["boxes"] < located["masks"] == sum(located[p] for p in ("render", "detect", "segment", "patches",
+                                                                             "settle"))
 
 
 def test_large_mesh_benchmark_measures_each_size_in_its_own_process():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from engine import export
 from engine.config import settings_for
 from engine.errors import OutputError
+from engine.parts import PartWeights
 from engine.prompt import parse_prompt
 from engine.result import StyleResult
 from engine.samples import sample_mesh
@@ -43,6 +45,18 @@ def test_preview_shows_before_and_after(tmp_path):
     assert grid.shape[0] >= 2 * 64 and grid.shape[1] >= 2 * 64
     top, bottom = grid[: grid.shape[0] // 2], grid[grid.shape[0] // 2 :]
     assert bottom.mean() < top.mean()
+
+
+def test_preview_of_a_part_prompt_shows_the_parts_between_before_and_after():
+    """Three rows: before, the parts in palette colors (unchanged vertices gray), after."""
+    result = fake_result(0.0)
+    labels = (np.arange(result.mesh.num_vertices) % 2).astype(np.int64) - 1  # half part 0, half unchanged
+    parted = dataclasses.replace(result, parts=PartWeights.from_labels(labels, ("body",)))
+    plain, grid = export.before_after_grid(result, views=2, size=64), export.before_after_grid(parted, views=2, size=64)
+    assert grid.shape[0] > plain.shape[0] + 60 and grid.shape[1] == plain.shape[1]
+    third = grid.shape[0] // 3
+    middle = grid[third: 2 * third].reshape(-1, 3).astype(np.int64)
+    assert (middle[:, 0] - middle[:, 2] > 40).any() or (middle[:, 2] - middle[:, 0] > 40).any()  # a hue appears
 
 
 def _ply_vertex_table(path) -> np.ndarray:

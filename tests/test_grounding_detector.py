@@ -288,12 +288,12 @@ def test_default_grounding_offline_names_the_model_and_the_fetch_command(tmp_pat
     assert DEFAULT_GROUNDING in str(err.value) and FETCH_COMMAND in str(err.value)
 
 
-def test_fetch_models_fetches_clip_and_grounding(monkeypatch):
+def test_fetch_models_fetches_clip_grounding_and_the_segmenter(monkeypatch):
     import engine.models as models
 
     fetched = []
     monkeypatch.setattr(models, "hub_folder", lambda model_id, **kw: fetched.append((model_id, kw)) or model_id)
-    assert models.fetch_models("default") == [models.DEFAULT_CLIP, DEFAULT_GROUNDING]
+    assert models.fetch_models("default") == [models.DEFAULT_CLIP, DEFAULT_GROUNDING, models.DEFAULT_SEGMENTER]
     assert all(kw["allow_download"] for _, kw in fetched)
 
 

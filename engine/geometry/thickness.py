@@ -87,11 +87,19 @@ def local_thickness(
     graph = VertexGraph(np.asarray(faces, np.int64), len(vertices))
     lengths = np.linalg.norm(vertices[graph.source] - vertices[graph.target], axis=1)
     inside, outside = (_lipschitz(_spread(values, chosen, graph), graph, lengths) for values in sides)
-    bend = _lipschitz(_bend_radius(np.asarray(normals, np.float64), graph, lengths), graph, lengths)
+    bend = bend_radius(np.asarray(normals, np.float64), graph, lengths)
     return LocalThickness(*(values.astype(np.float32) for values in (inside, outside, bend)))
 
 
-def _bend_radius(normals: np.ndarray, graph: VertexGraph, lengths: np.ndarray) -> np.ndarray:
+def bend_radius(normals: np.ndarray, graph: VertexGraph, lengths: np.ndarray) -> np.ndarray:
+    """[V] the radius over which the surface turns at each vertex, made 1-Lipschitz along the surface.
+
+    The smallest |edge| / |change of the unit normal along it| over each vertex's edges, in
+    (0, MAX_DISTANCE]; ``normals`` [V, 3] unit, ``lengths`` [E'] of ``graph``'s directed edges."""
+    return _lipschitz(_edge_radius(normals, graph, lengths), graph, lengths)
+
+
+def _edge_radius(normals: np.ndarray, graph: VertexGraph, lengths: np.ndarray) -> np.ndarray:
     """[V] smallest |edge| / |change of the unit normal along it| over each vertex's edges."""
     turn = np.linalg.norm(normals[graph.source] - normals[graph.target], axis=1)
     radius = np.minimum(lengths / np.maximum(turn, 1e-12), MAX_DISTANCE)

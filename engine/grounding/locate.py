@@ -1,4 +1,5 @@
-"""Localization once per run (METHOD section 5.1): untextured views -> part boxes -> part weights."""
+"""Localization once per run (METHOD section 5.1): untextured views -> part boxes -> pixel masks ->
+votes on the mesh's patches -> settled part weights."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from ..cameras import Cameras
 from ..config import Settings
 from ..errors import PartNotFound
 from ..events import CancelToken
+from ..geometry.patches import Patches, segment_patches
 from ..parts import PartWeights
 from ..render import Renderer
 from .detector import GroundingDetector
-from .lift import PartBoxes, lift_boxes, localization_views, visibility
+from .masks import box_masks, segmented_masks
+from .segmenter import BoxSegmenter
+from .settle import face_votes, settle_labels
+from .views import PartBoxes, Visibility, localization_views, visibility
 
 # Albedo of the untextured views the detector sees.
 UNTEXTURED_GRAY = 0.7
@@ -27,6 +32,8 @@ DETECT_BATCH = 2
 
 # (images [N, 3, H, W] in 0..1, part names) -> per view, per part: boxes above the threshold.
 BoxDetector = Callable[[torch.Tensor, list[str]], list[list[PartBoxes]]]
+# (images [N, 3, H, W] in 0..1, boxes[view][part]) -> [N, K, H, W] float32 evidence in 0..1.
+MaskSource = Callable[[torch.Tensor, list[list[PartBoxes]]], np.ndarray]
 
 
 def detector_boxes(detector: GroundingDetector, threshold: float, cancel: CancelToken | None = None) -> BoxDetector:
@@ -49,21 +56,69 @@ def detector_boxes(detector: GroundingDetector, threshold: float, cancel: Cancel
     return detect
 
 
+def segmenter_masks(segmenter: BoxSegmenter, threshold: float, cancel: CancelToken | None = None) -> MaskSource:
+    """A :data:`MaskSource` refining each part's best box per view with ``segmenter``."""
+    return lambda images, boxes: segmented_masks(images, boxes, segmenter, threshold, cancel)
+
+
+def rectangle_masks(settings: Settings) -> MaskSource:
+    """A :data:`MaskSource` giving the boxes themselves as filled rectangles (``evidence=boxes``)."""
+    return lambda images, boxes: box_masks(boxes, images.shape[-1], settings.localize)
+
+
 @dataclass(frozen=True)
 class Localization:
     """Where each part is.
 
     Attributes:
-        weights: the lifted per-vertex part weights.
+        weights: the settled per-vertex part weights (exactly keep where no part won).
         boxes: ``boxes[view][part]`` as detected.
+        masks: [N, K, H, W] float32 the per-pixel evidence the labels were settled from.
         images: [N, H, W, 3] float32 the untextured views the detector saw.
         cameras: the N views.
+        part_confidence: per part name, 0..1: the mean share of the evidence for the part over the
+            faces it got.
+        face_labels: [F] int64 part index per face, -1 keep.
     """
 
     weights: PartWeights
     boxes: list[list[PartBoxes]]
+    masks: np.ndarray
     images: np.ndarray
     cameras: Cameras
+    part_confidence: dict[str, float]
+    face_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class LocalizationViews:
+    """The views of a localization, rendered once: ``cameras``, the visibility pass ``seen`` and the
+    untextured ``images`` [N, 3, H, W] in 0..1."""
+
+    cameras: Cameras
+    seen: Visibility
+    images: torch.Tensor
+
+
+def render_views(vertices: torch.Tensor, faces: torch.Tensor, settings: Settings) -> LocalizationViews:
+    """The untextured localization views of a unit-frame mesh ([V, 3] vertices, [F, 3] faces)."""
+    loc = settings.localize
+    cameras = localization_views(loc, settings.views, settings.render, device=vertices.device)
+    seen = visibility(vertices, faces, cameras, loc.resolution)
+    gray = torch.full_like(vertices, UNTEXTURED_GRAY)
+    with torch.no_grad():
+        images = Renderer(settings.render).render(vertices, faces, cameras, colors=gray, face_id=seen.face_id).color
+    return LocalizationViews(cameras, seen, images)
+
+
+def settle_masks(views: LocalizationViews, masks: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
+                 parts: tuple[str, ...], settings: Settings, patches: Patches | None = None, *,
+                 source: str = "grounding"):
+    """Settle part labels on the mesh from per-view evidence ``masks`` [N, K, H, W] (see ``settle.py``)."""
+    patches = patches if patches is not None else segment_patches(vertices, faces)
+    votes = face_votes(views.seen.face_id.cpu().numpy(), masks, len(faces))
+    return settle_labels(votes, patches, vertices, faces, parts, smoothness=settings.localize.smoothness,
+                         band=settings.localize.band, source=source)
 
 
 def locate(
@@ -71,22 +126,21 @@ def locate(
     faces: torch.Tensor,
     parts: list[str],
     detect: BoxDetector,
+    masks: MaskSource,
     settings: Settings,
 ) -> Localization:
-    """Find ``parts`` on a unit-frame mesh ([V, 3] vertices, [F, 3] faces) with a box detector.
+    """Find ``parts`` on a unit-frame mesh ([V, 3] vertices, [F, 3] faces): boxes from ``detect``,
+    evidence from ``masks``, labels settled on the mesh's patches.
 
     Raises :class:`PartNotFound` when a part has no support in any view, naming the parts found.
     """
-    loc = settings.localize
-    cameras = localization_views(loc, settings.views, settings.render, device=vertices.device)
-    seen = visibility(vertices, faces, cameras, loc.resolution)
-    gray = torch.full_like(vertices, UNTEXTURED_GRAY)
-    with torch.no_grad():
-        images = Renderer(settings.render).render(vertices, faces, cameras, colors=gray, face_id=seen.face_id).color
-    boxes = detect(images, list(parts))
-    weights = lift_boxes(seen, boxes, tuple(parts), faces, loc)
-    check_support(weights, boxes)
-    return Localization(weights, boxes, images.permute(0, 2, 3, 1).cpu().numpy(), cameras.to("cpu"))
+    views = render_views(vertices, faces, settings)
+    boxes = detect(views.images, list(parts))
+    evidence = masks(views.images, boxes)
+    settled = settle_masks(views, evidence, vertices.cpu().numpy(), faces.cpu().numpy(), tuple(parts), settings)
+    check_support(settled.weights, boxes)
+    return Localization(settled.weights, boxes, evidence, views.images.permute(0, 2, 3, 1).cpu().numpy(),
+                        views.cameras.to("cpu"), settled.part_confidence, settled.face_labels)
 
 
 def check_support(weights: PartWeights, boxes: list[list[PartBoxes]]) -> None:

@@ -5,7 +5,7 @@ grounding loss write them.
 A sample is one view of a procedural object with parts (lamp, chair, mug), stretched at random
 along its axes, either untextured gray (what localization shows the detector) or colored and
 patterned (what the grounding loss shows it during stylization). A part's box is the pixel extent
-of its visible vertices (:func:`engine.grounding.lift.boxes_from_labels`, the same ideal boxes
+of its visible vertices (:func:`engine.grounding.views.boxes_from_labels`, the same ideal boxes
 ``eval-localization`` lifts). Captions list the object's parts in random order, sometimes with part
 names of other objects that have no box (negatives), sometimes leaving some of the object's own
 parts out (their boxes are then not labelled either, as a prompt that names only some parts
@@ -21,8 +21,8 @@ import torch
 
 from ..cameras import fixed_views
 from ..config import settings_for
-from ..grounding.lift import boxes_from_labels, visibility
 from ..grounding.locate import UNTEXTURED_GRAY
+from ..grounding.views import Visibility, boxes_from_labels, visibility
 from ..render import Renderer
 from .synthetic import Scene, SceneMesh, random_scene, scene_mesh
 from .vocabulary import PART_OBJECTS
@@ -117,8 +117,8 @@ class DetectionSamples:
         order = torch.randperm(len(phrases), generator=g).tolist()
         return tuple(phrases[i] for i in order)
 
-    def _render(self, scene: Scene, phrases: tuple[str, ...]) -> DetectionSample:
-        """One random view of ``scene`` (stretched, gray or colored) with the boxes of its named parts."""
+    def random_view(self, scene: Scene) -> tuple[torch.Tensor, Visibility]:
+        """One random view of ``scene``, stretched, gray or colored: (image [3, S, S], its visibility)."""
         g = self.generator
         mesh = scene.mesh
         vertices = self._stretched(mesh)
@@ -129,6 +129,12 @@ class DetectionSamples:
         seen = visibility(vertices, mesh.faces, cameras, self.size)
         with torch.no_grad():
             image = self.renderer.render(vertices, mesh.faces, cameras, colors=colors, face_id=seen.face_id).color[0]
+        return image, seen
+
+    def _render(self, scene: Scene, phrases: tuple[str, ...]) -> DetectionSample:
+        """One random view of ``scene`` with the boxes of its named parts."""
+        mesh = scene.mesh
+        image, seen = self.random_view(scene)
         labels, boxes = [], []
         for part, part_boxes in enumerate(boxes_from_labels(seen, mesh.labels.numpy(), len(mesh.part_names))[0]):
             if len(part_boxes.boxes) == 0 or mesh.part_names[part] not in phrases:
