@@ -2,10 +2,11 @@
 
 1. **Votes.** Every pixel of every view that shows the mesh (the visibility pass names its face)
    votes for each part with that part's mask value, and for *keep* (no part: leave the surface as
-   it is) with one minus the largest mask value. A face's votes for a column are divided by the
-   pixels that showed it in the views that count for the column (for a part: the views where it
-   was found at all), so a face seen large or often counts no more than one seen small or rarely,
-   and a part the detector missed in some views is judged by the views that found it.
+   it is) with one minus the largest mask value. A face's votes are divided by the pixels that
+   showed it in the views that count, so a face seen large or often counts no more than one seen
+   small or rarely. The views that count: those where every part that claims the face was found
+   (a part the detector missed in some views is judged by the views that found it, against its
+   rivals in the same views), else, per column, the views where that part was found.
 2. **Patches.** Faces' shares are pooled per patch of the mesh's over-segmentation
    (:mod:`engine.geometry.patches`), area-weighted over the faces each column counted.
 3. **Labels.** Each patch takes one label, part or keep, minimizing the unary cost (minus the log
