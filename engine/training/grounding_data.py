@@ -6,7 +6,7 @@ A sample is one view of a procedural object with parts (lamp, chair, mug), stret
 along its axes, either untextured gray (what localization shows the detector) or colored and
 patterned (what the grounding loss shows it during stylization). A part's box is the pixel extent
 of its visible vertices (:func:`engine.grounding.views.boxes_from_labels`, the same ideal boxes
-``eval-localization`` lifts). Captions list the object's parts in random order, sometimes with part
+``eval-localization`` scores as ``ideal boxes``). Captions list the object's parts in random order, sometimes with part
 names of other objects that have no box (negatives), sometimes leaving some of the object's own
 parts out (their boxes are then not labelled either, as a prompt that names only some parts
 must not find the others). Everything is drawn from an explicit
