@@ -3,7 +3,9 @@
     python build.py demo    # stylize the parts of the bundled sample lamp offline -> out/demo/
     python build.py test    # lint, the test suite, and the suite again with the lowest declared versions
     python build.py bench   # print performance figures (docs/performance.md)
-    python build.py extension  # build the Blender extension zip -> dist/partstyle-<version>.zip
+    python build.py extension [--platform linux-x64|windows-x64|macos-arm64|all|none] [--python 3.11|3.13|all]
+                              [--variant cpu|cuda] [--offline]
+                            # the Blender extension zip with the engine's wheels -> dist/partstyle-<version>-<platform>.zip
 
 Each task creates or refreshes the virtual environment ``.venv`` first: it installs
 ``torch==2.13.0`` on its own (an unpinned torch pulls several GB of CUDA packages onto Linux
@@ -16,12 +18,15 @@ Environment variables:
                       CUDA build's spec on a GPU machine.
     PARTSTYLE_VENV    where to keep the virtual environment (default .venv in this folder).
     PARTSTYLE_VENV_LOWEST  where to keep the lowest-versions environment (default .venv-lowest).
+    PARTSTYLE_WHEEL_CACHE  where the extension's wheels and locks are kept (default .cache/extension-wheels).
+    PARTSTYLE_TORCH_INDEX  the index of the extension's CPU torch for Linux (default PyTorch's CPU index).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import glob
 import hashlib
 import os
@@ -30,8 +35,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 import venv
 import zipfile
+from dataclasses import dataclass
 
 try:
     import tomllib
@@ -54,8 +62,8 @@ DEMO_ARGS = [
 # lowest version it declares, so that "supported" means tested at both ends of each range.
 LOWEST_VENV = os.environ.get("PARTSTYLE_VENV_LOWEST", os.path.join(ROOT, ".venv-lowest"))
 # Test extras that the lowest-versions run leaves out: Blender's module pins its own numpy (its
-# tests run in the main environment).
-LOWEST_SKIPS = ("bpy",)
+# tests run in the main environment), and uv only builds the extension.
+LOWEST_SKIPS = ("bpy", "uv")
 
 
 def venv_python(venv_dir: str = VENV) -> str:
@@ -181,7 +189,7 @@ def task_test(args: list[str]) -> None:
     log("1/3: ruff (the lint rules of pyproject.toml)")
     lint(python)
     log("2/3: the test suite, newest versions")
-    pytest(python, [])
+    pytest(python, [], prepare_extension_wheels(python))
     log("3/3: the test suite with the lowest declared versions (docs/installation.md, 'Tested versions')")
     test_lowest([])
 
@@ -190,8 +198,8 @@ def lint(python: str) -> None:
     run([python, "-m", "ruff", "check", "--no-cache", "."])
 
 
-def pytest(python: str, args: list[str]) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def pytest(python: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(extra_env or {})}
     run([python, "-m", "pytest", "-p", "no:cacheprovider", *args], env=env)
 
 
@@ -403,6 +411,8 @@ def check_extension_zip(path: str) -> None:
 def build_extension(
     out_dir: str,
     *,
+    target: ExtensionTarget | None = None,
+    offline: bool = False,
     addon_dir: str = ADDON_DIR,
     engine_dir: str = ENGINE_DIR,
     manifest: str = MANIFEST,
@@ -412,9 +422,12 @@ def build_extension(
 ) -> str:
     """Build and validate the extension zip in ``out_dir`` with Blender's own tool; returns its path.
 
-    ``python`` is the interpreter that has bpy (default: this one); ``echo``, if given, receives the
-    tool's messages. Raises ExtensionError when the sources, the build or the validation fail; no zip
-    is left behind then.
+    ``target`` (a platform, Blender's Python and a torch variant) bundles the engine's dependencies
+    as wheels for that platform (:func:`bundle_wheels`; ``offline`` takes them from the wheel cache
+    only); without it the zip carries no wheels (a development build: the packages must then be
+    installed by hand, docs/installation.md). ``python`` is the interpreter that has bpy (default:
+    this one); ``echo``, if given, receives progress messages. Raises ExtensionError when the
+    sources, the wheels, the build or the validation fail; no zip is left behind then.
     """
     python = python or sys.executable
     tool, tags = find_blender_ext(python)
@@ -423,17 +436,22 @@ def build_extension(
         stage = os.path.join(tmp, EXTENSION_ID)
         version = stage_extension(stage, addon_dir=addon_dir, engine_dir=engine_dir, manifest=manifest,
                                   pyproject=pyproject)
+        if target is not None:
+            wheels = bundle_wheels(target, os.path.join(stage, "wheels"), python=python, offline=offline, echo=echo)
+            add_wheels_to_manifest(os.path.join(stage, "blender_manifest.toml"), target.platform,
+                                   [f"./wheels/{name}" for name in wheels])
         os.makedirs(out_dir, exist_ok=True)
         zip_id = _load_toml(manifest, "The extension manifest").get("id") or EXTENSION_ID
-        path = os.path.join(out_dir, f"{zip_id}-{version}.zip")
+        path = os.path.join(out_dir, f"{zip_id}-{version}{target.suffix if target else ''}.zip")
         if os.path.exists(path):
             os.remove(path)  # a failed build must not leave an older zip looking new
-        code, output = _blender_ext(python, tool, ["build", "--source-dir", stage, "--output-dir", out_dir, *tag_args])
+        code, output = _blender_ext(python, tool, ["build", "--source-dir", stage, "--output-filepath", path,
+                                                   *tag_args])
         output = output.replace(os.path.join(stage, "blender_manifest.toml"), manifest)  # name the source file
         if code or not os.path.isfile(path):
             raise ExtensionError(f"Blender's extension tool refused to build it (exit code {code}):\n{output}")
         if echo:
-            echo(f"{os.path.basename(tool)} build: " + output.replace("\n", "; "))
+            echo(f"{os.path.basename(tool)} build: " + _short(output))
     code, output = _blender_ext(python, tool, ["validate", path, *tag_args])
     if code:
         os.remove(path)
@@ -448,8 +466,387 @@ def build_extension(
     return path
 
 
+def _short(output: str, lines: int = 3) -> str:
+    """The last few lines of a tool's output on one line (a build lists every file it packs)."""
+    kept = [line for line in output.splitlines() if line.strip()]
+    return "; ".join(kept[-lines:])
+
+
+# -------------------------------------------------------------------------------------------------
+# Bundled wheels: the engine's dependencies for one platform and one Blender Python
+#
+# Blender installs an extension's wheels into its extensions' own site-packages, ahead of its own
+# (addon_utils._initialize_extensions_site_packages), so a bundled numpy would shadow Blender's for
+# every add-on. The wheels are therefore resolved for the target platform by uv (which, unlike pip,
+# evaluates environment markers for the target, not for the building machine) against stand-ins for
+# the packages Blender ships, at the oldest versions a supported Blender ships: the resolution proves
+# that the bundle works with Blender's numpy, and the stand-ins are never bundled.
+
+#: Blender's platforms -> uv's target triple.
+EXTENSION_PLATFORMS = {
+    "linux-x64": "x86_64-manylinux_2_28",
+    "windows-x64": "x86_64-pc-windows-msvc",
+    "macos-arm64": "aarch64-apple-darwin",
+}
+#: Blender's Python -> the Blender releases that embed it.
+BLENDER_PYTHONS = {"3.11": "Blender 4.2 to 5.0", "3.13": "Blender 5.1 and later"}
+#: The oldest macOS torch's arm64 wheels support (torch 2.13: macosx_14_0_arm64).
+MACOS_DEPLOYMENT_TARGET = "14.0"
+#: Packages Blender ships in its own site-packages, at the oldest version a supported Blender ships
+#: (Blender 4.2's build_files/build_environment/cmake/versions.cmake; Blender 5.1's numpy from bpy
+#: 5.1's requirement numpy>=1.26). Never bundled: Blender's copies are the ones imported.
+BLENDER_PROVIDES = {
+    "numpy": "1.24.3", "requests": "2.27.1", "urllib3": "1.26.8", "certifi": "2021.10.8", "idna": "3.3",
+    "charset-normalizer": "2.0.10", "zstandard": "0.16.0", "cython": "0.29.30", "autopep8": "2.3.1",
+    "pycodestyle": "2.12.1",
+}
+BLENDER_PROVIDES_BY_PYTHON = {"3.13": {"numpy": "1.26.4"}}
+#: Where CPU-only torch for Linux comes from (PyPI's Linux torch is a CUDA build of several GB).
+PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: Downloaded wheels and the lock of each target (kept between builds; never shipped).
+WHEEL_CACHE = os.environ.get("PARTSTYLE_WHEEL_CACHE", os.path.join(ROOT, ".cache", "extension-wheels"))
+
+
+@dataclass(frozen=True)
+class ExtensionTarget:
+    """One extension build: Blender's ``platform``, Blender's ``python`` and the torch ``variant``."""
+
+    platform: str
+    python: str = "3.11"
+    variant: str = "cpu"
+
+    def __post_init__(self):
+        if self.platform not in EXTENSION_PLATFORMS:
+            raise ExtensionError(f"unknown platform {self.platform!r}; use one of {', '.join(EXTENSION_PLATFORMS)}")
+        if self.python not in BLENDER_PYTHONS:
+            raise ExtensionError(f"unknown Blender Python {self.python!r}; use one of {', '.join(BLENDER_PYTHONS)} "
+                                 f"({'; '.join(f'{k}: {v}' for k, v in BLENDER_PYTHONS.items())})")
+        if self.variant not in ("cpu", "cuda"):
+            raise ExtensionError(f"unknown torch variant {self.variant!r}; use cpu or cuda")
+        if self.variant == "cuda" and self.platform == "macos-arm64":
+            raise ExtensionError("there is no CUDA on macOS: build macos-arm64 with --variant cpu (torch uses the "
+                                 "Apple GPU through mps there)")
+
+    @property
+    def name(self) -> str:
+        """``linux-x64-cp311-cpu``: the wheel cache's folder for this target."""
+        return f"{self.platform}-cp{self.python.replace('.', '')}-{self.variant}"
+
+    @property
+    def suffix(self) -> str:
+        """The zip name's tail: ``-linux_x64`` for the default (Python 3.11, CPU), else with the
+        Python and variant (``-linux_x64-cp313``, ``-windows_x64-cuda``)."""
+        tail = "" if self.python == "3.11" else f"-cp{self.python.replace('.', '')}"
+        return f"-{self.platform.replace('-', '_')}{tail}{'' if self.variant == 'cpu' else '-cuda'}"
+
+    def torch_requirement(self, version: str) -> str:
+        """The torch wheel for this target: a CPU build (``+cpu`` on Linux, where PyPI's is CUDA),
+        or PyPI's CUDA build on Linux, PyTorch's on Windows (``+cu130``)."""
+        if self.platform == "linux-x64" and self.variant == "cpu":
+            return f"torch=={version}+cpu"
+        if self.platform == "windows-x64" and self.variant == "cuda":
+            return f"torch=={version}+{WINDOWS_CUDA}"
+        return f"torch=={version}"
+
+    def torch_index(self) -> str | None:
+        """The package index torch comes from when it is not PyPI's."""
+        if self.platform == "linux-x64" and self.variant == "cpu":
+            return os.environ.get("PARTSTYLE_TORCH_INDEX", PYTORCH_CPU_INDEX)
+        if self.platform == "windows-x64" and self.variant == "cuda":
+            return os.environ.get("PARTSTYLE_TORCH_INDEX", f"https://download.pytorch.org/whl/{WINDOWS_CUDA}")
+        return None
+
+
+#: The CUDA build of torch for Windows (PyTorch's own index; PyPI's Windows torch is CPU only).
+WINDOWS_CUDA = "cu130"
+
+
+def extension_targets(platform: str, python: str, variant: str) -> list[ExtensionTarget]:
+    """The builds ``build.py extension`` makes: ``all`` is every platform (the CUDA variant where it
+    exists), each for the given Python (``all``: both)."""
+    platforms = list(EXTENSION_PLATFORMS) if platform == "all" else [platform]
+    pythons = list(BLENDER_PYTHONS) if python == "all" else [python]
+    return [ExtensionTarget(p, py, variant) for p in platforms for py in pythons
+            if not (variant == "cuda" and p == "macos-arm64" and platform == "all")]
+
+
+def this_platform() -> str:
+    """This machine's platform in Blender's words (``linux-x64``...), or "" when no build exists for it."""
+    import platform as _platform
+
+    system = {"linux": "linux", "windows": "windows", "darwin": "macos"}.get(_platform.system().lower(), "")
+    machine = {"x86_64": "x64", "amd64": "x64", "arm64": "arm64", "aarch64": "arm64"}.get(
+        _platform.machine().lower(), "")
+    name = f"{system}-{machine}"
+    return name if name in EXTENSION_PLATFORMS else ""
+
+
+def blender_provides(python: str) -> dict[str, str]:
+    """Name -> version of what Blender's own site-packages holds, for Blender's ``python``."""
+    return {**BLENDER_PROVIDES, **BLENDER_PROVIDES_BY_PYTHON.get(python, {})}
+
+
+def runtime_requirements(target: ExtensionTarget) -> list[str]:
+    """pyproject.toml's dependencies, torch replaced by the target's build of the pinned version."""
+    torch_version = re.fullmatch(r"torch==([0-9][^\s+;]*)", TORCH.strip())
+    if not torch_version:
+        raise ExtensionError(f"PARTSTYLE_TORCH is {TORCH!r}; an extension bundles one exact torch: "
+                             f"set it to torch==X.Y.Z (or unset it)")
+    reqs = [r for r in _project()["dependencies"] if not _is_torch(r)]
+    return [target.torch_requirement(torch_version.group(1)), *reqs]
+
+
+def write_stand_in_wheels(folder: str, provided: dict[str, str]) -> None:
+    """One empty ``py3-none-any`` wheel per package Blender provides, at its version: the resolver
+    sees them as installed and checks the bundle against them; they are never shipped."""
+    os.makedirs(folder, exist_ok=True)
+    for name, version in provided.items():
+        stem = f"{re.sub(r'[-.]+', '_', name)}-{version}"
+        info = f"{stem}.dist-info"
+        files = {
+            f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+            f"{info}/WHEEL": ("Wheel-Version: 1.0\nGenerator: partstyle-build\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"),
+        }
+        record = "".join(f"{path},sha256={_record_hash(text.encode())},{len(text.encode())}\n"
+                         for path, text in files.items()) + f"{info}/RECORD,,\n"
+        with zipfile.ZipFile(os.path.join(folder, f"{stem}-py3-none-any.whl"), "w") as zf:
+            for path, text in {**files, f"{info}/RECORD": record}.items():
+                zf.writestr(path, text)
+
+
+def _record_hash(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class LockedWheel:
+    """One wheel of a target's lock: its file name, where it comes from, its sha256 and size."""
+
+    name: str
+    version: str
+    filename: str
+    url: str
+    sha256: str
+    size: int
+
+
+def lock_target(target: ExtensionTarget, folder: str, python: str, *, echo=None) -> str:
+    """Resolve the target's wheels with uv into ``folder/pylock.toml``; returns its path.
+
+    torch's own index (PyTorch's CPU index for Linux) is consulted only for torch: a torch wheel
+    already in the cache or in pip's configured find-links folders (an offline mirror) is taken from
+    there first. Raises ExtensionError with uv's explanation when nothing satisfies the target.
+    """
+    os.makedirs(folder, exist_ok=True)
+    stand_ins = os.path.join(folder, "blender-provides")
+    shutil.rmtree(stand_ins, ignore_errors=True)
+    provided = blender_provides(target.python)
+    write_stand_in_wheels(stand_ins, provided)
+    reqs = runtime_requirements(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        req_file, constraints = os.path.join(tmp, "requirements.txt"), os.path.join(tmp, "constraints.txt")
+        with open(req_file, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(reqs) + "\n")
+        with open(constraints, "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{name}=={version}\n" for name, version in provided.items()))
+        lock = os.path.join(folder, "pylock.toml")
+        cmd = [python, "-m", "uv", "pip", "compile", req_file, "-c", constraints, "--format", "pylock.toml",
+               "-o", lock, "--python-platform", EXTENSION_PLATFORMS[target.platform],
+               "--python-version", target.python, "--only-binary", ":all:", "--no-header", "--quiet",
+               "--find-links", stand_ins]
+        # pip's find-links (an offline mirror) may hold CPU builds that also satisfy torch==X (a local
+        # version such as X+cpu matches it): a CUDA build takes its torch from its index only.
+        mirrors = _pip_find_links(python) if target.variant == "cpu" else []
+        local = [f for f in [*mirrors, os.path.join(folder, "wheels")] if os.path.isdir(f)]
+        torch_req = reqs[0].split("==")
+        have_torch = any(_wheel_matches(f, "torch", torch_req[1], target.python) for f in local)
+        for link in local:
+            cmd += ["--find-links", link]
+        index = target.torch_index()
+        if index and not have_torch:
+            cmd += ["--extra-index-url", index, "--index-strategy", "unsafe-best-match"]
+        env = {**os.environ, "MACOSX_DEPLOYMENT_TARGET": MACOS_DEPLOYMENT_TARGET, "UV_NO_CONFIG": "1"}
+        if echo:
+            echo(f"resolving the wheels for {target.name} with uv")
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise ExtensionError(f"no set of wheels satisfies {target.name} (uv pip compile, exit code "
+                             f"{done.returncode}):\n{(done.stdout + done.stderr).strip()}")
+    return lock
+
+
+def _pip_find_links(python: str) -> list[str]:
+    """The find-links folders of pip's configuration (an offline mirror of wheels), if any."""
+    done = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    found = []
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith("find-links"):
+            found += [v for v in value.strip().strip("'\"").split() if v]
+    return [f[len("file://"):] if f.startswith("file://") else f for f in found]
+
+
+def _wheel_matches(folder: str, name: str, version: str, python: str) -> bool:
+    """Whether ``folder`` holds a wheel of ``name==version`` built for CPython ``python``."""
+    prefix, abi = f"{name}-{version}-", f"-cp{python.replace('.', '')}-"
+    return any(f.startswith(prefix) and abi in f and f.endswith(".whl") for f in os.listdir(folder))
+
+
+def locked_wheels(lock: str, provided: dict[str, str]) -> list[LockedWheel]:
+    """The wheels a lock lists, one per package (the smallest where several fit), without the
+    packages Blender provides. Raises ExtensionError for a package with no wheel."""
+    data = _load_toml(lock, "The wheel lock")
+    chosen = []
+    for package in data.get("packages", []):
+        name = requirement_name(package["name"])
+        if name in provided:
+            continue
+        wheels = [w for w in package.get("wheels", []) if "hashes" in w and "sha256" in w["hashes"]]
+        if not wheels:
+            raise ExtensionError(f"{lock}: {name} {package.get('version')} has no wheel for this platform")
+        wheel = min(wheels, key=lambda w: w.get("size") or 0)
+        url = wheel.get("url") or wheel.get("path", "")
+        filename = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+        size = wheel.get("size") or (os.path.getsize(_local_path(url)) if _local_path(url) else 0)
+        chosen.append(LockedWheel(name, package["version"], filename, url, wheel["hashes"]["sha256"], size))
+    return chosen
+
+
+def _local_path(url: str) -> str | None:
+    if url.startswith("file://"):
+        return urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+    return url if url and "://" not in url and os.path.exists(url) else None
+
+
+def fetch_wheels(wheels: list[LockedWheel], folder: str, *, offline: bool = False, echo=None) -> list[str]:
+    """Make every wheel of ``wheels`` present in ``folder``, checked against its sha256; returns the
+    paths. Downloads what is missing unless ``offline``, which raises ExtensionError instead."""
+    os.makedirs(folder, exist_ok=True)
+    paths, missing = [], []
+    for wheel in wheels:
+        path = os.path.join(folder, wheel.filename)
+        if not (os.path.isfile(path) and _sha256(path) == wheel.sha256):
+            missing.append(wheel)
+        paths.append(path)
+    if missing and offline:
+        raise ExtensionError(
+            f"the wheel cache {folder} lacks {len(missing)} wheel(s) ({', '.join(w.filename for w in missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''}); run `python build.py extension --platform ...` once with "
+            f"network to fill it")
+    total = sum(w.size for w in missing)
+    if missing and echo:
+        echo(f"downloading {len(missing)} wheel(s), {total / 1e6:.0f} MB, into {folder}")
+    for wheel in missing:
+        path = os.path.join(folder, wheel.filename)
+        partial = path + ".part"
+        local = _local_path(wheel.url)
+        try:
+            if local:
+                shutil.copyfile(local, partial)
+            else:
+                with urllib.request.urlopen(wheel.url, timeout=60) as response, open(partial, "wb") as fh:
+                    shutil.copyfileobj(response, fh, 1 << 20)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.remove(partial)
+            raise ExtensionError(f"could not get {wheel.filename} from {wheel.url}: {exc}") from None
+        if _sha256(partial) != wheel.sha256:
+            os.remove(partial)
+            raise ExtensionError(f"{wheel.filename} from {wheel.url} does not match the lock's sha256; "
+                                 f"nothing was kept (try again; if it persists, the source changed the file)")
+        os.replace(partial, path)
+    return paths
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_wheels(target: ExtensionTarget, *, python: str, offline: bool = False, echo=None) -> list[str]:
+    """The target's wheels, resolved and downloaded into :data:`WHEEL_CACHE`/<target>/ (with their
+    lock); returns their paths. ``offline`` uses the cache as it is (no resolution, no download) and
+    fails naming what is missing."""
+    folder = os.path.join(WHEEL_CACHE, target.name)
+    lock = os.path.join(folder, "pylock.toml")
+    if offline:
+        if not os.path.isfile(lock):
+            raise ExtensionError(f"no wheel lock for {target.name} in {folder}: run `python build.py extension "
+                                 f"--platform {target.platform} --python {target.python} --variant {target.variant}` "
+                                 f"once with network (the test command does it for linux-x64)")
+    else:
+        lock = lock_target(target, folder, python, echo=echo)
+    wheels = locked_wheels(lock, blender_provides(target.python))
+    return fetch_wheels(wheels, os.path.join(folder, "wheels"), offline=offline, echo=echo)
+
+
+def bundle_wheels(target: ExtensionTarget, dest: str, *, python: str, offline: bool = False, echo=None) -> list[str]:
+    """Put the target's wheels (:func:`cached_wheels`) into ``dest``; returns their file names, sorted."""
+    paths = cached_wheels(target, python=python, offline=offline, echo=echo)
+    os.makedirs(dest, exist_ok=True)
+    for path in paths:
+        shutil.copyfile(path, os.path.join(dest, os.path.basename(path)))
+    if echo:
+        echo(f"{len(paths)} wheels for {target.name}: {sum(os.path.getsize(p) for p in paths) / 1e6:.0f} MB")
+    return sorted(os.path.basename(p) for p in paths)
+
+
+def add_wheels_to_manifest(path: str, platform: str, wheels: list[str]) -> None:
+    """Write ``platforms`` and ``wheels`` into a staged manifest, before its first table."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if re.search(r"^\s*(wheels|platforms)\s*=", text, re.M):
+        raise ExtensionError(f"{MANIFEST} sets wheels or platforms itself; build.py writes them per platform: "
+                             f"remove them from the manifest")
+    listed = ",\n".join(f'  "{w}"' for w in wheels)
+    block = f'platforms = ["{platform}"]\nwheels = [\n{listed},\n]\n\n'
+    table = re.search(r"^\[", text, re.M)
+    at = table.start() if table else len(text)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text[:at] + block + text[at:])
+
+
+def prepare_extension_wheels(python: str) -> dict[str, str]:
+    """Fill the wheel cache that the extension's install-and-run test builds from (offline): linux-x64
+    for Blender 4.2-5.0, where this machine is one. Returns the environment that tells the test the
+    cache must be there."""
+    if this_platform() != "linux-x64" or not _has_bpy(python):
+        log("the bundled-wheels extension test runs on linux-x64 with bpy only; it will skip here")
+        return {}
+    log("the linux-x64 extension's wheels (for its install-and-run test)")
+    try:
+        cached_wheels(ExtensionTarget("linux-x64"), python=python, echo=log)
+    except ExtensionError as exc:
+        sys.exit(f"[build] could not prepare the extension's wheels: {exc}")
+    return {"PARTSTYLE_EXTENSION_WHEELS": "required"}
+
+
+def _has_bpy(python: str) -> bool:
+    return subprocess.run([python, "-c", "import importlib.util as u; raise SystemExit(u.find_spec('bpy') is None)"],
+                          capture_output=True).returncode == 0
+
+
 def task_extension(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="build.py extension", description="Build the Blender extension zip.")
+    parser = argparse.ArgumentParser(
+        prog="build.py extension",
+        description="Build the Blender extension zip for a platform, with the engine's dependencies as wheels.")
+    parser.add_argument("--platform", default=this_platform() or "linux-x64",
+                        choices=[*EXTENSION_PLATFORMS, "all", "none"],
+                        help="Blender's platform (default: this machine's); all: every platform; none: no wheels "
+                             "(a development zip, the packages installed by hand)")
+    parser.add_argument("--python", default="3.11", choices=[*BLENDER_PYTHONS, "all"],
+                        help="Blender's Python: 3.11 for Blender 4.2-5.0 (default), 3.13 for 5.1+, all: both")
+    parser.add_argument("--variant", default="cpu", choices=["cpu", "cuda"],
+                        help="torch build: cpu (default; macOS uses the Apple GPU either way) or cuda (linux-x64, "
+                             "windows-x64; several GB)")
+    parser.add_argument("--offline", action="store_true",
+                        help="take the wheels from the cache only (no resolution, no download)")
     parser.add_argument("--out", default=os.path.join(ROOT, "dist"), help="folder for the zip (default dist/)")
     parser.add_argument("--stage", metavar="DIR", help="only lay out the extension's files in DIR (no bpy needed)")
     options = parser.parse_args(args)
@@ -458,11 +855,23 @@ def task_extension(args: list[str]) -> None:
             version = stage_extension(options.stage)
             log(f"staged Partstyle {version} in {options.stage}")
             return
-        path = build_extension(options.out, python=ensure_venv(), echo=log)
+        targets = ([None] if options.platform == "none"
+                   else extension_targets(options.platform, options.python, options.variant))
     except ExtensionError as exc:
         sys.exit(f"[build] the extension was not built: {exc}")
-    log(f"built {os.path.relpath(path)} ({os.path.getsize(path) / 1e6:.1f} MB); install it in Blender 4.2+ with "
-        f"Edit > Preferences > Get Extensions > Install from Disk")
+    python, failed = ensure_venv(), []
+    for target in targets:
+        try:
+            path = build_extension(options.out, target=target, offline=options.offline, python=python, echo=log)
+        except ExtensionError as exc:
+            log(f"{target.name if target else 'the extension'} was not built: {exc}")
+            failed.append(target.name if target else "the extension")
+            continue
+        blender = BLENDER_PYTHONS[target.python] if target else "Blender 4.2+"
+        log(f"built {os.path.relpath(path)} ({os.path.getsize(path) / 1e6:.1f} MB); install it in {blender} "
+            f"with Edit > Preferences > Get Extensions > Install from Disk")
+    if failed:
+        sys.exit(f"[build] not built: {', '.join(failed)} (the reasons are above)")
 
 
 TASKS = {"demo": task_demo, "test": task_test, "bench": task_bench, "extension": task_extension}

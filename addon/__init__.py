@@ -16,12 +16,13 @@ bl_info = {  # for Blender's legacy add-on loader; extensions (4.2+) read blende
 
 import bpy
 
-from . import jobs, operators, panels, preferences, prompt_ops, properties
+from . import cli, jobs, operators, panels, preferences, prompt_ops, properties
 
 _modules = (properties, preferences)
 _register_operators, _unregister_operators = bpy.utils.register_classes_factory((
     operators.PARTSTYLE_OT_stylize, operators.PARTSTYLE_OT_locate, operators.PARTSTYLE_OT_cancel,
-    operators.PARTSTYLE_OT_clear, operators.PARTSTYLE_OT_apply_as_new, prompt_ops.PARTSTYLE_OT_parse_prompt,
+    operators.PARTSTYLE_OT_clear, operators.PARTSTYLE_OT_apply_as_new, operators.PARTSTYLE_OT_download_models,
+    prompt_ops.PARTSTYLE_OT_parse_prompt,
     prompt_ops.PARTSTYLE_OT_part_add, prompt_ops.PARTSTYLE_OT_part_remove, prompt_ops.PARTSTYLE_OT_show_parts,
     prompt_ops.PARTSTYLE_OT_paint_part, prompt_ops.PARTSTYLE_OT_check_engine,
     prompt_ops.PARTSTYLE_OT_copy_install_command,
@@ -34,15 +35,21 @@ def _on_load_pre(*_args):
     jobs.abandon()
 
 
+#: The handle of the ``-c partstyle`` command while the add-on is registered (Blender's API is global).
+_command = {}
+
+
 def register():
     for module in _modules:
         module.register()
     _register_operators()
     panels.register()
     bpy.app.handlers.load_pre.append(_on_load_pre)
+    _command["handle"] = cli.register_command()
 
 
 def unregister():
+    cli.unregister_command(_command.pop("handle", None))
     jobs.abandon()
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)

@@ -1,6 +1,10 @@
 """Headless batch stylization of objects in a .blend file.
 
-With Blender::
+With the installed extension (Blender 4.2+ registers the command when the add-on is enabled)::
+
+    blender -b file.blend -c partstyle --object NAME --prompt "..." --out result.blend
+
+From a checkout of the repository, with Blender::
 
     blender -b file.blend --python-exit-code 1 --python addon/cli.py -- \\
         --object NAME [--object NAME ...] --prompt "pottery base, linen shade" --out result.blend \\
@@ -11,6 +15,9 @@ With Blender::
 With Blender as a Python module (``pip install bpy``), the same options plus ``--blend``::
 
     python addon/cli.py --blend file.blend -- --object NAME --prompt "..." --out result.blend
+
+``--allow-download`` also needs Blender's online access (``blender --online-mode``, or *Allow
+Online Access* in the preferences): without it the command refuses before any object runs.
 
 Each object is stylized synchronously (the same run as the panel's Stylize button), with progress
 lines on stdout. The result file is written only when every object succeeded; otherwise the
@@ -112,8 +119,37 @@ class ProgressLines:
         print(f"[{self.name}] {text}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the batch; ``argv`` are the script's options (default: taken from ``sys.argv``)."""
+COMMAND = "partstyle"
+
+
+def execute(argv: list[str]) -> int:
+    """Blender's command-line API entry (``blender -b file.blend -c partstyle ...``): the same
+    options as the script, run by the add-on package this module belongs to (no ``sys.path`` change)."""
+    return main(list(argv), addon=importlib.import_module(__package__))
+
+
+def register_command():
+    """Register ``-c partstyle`` where the running Blender has the command-line API (4.2+); returns
+    the handle for :func:`unregister_command`, or None."""
+    import bpy
+
+    register = getattr(bpy.utils, "register_cli_command", None)
+    return register(COMMAND, execute) if register else None
+
+
+def unregister_command(handle) -> None:
+    import bpy
+
+    if handle is not None:
+        bpy.utils.unregister_cli_command(handle)
+
+
+def main(argv: list[str] | None = None, *, addon=None) -> int:
+    """Run the batch; ``argv`` are the script's options (default: taken from ``sys.argv``).
+
+    ``addon`` is the add-on package (given by :func:`execute`); run as a script from a checkout,
+    the package is found next to this file (:func:`import_addon`).
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(script_args(sys.argv) if argv is None else argv)
@@ -126,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         return _out_is_input(args.out)
     import bpy
 
-    addon = import_addon()
+    if args.allow_download and not getattr(bpy.app, "online_access", True):
+        print("error: --allow-download: Blender's online access is off, so nothing may be downloaded. Start "
+              "Blender with --online-mode (or turn on Allow Online Access in Preferences > System > Network), "
+              "or fetch the models first (the add-on's preferences: Download models).", file=sys.stderr)
+        return EXIT_USAGE
+    addon = addon or import_addon()
     engine_link, jobs, runs = addon.engine_link, addon.jobs, addon.runs
     if args.blend:
         if not os.path.isfile(args.blend):
@@ -140,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    warning = runs.vocabulary_warning(
+        runs.Request(object_name="", prompt=args.prompt, models=args.models),
+        hint="Use --models default for any words (the real models; fetch them once with --allow-download and "
+             "blender --online-mode, or the add-on's Download models).")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     interrupted = _cancel_on_interrupt(jobs)
     try:
         failed = []

@@ -28,24 +28,35 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Progress:
-    """What the panel shows about a running job."""
+    """What the panel shows about a running job: iterations, or bytes for a download (``speed`` set).
+
+    ``eta`` is None while a download's time left is not known yet.
+    """
 
     stage: str = "starting"
     step: int = 0
     total: int = 0
-    eta: float = 0.0
+    eta: float | None = 0.0
     loss: float | None = None
+    speed: float | None = None
 
     @property
     def fraction(self) -> float:
         return self.step / self.total if self.total else 0.0
 
     def text(self) -> str:
-        """``stage`` or ``12/300, 1:05 left``."""
+        """``stage``, ``12/300, 1:05 left`` or ``120 MB of 1.5 GB, 12 MB/s, 1:05 left``."""
         if not self.total:
             return self.stage.capitalize()
+        if self.speed is None:
+            done = f"{self.step}/{self.total}"
+        else:
+            size = engine_link.load("downloads", light=True).format_size
+            done = f"{size(self.step)} of {size(self.total)}, {size(self.speed)}/s"
+        if self.eta is None:
+            return done
         minutes, seconds = divmod(round(self.eta), 60)
-        return f"{self.step}/{self.total}, {minutes}:{seconds:02d} left"
+        return f"{done}, {minutes}:{seconds:02d} left"
 
 
 class Job:
@@ -148,6 +159,10 @@ def drain(job: Job, on_preview: Callable[[Any], None] | None = None) -> str:
                 job.progress.stage = payload.name
             elif isinstance(payload, events.NoticeEvent):
                 job.notices.append(payload.message)
+            elif hasattr(payload, "done_bytes"):  # engine.downloads.DownloadProgress
+                job.progress.step, job.progress.total = payload.done_bytes, payload.total_bytes
+                job.progress.eta, job.progress.speed = payload.seconds_left, payload.bytes_per_second
+                job.progress.stage = "downloading"
         elif kind == _DONE:
             job.state, job.result = FINISHED, payload
         else:

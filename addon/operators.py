@@ -14,7 +14,7 @@ Locate parts and Stylize run in two ways:
 import bpy
 from bpy.props import BoolProperty
 
-from . import apply, engine_link, jobs, nodes, preferences, runs
+from . import apply, engine_link, jobs, model_downloads, nodes, preferences, runs
 
 TIMER_SECONDS = 0.2
 
@@ -87,32 +87,34 @@ def show_vertex_colors(context) -> None:
                 space.shading.color_type = 'VERTEX'
 
 
-def redraw(context) -> None:
-    screen = getattr(context, "screen", None)
-    for area in screen.areas if screen else ():
-        if area.type == 'VIEW_3D':
-            area.tag_redraw()
+def redraw(context, kinds=('VIEW_3D',)) -> None:
+    """Redraw the areas of the given types (the sidebar's progress, the preferences' download bar)."""
+    manager = getattr(context, "window_manager", None)
+    for window in manager.windows if manager else ():
+        for area in window.screen.areas:
+            if area.type in kinds:
+                area.tag_redraw()
 
 
-class _RunOperator:
-    """Shared by Locate parts and Stylize: a job, synchronous or modal."""
+class _JobOperator:
+    """An operator that runs one job: to the end in ``--background`` (and from scripts), else modal
+    with a timer that drains the job's messages, Esc cancelling it. Subclasses start the job
+    (:meth:`_start`, setting ``self._job``), conclude it (:meth:`_finish`) and put things back when
+    Blender ends the modal run (:meth:`_abandon`)."""
 
-    bl_options = {'REGISTER', 'UNDO'}
-    run_class = runs.StyleRun
-    needs_styles = True
+    redraw_kinds = ('VIEW_3D',)
 
-    @classmethod
-    def poll(cls, context):
-        return _run_poll(cls, context)
+    def _start(self, context, threaded: bool) -> bool:
+        raise NotImplementedError
 
-    def _start(self, context, threaded: bool):
-        try:
-            self._run = self.run_class(request_from(context, styles=self.needs_styles))
-            self._job = runs.start(self._run, threaded=threaded)
-        except _user_errors() as exc:
-            self.report({'ERROR'}, str(exc))
-            return False
-        return True
+    def _finish(self, context):
+        raise NotImplementedError
+
+    def _abandon(self) -> None:
+        jobs.release(self._job)
+
+    def _drain(self, context) -> str:
+        return jobs.drain(self._job)
 
     def execute(self, context):
         if not self._start(context, threaded=False):
@@ -136,13 +138,8 @@ class _RunOperator:
             return {'RUNNING_MODAL'}
         if event.type != 'TIMER':
             return {'PASS_THROUGH'}
-
-        def preview(preview_event):
-            self._run.preview(preview_event)
-            show_vertex_colors(context)
-
-        state = jobs.drain(self._job, preview)
-        redraw(context)
+        state = self._drain(context)
+        redraw(context, self.redraw_kinds)
         if state == jobs.RUNNING:
             return {'PASS_THROUGH'}
         context.window_manager.event_timer_remove(self._timer)
@@ -152,9 +149,44 @@ class _RunOperator:
         """Blender ends the modal run (a file is loaded, the window closes): stop and put back."""
         context.window_manager.event_timer_remove(self._timer)
         self._job.cancel()
-        if jobs.current() is self._job:  # else a new file was loaded: the object is gone already
-            jobs.release(self._job)
-            self._run.restore()
+        if jobs.current() is self._job:  # else a new file was loaded and abandoned it already
+            self._abandon()
+
+
+class _RunOperator(_JobOperator):
+    """Shared by Locate parts and Stylize: a run on the active object, previewed while it goes."""
+
+    bl_options = {'REGISTER', 'UNDO'}
+    run_class = runs.StyleRun
+    needs_styles = True
+
+    @classmethod
+    def poll(cls, context):
+        return _run_poll(cls, context)
+
+    def _start(self, context, threaded: bool):
+        try:
+            request = request_from(context, styles=self.needs_styles)
+            self._run = self.run_class(request)
+            self._job = runs.start(self._run, threaded=threaded)
+        except _user_errors() as exc:
+            self.report({'ERROR'}, str(exc))
+            return False
+        warning = runs.vocabulary_warning(request)
+        if warning:
+            self.report({'WARNING'}, warning)
+        return True
+
+    def _drain(self, context) -> str:
+        def preview(preview_event):
+            self._run.preview(preview_event)
+            show_vertex_colors(context)
+
+        return jobs.drain(self._job, preview)
+
+    def _abandon(self) -> None:
+        jobs.release(self._job)
+        self._run.restore()
 
     def _finish(self, context):
         level, message = runs.conclude(self._job, self._run)
@@ -200,6 +232,40 @@ class PARTSTYLE_OT_locate(_RunOperator, bpy.types.Operator):
         return True
 
 
+class PARTSTYLE_OT_download_models(_JobOperator, bpy.types.Operator):
+    """Download the real models (CLIP, Grounding DINO, SAM 2) at their pinned revisions (Esc cancels)"""
+
+    bl_idname = "partstyle.download_models"
+    bl_label = "Download models"
+    redraw_kinds = ('PREFERENCES', 'VIEW_3D')
+
+    @classmethod
+    def poll(cls, context):
+        job = jobs.current()
+        if job is not None:
+            cls.poll_message_set(f"{job.kind} is running; wait for it or cancel it")
+            return False
+        if not preferences.online_access():
+            cls.poll_message_set("Blender's Allow Online Access is off (Preferences > System > Network): "
+                                 "nothing may be downloaded")
+            return False
+        return True
+
+    def _start(self, context, threaded: bool) -> bool:
+        try:
+            self._job = model_downloads.start(threaded=threaded)
+        except _user_errors() as exc:
+            self.report({'ERROR'}, str(exc))
+            return False
+        return True
+
+    def _finish(self, context):
+        level, message = model_downloads.conclude(self._job)
+        self.report({level}, message)
+        redraw(context, self.redraw_kinds)
+        return {'FINISHED'} if level == 'INFO' else {'CANCELLED'}
+
+
 class PARTSTYLE_OT_cancel(bpy.types.Operator):
     """Stop the running Partstyle job; the object is left as it was before"""
 
@@ -216,7 +282,7 @@ class PARTSTYLE_OT_cancel(bpy.types.Operator):
     def execute(self, context):
         job = jobs.current()
         job.cancel()
-        self.report({'INFO'}, f"Cancelling {job.kind} on '{job.object_name}'...")
+        self.report({'INFO'}, f"Cancelling {job.kind}" + (f" on '{job.object_name}'..." if job.object_name else "..."))
         return {'FINISHED'}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import bridge, engine_link, jobs, nodes, runs
+from . import bridge, engine_link, jobs, nodes, preferences, runs
 
 
 class PARTSTYLE_UL_parts(bpy.types.UIList):
@@ -45,8 +45,12 @@ class PARTSTYLE_PT_main(_Panel, bpy.types.Panel):
         if not state.ok:
             box = layout.box()
             box.label(text="Engine not ready", icon='ERROR')
-            box.label(text=state.summary()[:120])
-            box.operator("partstyle.copy_install_command", icon='COPYDOWN')
+            for problem in state.problems() or [state.summary()]:
+                box.label(text=problem[:120])
+            if state.bundled:
+                box.label(text="Reinstall the Partstyle zip for this platform (see Preferences).")
+            elif state.package:
+                box.operator("partstyle.copy_install_command", icon='COPYDOWN')
         obj = context.active_object
         layout.label(text=f"Object: {obj.name}" if obj is not None and obj.type == 'MESH' else "Select a mesh object",
                      icon='MESH_DATA' if obj is not None and obj.type == 'MESH' else 'INFO')
@@ -60,6 +64,26 @@ class PARTSTYLE_PT_main(_Panel, bpy.types.Panel):
         col.operator("partstyle.part_remove", text="", icon='REMOVE')
         if not settings.parts and settings.prompt.strip():
             layout.label(text="No rows: the prompt is used as written.", icon='INFO')
+        draw_unknown_words(layout, context, settings)
+
+
+def draw_unknown_words(layout, context, settings) -> None:
+    """With the tiny models, the prompt's words they were not trained on, and how to get any words."""
+    words = unknown_words(context, settings)
+    if words:
+        col = layout.column(align=True)
+        col.label(text=f"The tiny models do not know: {', '.join(words)}", icon='ERROR')
+        col.label(text="Choose Hub default models (Preferences: Download models) for any words.")
+
+
+def unknown_words(context, settings) -> tuple[str, ...]:
+    """The words of the prompt (or the rows) that the run's models were not trained on; () when the
+    models are not the tiny ones or the engine cannot tell."""
+    text = runs.prompt_text([(row.part, row.style) for row in settings.parts], settings.prompt)
+    try:
+        return runs.unknown_words(text, preferences.effective(settings, context)["models"])
+    except engine_link.user_errors():
+        return ()
 
 
 class PARTSTYLE_PT_parts(_Panel, bpy.types.Panel):

@@ -29,10 +29,12 @@ DEVICE_ITEMS = [
     ('auto', "Auto", "The GPU when PyTorch sees one, else the CPU"),
     ('cpu', "CPU", "Always the CPU"),
     ('cuda', "CUDA", "An NVIDIA GPU (needs a CUDA build of PyTorch)"),
+    ('mps', "Apple GPU", "The GPU of a Mac with Apple silicon (Metal); operations it lacks run on the CPU"),
 ]
 MODEL_ITEMS = [
     ('tiny', "Tiny (offline)", "The small models shipped with Partstyle: a small vocabulary, no download"),
-    ('default', "Hub default", "The real CLIP and Grounding DINO from the Hugging Face cache (downloads if allowed)"),
+    ('default', "Hub default", "The real CLIP, Grounding DINO and SAM 2 from the Hugging Face cache (Download models "
+                               "in the preferences fetches them once)"),
     ('folder', "Local folder", "Models in a folder on this computer"),
 ]
 _FOLLOW = ('PREFERENCES', "As in Preferences", "Use the add-on's preferences")

@@ -106,6 +106,24 @@ class Request:
         return tuple(self.swatches[k]) if k < len(self.swatches) else PALETTE[k % len(PALETTE)]
 
 
+def vocabulary_warning(request: Request, hint: str | None = None) -> str:
+    """With the tiny models, the words of ``request``'s prompt (its rows, or the text) they were not
+    trained on and how to get any words, as one sentence; "" otherwise."""
+    words = unknown_words(prompt_text(request.pairs, request.prompt), request.models)
+    hint = hint or "Choose Hub default models (Preferences: Download models) for any words."
+    return engine_link.load("vocabulary", light=True).unknown_words_message(words, hint=hint) if words else ""
+
+
+def unknown_words(text: str, models: str) -> tuple[str, ...]:
+    """The words of ``text`` the ``models`` were not trained on (only the tiny ones have a limit)."""
+    return engine_link.load("vocabulary", light=True).unknown_words(text, models)
+
+
+def prompt_text(pairs, prompt: str) -> str:
+    """The words a run reads: its part rows ``(part, style)`` when there are any, else the prompt."""
+    return " ".join(f"{part} {style}" for part, style in pairs) or prompt
+
+
 def memory_estimate(obj, settings) -> str | None:
     """One line for the panel: the expected peak memory of stylizing ``obj`` with the scene's
     ``settings`` (engine.memory's estimate; the same one that refuses a run that would not fit), or

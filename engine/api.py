@@ -18,8 +18,9 @@ import torch
 
 from .compose import Composition, compose_parts, whole_object
 from .config import Settings, settings_for
-from .errors import CheckpointError, DeviceError
-from .events import CancelToken, EventSink, StageEvent, ignore_events
+from .devices import mps_fallback_notice, resolve_device
+from .errors import CheckpointError
+from .events import CancelToken, EventSink, NoticeEvent, StageEvent, ignore_events
 from .field import BASE_COLOR
 from .geometry import simplified_copy
 from .grounding.detector import GroundingDetector
@@ -35,25 +36,6 @@ from .relief import relief_bounds
 from .request import StyleRequest
 from .result import StyleResult
 from .train import Objective, StyleTrainer, SurfaceInputs
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable device raises :class:`DeviceError`."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"unknown device '{name}'; use auto, cpu or cuda.") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError("device 'cuda' asked for, but this PyTorch sees no CUDA GPU; use --device cpu.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
-    elif dev.type != "cpu":
-        raise DeviceError(f"device '{name}' is not supported; use auto, cpu or cuda.")
-    return dev
 
 
 def locate_parts(
@@ -77,6 +59,8 @@ def locate_parts(
     """
     settings = settings or settings_for()
     dev = resolve_device(device)
+    if (notice := mps_fallback_notice(dev)) is not None:
+        on_event(NoticeEvent(notice))
     store = models if isinstance(models, ModelStore) else ModelStore(models)
     names = check_part_names(parts)
     loc = settings.localize
@@ -111,7 +95,7 @@ def stylize(
             base colors); a plain string is ``StyleRequest(prompt)``.
         settings: all settings (default: the default preset).
         models: a :class:`ModelStore` or a source name for one (``tiny``, ``default``, a folder).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (:func:`engine.devices.resolve_device`).
         on_event: receives progress, preview and notice events.
         cancel: a token to stop the run; raises :class:`Cancelled` (after checkpointing).
         checkpoint: path of a resumable checkpoint to keep while running.
@@ -127,6 +111,8 @@ def stylize(
     settings = settings or settings_for()
     parsed = request.prompt
     dev = resolve_device(device)
+    if (notice := mps_fallback_notice(dev)) is not None:
+        on_event(NoticeEvent(notice))
     store = models if isinstance(models, ModelStore) else ModelStore(models)
     started = time.perf_counter()
     normalization = Normalization.fit(mesh.vertices)
@@ -187,6 +173,7 @@ def stylize(
     record = {
         "device": str(dev),
         "models": store.describe(),
+        "model_sources": store.record(),  # each model used: hub repo and pinned revision, or tiny / folder
         "steps": trained.steps,
         "skipped_steps": trained.skipped,
         "seconds_setup": round(ready - started, 3),

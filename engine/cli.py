@@ -16,6 +16,7 @@ import warnings
 from .cli_eval import add_relief_evaluation
 from .cli_progress import ProgressPrinter, install_interrupt, silence_library_progress
 from .cli_training import add_training_commands
+from .cli_vocabulary import add_vocabulary_command, warn_unknown_words
 from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
 
 EXIT_ERROR = 1
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same result on the same machine)")
     p.add_argument("--iterations", type=int, default=None, help="shortcut for --set optim.iterations=N")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple GPU, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--models", default="tiny", help="tiny (built in, offline), default (real hub models) or a folder")
     p.add_argument("--allow-download", action="store_true", help="let --models default download missing models")
     p.add_argument(
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_commands(sub)
     add_relief_evaluation(sub)
+    add_vocabulary_command(sub)
 
     p = sub.add_parser("info", help="versions, devices and which models are present")
     p.set_defaults(handler=cmd_info)
@@ -238,6 +240,7 @@ def _stylize_into(args: argparse.Namespace, settings, mesh) -> int:
         previous=read_surface_style(args.previous, mesh.num_vertices) if args.previous else None,
         **relief_options(args.relief),
     )
+    warn_unknown_words(args.prompt, args.models)  # the text, in the user's word order
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     if os.path.exists(checkpoint) and not args.resume:
         raise CheckpointError(
@@ -277,6 +280,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     names = [p.strip() for p in args.parts.replace(";", ",").split(",")]
     if any(not n for n in names):
         parse_prompt(args.parts)  # raises the prompt grammar's error naming the empty phrase
+    warn_unknown_words(names, args.models)
     progress = ProgressPrinter()
     cancel = CancelToken()
     old_handler = install_interrupt(cancel)
@@ -329,8 +333,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import transformers
 
     from . import __version__
-    from .errors import ModelNotFound
-    from .models import DEFAULT_CLIP, DEFAULT_GROUNDING, DEFAULT_SEGMENTER, hub_folder
+    from .downloads import MODEL_SOURCES, format_size, models_on_disk
 
     print(f"partstyle {__version__}")
     print(f"python {platform.python_version()} on {platform.platform()}")
@@ -340,12 +343,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"devices: cpu ({torch.get_num_threads()} threads)" + "".join(f", cuda:{i} {n}" for i, n in enumerate(cuda)))
     print("models: tiny (built in): available")
-    for role, model_id in (("CLIP", DEFAULT_CLIP), ("grounding", DEFAULT_GROUNDING), ("segmenter", DEFAULT_SEGMENTER)):
-        try:
-            folder = hub_folder(model_id, allow_download=False)
-            print(f"models: default {role} {model_id}: present at {folder}")
-        except ModelNotFound:
-            print(f"models: default {role} {model_id}: missing (fetch with `python -m engine fetch-models`)")
+    on_disk = models_on_disk()
+    for s in MODEL_SOURCES:
+        state = f"present at {on_disk[s.role]}" if on_disk[s.role] else "missing (`python -m engine fetch-models`)"
+        print(f"models: default {s.role} {s.repo_id} revision {s.revision} ({format_size(s.size_bytes)}, {s.license}): "
+              f"{state}")
     return 0
 
 
@@ -358,9 +360,18 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:
+    from .cli_progress import DownloadBar
+    from .events import CancelToken
     from .models import fetch_models
 
-    for folder in fetch_models(args.models):
+    bar, cancel = DownloadBar(), CancelToken()
+    old_handler = install_interrupt(cancel)  # Ctrl-C stops within a megabyte; finished files are kept
+    try:
+        folders = fetch_models(args.models, on_progress=bar, cancel=cancel)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, old_handler)
+    for folder in folders:
         print(f"present: {folder}")
     return 0
 

@@ -67,3 +67,39 @@ class ProgressPrinter:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class DownloadBar:
+    """Turns :class:`engine.downloads.DownloadProgress` into a byte progress bar on stderr: the file,
+    bytes done of the total, speed and time left."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, progress) -> None:
+        from tqdm import tqdm
+
+        from .downloads import format_size
+
+        if self.bar is None:
+            self.bar = tqdm(total=progress.total_bytes, unit="B", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B{postfix}")
+        self.bar.total = progress.total_bytes
+        left = "" if progress.seconds_left is None else f", {_duration(progress.seconds_left)} left"
+        self.bar.set_description_str(f"{progress.repo_id.split('/')[-1]}/{progress.filename}", refresh=False)
+        self.bar.set_postfix_str(f"{format_size(progress.bytes_per_second)}/s{left}", refresh=False)
+        self.bar.update(progress.done_bytes - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _duration(seconds: float) -> str:
+    """``1:05:03`` / ``4:07`` / ``12 s``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -19,9 +19,20 @@ Shims and version checks:
   (``GroundingDinoImageLoss._get_target_classes_one_hot``) offsets each image's phrase indices by
   that image's own phrase count rather than the running total, so a training batch is labelled
   correctly only when every image has the same caption (checked with 5.0 and 5.24).
+- :func:`plain_http_downloads`: huggingface_hub 1.31 to 2.4 download a file over plain HTTP in
+  ``file_download.http_get``, which calls the ``tqdm_class`` bar's ``update`` inline in its read loop
+  (an exception raised there stops that download and removes its temporary file), in chunks of
+  ``constants.DOWNLOAD_CHUNK_SIZE`` (10 MB: a bar would move every few seconds on a slow line). With
+  ``hf_xet`` installed they use Xet instead, whose progress callback runs on hf_xet's own thread and
+  swallows exceptions (huggingface_hub issue 4632), so a cancel could not stop it. The shim switches
+  Xet off (``constants.HF_HUB_DISABLE_XET``, read at call time by ``is_xet_available``) and sets 1 MB
+  chunks for the duration of the engine's own downloads, then restores both.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 from .errors import DependencyError
 
@@ -80,3 +91,23 @@ def check_caption_batch(captions) -> None:
             "the samples of a batch must share one caption: transformers 5.x's Grounding DINO loss offsets each "
             "image's phrase indices by that image's own phrase count, which mislabels batches of mixed captions"
         )
+
+
+#: The chunk size the engine's downloads read in (bytes): progress and cancel act at least this often.
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+_download_settings = threading.Lock()
+
+
+@contextlib.contextmanager
+def plain_http_downloads(chunk_bytes: int = DOWNLOAD_CHUNK_BYTES):
+    """huggingface_hub downloads over plain HTTP in ``chunk_bytes`` chunks inside the block (see the
+    module docstring); process-wide while it lasts, so one such block runs at a time."""
+    from huggingface_hub import constants
+
+    with _download_settings:
+        saved = constants.HF_HUB_DISABLE_XET, constants.DOWNLOAD_CHUNK_SIZE
+        constants.HF_HUB_DISABLE_XET, constants.DOWNLOAD_CHUNK_SIZE = True, int(chunk_bytes)
+        try:
+            yield
+        finally:
+            constants.HF_HUB_DISABLE_XET, constants.DOWNLOAD_CHUNK_SIZE = saved

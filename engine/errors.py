@@ -39,6 +39,11 @@ class ModelNotFound(PartstyleError):
     """A model is not available locally and downloading is not allowed (or failed)."""
 
 
+class DownloadError(ModelNotFound):
+    """Downloading a model failed: the hub cannot be reached or refuses, downloads are switched off, or the
+    disk is full. The message names the problem and the fix; files finished before it are kept."""
+
+
 class ModelFormatError(PartstyleError):
     """A model folder exists but holds no loadable safetensors weights or config."""
 

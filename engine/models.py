@@ -1,4 +1,4 @@
-"""The model store: resolves a model source to loaded models. The only place that may download.
+"""The model store: resolves a model source to loaded models (downloads only through :mod:`engine.downloads`).
 
 Sources:
 - ``tiny``: the project's own small models, CLIP, Grounding DINO and the box-prompted segmenter,
@@ -6,8 +6,9 @@ Sources:
   docs/training.md); where a folder is missing, the untrained model of the same kind is built in
   code. Never touches the network.
 - ``default``: the real models by hub id (:data:`DEFAULT_CLIP`, :data:`DEFAULT_GROUNDING`,
-  :data:`DEFAULT_SEGMENTER` at its pinned revision), taken from the local Hugging Face cache;
-  downloaded only when the store was created with ``allow_download=True``.
+  :data:`DEFAULT_SEGMENTER`), each at the commit :data:`engine.downloads.MODEL_SOURCES` pins, taken
+  from the local Hugging Face cache; downloaded (by :mod:`engine.downloads`) only when the store was
+  created with ``allow_download=True``.
 - a folder path: a folder holding one sub-folder per model role (``clip/``, ``grounding/``,
   ``segmenter/``), or a model folder itself (``config.json`` + ``model.safetensors`` + tokenizer
   files).
@@ -27,15 +28,17 @@ from dataclasses import dataclass
 import torch
 
 from .compat import GROUNDING_DELIMITER_IDS, grounding_delimiter_ids, require_grounding_support
+from .downloads import HUB_PATTERNS, MODEL_SOURCES, ROLES, download_models, format_size, local_snapshot, source_for
 from .errors import ModelFormatError, ModelNotFound
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-DEFAULT_GROUNDING = "IDEA-Research/grounding-dino-tiny"
-# The box-prompted segmenter (SAM 2 hiera-tiny in transformers' format, Apache-2.0), pinned to a revision.
-DEFAULT_SEGMENTER = "facebook/sam2-hiera-tiny-hf"
-DEFAULT_SEGMENTER_REVISION = "e6ccaf46dd72dacb98108826ddef8b81b36d3b1e"
-# Revisions of the hub models (None: the newest).
-HUB_REVISIONS: dict[str, str | None] = {DEFAULT_SEGMENTER: DEFAULT_SEGMENTER_REVISION}
+_HUB_IDS = {source.role: source.repo_id for source in MODEL_SOURCES}
+DEFAULT_CLIP = _HUB_IDS["clip"]
+DEFAULT_GROUNDING = _HUB_IDS["grounding"]
+# The box-prompted segmenter (SAM 2 hiera-tiny in transformers' format, Apache-2.0).
+DEFAULT_SEGMENTER = _HUB_IDS["segmenter"]
+DEFAULT_SEGMENTER_REVISION = source_for(DEFAULT_SEGMENTER).revision
+# The pinned commit of each hub model (engine/downloads.py holds the sources).
+HUB_REVISIONS: dict[str, str] = {source.repo_id: source.revision for source in MODEL_SOURCES}
 # CLIP's image normalization (the processor's image_mean / image_std) where a model folder has none.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -59,7 +62,7 @@ TINY_CLIP_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ass
 TINY_GROUNDING_FOLDER = os.path.join(os.path.dirname(TINY_CLIP_FOLDER), "grounding")
 # The tiny box-prompted segmenter trained by `python -m engine train-tiny-segmenter`, likewise.
 TINY_SEGMENTER_FOLDER = os.path.join(os.path.dirname(TINY_CLIP_FOLDER), "segmenter")
-_HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
+_HUB_FILES = list(HUB_PATTERNS)
 # Buffers a model rebuilds from its config, which a weights file may or may not hold (Swin's
 # relative position index, text position ids): their absence is not a mismatch.
 REBUILT_BUFFERS = ("relative_position_index", "position_ids")
@@ -136,6 +139,15 @@ class ModelStore:
 
     def describe(self) -> str:
         return self.source if self.source in ("tiny", "default") else os.path.abspath(self.source)
+
+    def record(self) -> dict[str, object]:
+        """What each model loaded so far came from, for a run record: ``{"clip": {"repo_id": ...,
+        "revision": ...}}`` for hub models, ``"tiny"`` or ``"folder"`` (:meth:`describe` names it) else."""
+        used = [role for role in ROLES if any(key[0] == role for key in self._loaded)]
+        if self.source != "default":
+            return dict.fromkeys(used, "tiny" if self.source == "tiny" else "folder")
+        sources = {source.role: source for source in MODEL_SOURCES}
+        return {role: {"repo_id": sources[role].repo_id, "revision": sources[role].revision} for role in used}
 
     def clip(self, device: torch.device | str = "cpu") -> ClipBundle:
         """The CLIP model of this source, frozen, on ``device``."""
@@ -216,24 +228,19 @@ class ModelStore:
 
 
 def hub_folder(model_id: str, *, allow_download: bool, cache_dir: str | None = None) -> str:
-    """The local snapshot folder of a hub model; downloads it only when ``allow_download``."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    revision = HUB_REVISIONS.get(model_id)
-    try:
-        return snapshot_download(model_id, revision=revision, allow_patterns=_HUB_FILES, cache_dir=cache_dir,
-                                 local_files_only=True)
-    except LocalEntryNotFoundError:
-        if not allow_download:
-            raise ModelNotFound(
-                f"model '{model_id}' is not on this machine and downloading is not allowed; fetch it with "
-                f"`{FETCH_COMMAND}` (needs network), or use --models tiny to run offline."
-            ) from None
-    try:
-        return snapshot_download(model_id, revision=revision, allow_patterns=_HUB_FILES, cache_dir=cache_dir)
-    except Exception as exc:  # network errors come in many types
-        raise ModelNotFound(f"could not download '{model_id}' ({type(exc).__name__}: {exc}).") from exc
+    """The local snapshot folder of a hub model at its pinned revision; downloads it only when
+    ``allow_download`` (without progress: callers that show one use :func:`engine.downloads.download_models`)."""
+    source = source_for(model_id)
+    folder = local_snapshot(source, cache_dir)
+    if folder:
+        return folder
+    if not allow_download:
+        raise ModelNotFound(
+            f"model '{model_id}' (revision {source.revision[:8]}) is not on this machine and downloading is not "
+            f"allowed; fetch it with `{FETCH_COMMAND}` (needs network, {format_size(source.size_bytes)}), "
+            "or use --models tiny to run offline."
+        )
+    return download_models([source], cache_dir=cache_dir)[0]
 
 
 def load_clip_folder(folder: str, *, name: str) -> ClipBundle:
@@ -381,11 +388,11 @@ def require_safetensors(folder: str) -> None:
     raise ModelFormatError(f"'{folder}' holds no .safetensors weights.{hint}")
 
 
-def fetch_models(source: str = "default", *, cache_dir: str | None = None) -> list[str]:
-    """Download the real models into the Hugging Face cache; returns their local folders."""
+def fetch_models(source: str = "default", *, cache_dir: str | None = None, on_progress=None, cancel=None) -> list[str]:
+    """Download the real models into the Hugging Face cache (what is missing of them); returns their
+    local folders. ``on_progress`` and ``cancel`` as for :func:`engine.downloads.download_models`."""
+    from . import downloads
+
     if source != "default":
         raise ModelNotFound("only --models default can be fetched; tiny models are built in, folders are yours.")
-    return [
-        hub_folder(model_id, allow_download=True, cache_dir=cache_dir)
-        for model_id in (DEFAULT_CLIP, DEFAULT_GROUNDING, DEFAULT_SEGMENTER)
-    ]
+    return downloads.download_models(MODEL_SOURCES, cache_dir=cache_dir, on_progress=on_progress, cancel=cancel)

@@ -59,3 +59,21 @@ def test_a_training_batch_must_share_one_caption():
     check_caption_batch([("base", "shade"), ("base", "shade")])
     with pytest.raises(ValueError, match="share one caption"):
         check_caption_batch([("base", "shade"), ("shade", "base")])
+
+
+def test_plain_http_downloads_switch_xet_off_and_read_a_megabyte_at_a_time():
+    """The shim's two library details: Xet availability is decided per call from
+    ``constants.HF_HUB_DISABLE_XET``, and ``http_get`` reads ``constants.DOWNLOAD_CHUNK_SIZE`` per call
+    (tests/test_downloads.py sees the per-megabyte progress through the real library)."""
+    import inspect
+
+    from huggingface_hub import constants, file_download
+
+    from engine.compat import DOWNLOAD_CHUNK_BYTES, plain_http_downloads
+
+    before = (file_download.is_xet_available(), constants.HF_HUB_DISABLE_XET, constants.DOWNLOAD_CHUNK_SIZE)
+    with plain_http_downloads():
+        assert not file_download.is_xet_available()
+        assert constants.DOWNLOAD_CHUNK_SIZE == DOWNLOAD_CHUNK_BYTES == 1 << 20
+    assert (file_download.is_xet_available(), constants.HF_HUB_DISABLE_XET, constants.DOWNLOAD_CHUNK_SIZE) == before
+    assert "constants.DOWNLOAD_CHUNK_SIZE" in inspect.getsource(file_download.http_get)

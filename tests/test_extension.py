@@ -12,6 +12,7 @@ the real add-on is built.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _load_build():
     spec = importlib.util.spec_from_file_location("partstyle_build", os.path.join(ROOT, "build.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -262,3 +264,152 @@ def test_staging_refuses_an_addon_without_init(tmp_path):
     (tmp_path / "addon").mkdir()
     with pytest.raises(build.ExtensionError, match=r"__init__\.py is missing"):
         build.stage_extension(str(tmp_path / "stage"), addon_dir=str(tmp_path / "addon"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The platform zip: the engine's dependencies bundled as wheels, installed by Blender and run offline
+#
+# `python build.py test` fills the wheel cache for linux-x64 first (a build step, with network) and
+# sets PARTSTYLE_EXTENSION_WHEELS=required; the tests build the zip from that cache only (offline).
+
+LINUX = build.ExtensionTarget("linux-x64")
+EXTENSION_MODULE = "bl_ext.user_default.partstyle"
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory) -> str:
+    if NO_TOOL:
+        pytest.skip(f"Blender's extension tool is unavailable: {NO_TOOL}")
+    if build.this_platform() != LINUX.platform:
+        pytest.skip(f"the bundled-wheels zip is installed and run on linux-x64 only (this is "
+                    f"{build.this_platform() or 'another platform'})")
+    try:
+        return build.build_extension(str(tmp_path_factory.mktemp("dist-linux")), target=LINUX, offline=True)
+    except build.ExtensionError as exc:
+        if os.environ.get("PARTSTYLE_EXTENSION_WHEELS") == "required":
+            raise
+        pytest.skip(f"the linux-x64 wheel cache is not prepared ({exc}); `python build.py test` prepares it")
+
+
+def _bpy_dependencies() -> set[str]:
+    """bpy and every package it pulls in: what Blender's own site-packages holds, normalized."""
+    import importlib.metadata as metadata
+
+    seen, todo = set(), ["bpy"]
+    while todo:
+        name = build.requirement_name(todo.pop())
+        if name in seen:
+            continue
+        try:
+            requires = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        todo += [r for r in requires if "extra ==" not in r.partition(";")[2]]
+    return seen
+
+
+def _blender_site(folder) -> str:
+    """A folder that holds only what Blender's Python holds: bpy and its dependencies (links into
+    this environment), standing in for Blender's own site-packages."""
+    import importlib.metadata as metadata
+
+    folder.mkdir()
+    base = metadata.distribution("bpy").locate_file("")
+    tops = {str(f.parts[0]) for name in _bpy_dependencies() for f in metadata.distribution(name).files or []}
+    for top in sorted(tops - {"..", "__pycache__"}):
+        if os.path.exists(os.path.join(base, top)):
+            os.symlink(os.path.join(base, top), folder / top)
+    return str(folder)
+
+
+def _in_blender(site: str, user: str, body: str) -> subprocess.CompletedProcess:
+    """Run ``body`` in a fresh interpreter that sees only the standard library and ``site`` (as
+    Blender's Python does: no virtual environment, no PYTHONPATH), ``site`` standing as Blender's
+    own site-packages, user files under ``user``."""
+    code = "\n".join([
+        "import site, sys",
+        f"sys.path.append({site!r})",
+        f"site.getsitepackages = lambda prefixes=None: [{site!r}]",
+        "import bpy",
+        body,
+    ])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(BLENDER_USER_RESOURCES=user, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=user, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@needs_tool
+def test_platform_zip_lists_its_wheels_for_its_platform_only(bundled):
+    with zipfile.ZipFile(bundled) as zf:
+        names = set(zf.namelist())
+        manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
+    assert os.path.basename(bundled) == f"partstyle-{VERSION}-linux_x64.zip"
+    assert manifest["platforms"] == ["linux-x64"]
+    wheels = [w.removeprefix("./") for w in manifest["wheels"]]
+    assert sorted(n for n in names if n.startswith("wheels/")) == sorted(wheels)
+    dists = {build.requirement_name(os.path.basename(w).split("-")[0]) for w in wheels}
+    assert {"torch", "transformers", "safetensors", "huggingface-hub", "tokenizers"} <= dists
+    torch = [w for w in wheels if os.path.basename(w).startswith("torch-")]
+    assert len(torch) == 1 and "+cpu-cp311-cp311-manylinux" in torch[0], torch
+    assert not [w for w in wheels if "win_amd64" in w or "macosx" in w], "another platform's wheel"
+    shadowing = dists & (_bpy_dependencies() | set(build.BLENDER_PROVIDES))
+    assert not shadowing, f"bundled wheels would shadow Blender's own packages: {sorted(shadowing)}"
+
+
+@needs_tool
+@pytest.mark.slow
+def test_blender_installs_the_platform_zip_and_stylizes_offline(bundled, tmp_path):
+    """Blender 5.0's extension installer puts the wheels in the extensions' site-packages; in the
+    next session (where Blender puts that folder ahead of its own site-packages) torch and
+    transformers come from there, numpy is still Blender's, and the installed add-on's own command
+    stylizes an object for 2 iterations with the tiny models, nothing downloaded."""
+    import bpy
+    from addon_fixtures import make_lamp, reset_scene
+
+    reset_scene()
+    make_lamp("Lamp")
+    blend = str(tmp_path / "lamp.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    reset_scene()
+    site, user = _blender_site(tmp_path / "blender-site"), str(tmp_path / "user")
+    os.makedirs(user)
+    installed = _in_blender(site, user, "\n".join([
+        f"result = bpy.ops.extensions.package_install_files(filepath={bundled!r}, repo='user_default', "
+        "enable_on_install=True)",
+        "assert result == {'FINISHED'}, result",
+        "bpy.ops.wm.save_userpref()",
+        "print('INSTALLED')",
+    ]))
+    assert installed.returncode == 0 and "INSTALLED" in installed.stdout, installed.stdout + installed.stderr
+    wheels_site = os.path.join(user, "extensions", ".local", "lib", "python3.11", "site-packages")
+    out = str(tmp_path / "styled.blend")
+    ran = _in_blender(site, user, "\n".join([
+        "import importlib, json, addon_utils",
+        "import numpy",
+        "before = numpy",
+        f"addon_utils.enable({EXTENSION_MODULE!r}, default_set=True)",
+        f"addon = importlib.import_module({EXTENSION_MODULE!r})",
+        "import torch, transformers, numpy",
+        "cli = importlib.import_module(addon.__name__ + '.cli')",
+        f"code = cli.execute(['--blend', {blend!r}, '--object', 'Lamp', '--prompt', 'red base, blue shade', "
+        "'--use-groups', '--iterations', '2', '--models', 'tiny', '--device', 'cpu', '--set', 'views.count=2', "
+        f"'--set', 'render.resolution=96', '--set', 'guidance.grounding_every=0', '--out', {out!r}])",
+        "status = addon.engine_link.refresh()",
+        "print('REPORT', json.dumps({'code': code, 'torch': torch.__file__, 'transformers': transformers.__file__,",
+        "    'numpy': numpy.__file__, 'same_numpy': numpy is before, 'path': sys.path, 'ok': status.ok,",
+        "    'summary': status.summary(), 'command': addon._command.get('handle') is not None,",
+        "    'engine': addon.engine_link.engine_package()}))",
+    ]))
+    lines = [line for line in ran.stdout.splitlines() if line.startswith("REPORT ")]
+    assert ran.returncode == 0 and lines, ran.stdout[-3000:] + ran.stderr[-3000:]
+    report = json.loads(lines[-1][len("REPORT "):])
+    assert report["code"] == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert report["torch"].startswith(wheels_site) and report["transformers"].startswith(wheels_site), report
+    assert report["numpy"].startswith(site) and report["same_numpy"], "Blender's numpy was replaced"
+    assert report["path"].index(wheels_site) < report["path"].index(site), "the wheels' folder is not ahead"
+    assert report["ok"], report["summary"]
+    assert report["engine"] == f"{EXTENSION_MODULE}.engine" and report["command"]
+    assert "[Lamp] step 2/2" in ran.stdout and f"saved {out}" in ran.stdout
+    assert os.path.isfile(out)

@@ -290,11 +290,12 @@ def test_default_grounding_offline_names_the_model_and_the_fetch_command(tmp_pat
 
 def test_fetch_models_fetches_clip_grounding_and_the_segmenter(monkeypatch):
     import engine.models as models
+    from engine import downloads
 
     fetched = []
-    monkeypatch.setattr(models, "hub_folder", lambda model_id, **kw: fetched.append((model_id, kw)) or model_id)
-    assert models.fetch_models("default") == [models.DEFAULT_CLIP, DEFAULT_GROUNDING, models.DEFAULT_SEGMENTER]
-    assert all(kw["allow_download"] for _, kw in fetched)
+    monkeypatch.setattr(downloads, "download_models", lambda sources, **kw: fetched.extend(sources) or ["folders"])
+    assert models.fetch_models("default") == ["folders"]
+    assert [s.repo_id for s in fetched] == [models.DEFAULT_CLIP, DEFAULT_GROUNDING, models.DEFAULT_SEGMENTER]
 
 
 def test_a_saved_folder_loads_back_with_the_same_outputs(tmp_path, detector):

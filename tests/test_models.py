@@ -45,20 +45,19 @@ def test_default_models_offline_name_the_model_and_the_fetch_command(tmp_path):
     assert DEFAULT_CLIP in str(err.value) and FETCH_COMMAND in str(err.value)
 
 
-def test_the_segmenter_is_fetched_at_its_pinned_revision(tmp_path, monkeypatch):
-    import huggingface_hub
-
-    from engine import models
+def test_the_segmenter_is_taken_at_its_pinned_revision(tmp_path, monkeypatch):
+    from engine import downloads, models
 
     asked = []
 
-    def snapshot_download(model_id, **kwargs):
-        asked.append((model_id, kwargs.get("revision"), kwargs.get("local_files_only", False)))
-        return str(tmp_path)
+    def download_models(sources, **kwargs):
+        asked.append([(s.repo_id, s.revision) for s in sources])
+        return [str(tmp_path)]
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    assert models.hub_folder(models.DEFAULT_SEGMENTER, allow_download=False) == str(tmp_path)
-    assert asked == [(models.DEFAULT_SEGMENTER, models.DEFAULT_SEGMENTER_REVISION, True)]
+    monkeypatch.setattr(downloads, "download_models", download_models)
+    monkeypatch.setattr(models, "download_models", download_models)
+    assert models.hub_folder(models.DEFAULT_SEGMENTER, allow_download=True, cache_dir=str(tmp_path)) == str(tmp_path)
+    assert asked == [[(models.DEFAULT_SEGMENTER, models.DEFAULT_SEGMENTER_REVISION)]]
     assert len(models.DEFAULT_SEGMENTER_REVISION) == 40
 
 

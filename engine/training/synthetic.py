@@ -23,7 +23,7 @@ from ..guidance.clip import ClipGuidance
 from ..mesh import mesh_from_arrays
 from ..render import Renderer
 from ..samples import sample_mesh
-from .vocabulary import COLORS, PART_OBJECTS, PATTERNS, PRIMITIVES, nearest_color
+from .vocabulary import COLORS, PART_OBJECTS, PATTERNS, PRIMITIVE_PARTS, PRIMITIVES, nearest_color
 
 SCENE_FACES = 5000
 IMAGE_SIZE = 224
@@ -56,7 +56,7 @@ def scene_mesh(name: str) -> SceneMesh:
         }
         shape = shapes[name]()
         mesh = mesh_from_arrays(shape.vertices, shape.faces, name=name)
-        labels, parts = np.zeros(mesh.num_vertices, np.int64), ("body",)
+        labels, parts = np.zeros(mesh.num_vertices, np.int64), PRIMITIVE_PARTS
     unit = mesh.unit_vertices()
     return SceneMesh(name, torch.from_numpy(unit), torch.from_numpy(mesh.faces), torch.from_numpy(labels), tuple(parts))
 

@@ -25,6 +25,10 @@ PATTERNS: tuple[str, ...] = ("plain", "striped", "checkered", "dotted")
 # Objects with parts (procedural samples) and without (primitives).
 PART_OBJECTS: tuple[str, ...] = ("lamp", "chair", "mug")
 PRIMITIVES: tuple[str, ...] = ("sphere", "cube", "cone", "cylinder", "torus")
+# The parts of each object with parts, as engine.samples labels them, and a primitive's one part.
+OBJECT_PARTS: dict[str, tuple[str, ...]] = {
+    "lamp": ("base", "tube", "shade"), "chair": ("seat", "back", "legs"), "mug": ("body", "handle")}
+PRIMITIVE_PARTS: tuple[str, ...] = ("body",)
 
 
 def nearest_color(srgb: np.ndarray) -> str:
