@@ -3,9 +3,9 @@
     python build.py demo    # stylize the parts of the bundled sample lamp offline -> out/demo/
     python build.py test    # lint, the test suite, and the suite again with the lowest declared versions
     python build.py bench   # print performance figures (docs/performance.md)
-    python build.py extension [--platform linux-x64|windows-x64|macos-arm64|all|none] [--python 3.11|3.13|all]
-                              [--variant cpu|cuda] [--offline]
-                            # the Blender extension zip with the engine's wheels -> dist/partstyle-<version>-<platform>.zip
+    python build.py extension [--platform linux-x64|windows-x64|macos-arm64|all|none]
+                              [--python 3.11|3.13|all] [--variant cpu|cuda] [--offline]
+        # the Blender extension zip with the engine's wheels -> dist/partstyle-<version>-<platform>.zip
 
 Each task creates or refreshes the virtual environment ``.venv`` first: it installs
 ``torch==2.13.0`` on its own (an unpinned torch pulls several GB of CUDA packages onto Linux
