@@ -1,8 +1,9 @@
 """Headless batch stylization of objects in a .blend file.
 
-With the installed extension (Blender 4.2+ registers the command when the add-on is enabled)::
+With the installed extension (Blender 4.2+ registers the command when the add-on is enabled; a
+command consumes every argument after it, so the file is given with ``--blend``)::
 
-    blender -b file.blend -c partstyle --object NAME --prompt "..." --out result.blend
+    blender -c partstyle --blend file.blend --object NAME --prompt "..." --out result.blend
 
 From a checkout of the repository, with Blender::
 
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blender -b FILE.blend --python addon/cli.py --",
         description="Stylize mesh objects of a .blend file with Partstyle and save the result.")
-    parser.add_argument("--blend", help="the .blend file to open (only needed with the bpy module; "
-                                        "Blender opens the file given before --python)")
+    parser.add_argument("--blend", help="the .blend file to open (with `blender -c partstyle` and with the bpy "
+                                        "module; with --python, Blender opens the file given before it)")
     parser.add_argument("--object", action="append", required=True, metavar="NAME",
                         help="a mesh object to stylize (repeat for several)")
     parser.add_argument("--prompt", required=True,
@@ -123,7 +124,7 @@ COMMAND = "partstyle"
 
 
 def execute(argv: list[str]) -> int:
-    """Blender's command-line API entry (``blender -b file.blend -c partstyle ...``): the same
+    """Blender's command-line API entry (``blender -c partstyle --blend file.blend ...``): the same
     options as the script, run by the add-on package this module belongs to (no ``sys.path`` change)."""
     return main(list(argv), addon=importlib.import_module(__package__))
 
