@@ -1,4 +1,5 @@
-"""Moves numpy arrays between Blender meshes and the engine. Main thread only.
+"""Moves numpy arrays between Blender meshes and the engine, and reads a part row's reference image
+(:func:`image_pixels`). Main thread only.
 
 What the add-on reads is always the object's *base* mesh (``obj.data``): vertex positions in the
 object's local frame and its faces triangulated (``loop_triangles``). Modifiers are not applied:
@@ -362,3 +363,38 @@ def parts_colors(weights: np.ndarray, swatches: np.ndarray) -> np.ndarray:
     """[V, K + 1] part weights (last column rest) and [K, 3] swatches -> [V, 3] linear colors."""
     palette = np.concatenate([np.asarray(swatches, np.float32).reshape(-1, 3), [REST_GRAY]], 0)
     return (weights[:, : len(palette)] @ palette).astype(np.float32)
+
+
+#: Colorspaces whose values are linear light (Blender's names): a byte image in one of them is
+#: converted to sRGB like a float image. Every other byte image is read as sRGB values.
+LINEAR_COLORSPACES = ("linear", "scene_linear", "acescg", "aces2065-1")
+
+
+def image_pixels(image: bpy.types.Image, *, what: str) -> np.ndarray:
+    """A Blender image's pixels as a reference picture for the engine: [H, W, 3] float32 sRGB in 0..1,
+    top row first (``engine.references.load_reference``'s layout). Main thread only.
+
+    ``image.pixels`` is a flat [H * W * channels] array, bottom row first; alpha is dropped, one gray
+    channel is repeated. Values: a byte image in the sRGB colorspace (or Non-Color) holds sRGB values
+    as they are; a float image (its buffer is Blender's scene linear) or a byte image in a linear
+    colorspace ('Linear Rec.709', ...) is converted linear -> sRGB; other colorspaces are read as sRGB.
+
+    Raises :class:`AddonError` starting with ``what`` (e.g. ``"Row 2 (shade)"``) when the image has no
+    pixels: its file is missing or unreadable.
+    """
+    count = len(image.pixels)  # loads the image's buffer from its file if needed
+    width, height = image.size
+    channels = image.channels
+    if count == 0 or width * height == 0 or count != width * height * channels:
+        path = bpy.path.abspath(image.filepath) if image.filepath else ""
+        where = f" from '{path}', which is missing or not a readable image" if path else ""
+        raise AddonError(f"{what}: the image '{image.name}' has no pixels{where}. Open the file again (the "
+                         "row's folder button) or pick another image for the row.")
+    flat = np.empty(count, np.float32)
+    image.pixels.foreach_get(flat)
+    pixels = flat.reshape(height, width, channels)[::-1]  # top row first
+    pixels = np.nan_to_num(pixels[:, :, :3] if channels >= 3 else np.repeat(pixels[:, :, :1], 3, axis=2))
+    space = image.colorspace_settings.name.lower()
+    if space != "non-color" and (image.is_float or space.startswith(LINEAR_COLORSPACES)):
+        pixels = engine_link.load("colors", light=True).linear_to_srgb(pixels)
+    return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)

@@ -11,7 +11,7 @@ From a checkout of the repository, with Blender::
         --object NAME [--object NAME ...] --prompt "pottery base, linen shade" --out result.blend \\
         [--use-groups] [--lock PART] [--preset fast] [--seed 0] [--iterations N] \\
         [--device auto|cpu|cuda] [--models tiny|default|FOLDER] [--allow-download] [--set KEY=VALUE] \\
-        [--relief none|subtle|strong|AMOUNT] [--relief PART=LEVEL ...]
+        [--relief none|subtle|strong|AMOUNT] [--relief PART=LEVEL ...] [--image PART=FILE ...]
 
 With Blender as a Python module (``pip install bpy``), the same options plus ``--blend``::
 
@@ -25,7 +25,8 @@ lines on stdout. The result file is written only when every object succeeded; ot
 command prints ``error: ...`` on stderr and exits 1 (2 for bad arguments, 130 when interrupted).
 Bad arguments are found before any object runs: an ``--out`` that is the input file or could not
 be saved, every ``--object`` that is not a mesh object of the file (all of them in one error,
-with the mesh objects there), and a ``--relief`` level or part the engine would refuse.
+with the mesh objects there), a ``--relief`` level or part the engine would refuse, and an
+``--image`` the engine would refuse (a part the prompt does not name, a file it cannot read).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how far surfaces may move: none, subtle (default), strong or a number, the share of "
                         "the local thickness; PART=LEVEL sets one part's (repeatable), "
                         "e.g. --relief strong --relief tube=none")
+    parser.add_argument("--image", action="append", default=[], metavar="PART=FILE",
+                        help="a reference picture for a part's look, beside its words (repeatable; whole=FILE for "
+                        "the whole object), e.g. --image shade=linen.jpg; its share is --set guidance.image_weight="
+                        "W (default 0.5)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="an engine setting, e.g. --set views.count=2 (python -m engine settings lists them)")
     return parser
@@ -170,6 +175,11 @@ def main(argv: list[str] | None = None, *, addon=None) -> int:
         return EXIT_USAGE
     addon = addon or import_addon()
     engine_link, jobs, runs = addon.engine_link, addon.jobs, addon.runs
+    try:  # --image PART=FILE, read as the engine's command line reads it
+        image_pairs(args, engine_link)
+    except engine_link.user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.blend:
         if not os.path.isfile(args.blend):
             print(f"error: --blend {args.blend}: no such file", file=sys.stderr)
@@ -178,7 +188,8 @@ def main(argv: list[str] | None = None, *, addon=None) -> int:
     if bpy.data.filepath and _same_file(args.out, bpy.data.filepath):  # blender -b FILE: the open file
         return _out_is_input(args.out)
     problem = (check_objects(args.object, bpy.data.objects, os.path.basename(bpy.data.filepath) or "the file")
-               or check_destination(args.out, engine_link) or check_relief(args, engine_link, runs))
+               or check_destination(args.out, engine_link) or check_relief(args, engine_link, runs)
+               or check_images(args, engine_link, runs))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -280,6 +291,36 @@ def check_relief(args, engine_link, runs) -> str | None:
     return None
 
 
+def check_images(args, engine_link, runs) -> str | None:
+    """Why the ``--image`` options cannot run (a part the prompt does not name, a part given twice or
+    also locked, a file the engine cannot read), or None. As with ``--relief``, a prompt that does
+    not parse is left to each object's run."""
+    if not args.image:
+        return None
+    images = image_pairs(args, engine_link)
+    request = runs.Request(object_name="", prompt=args.prompt, images=images)
+    try:
+        parsed = request.parsed_prompt()
+    except engine_link.user_errors():
+        return None
+    normalize = engine_link.load("prompt", light=True).normalize_part_name
+    locked = sorted({normalize(part) for part, _ in images} & {normalize(part) for part in args.lock})
+    if locked:
+        return (f"--image: an image is given for {', '.join(map(repr, locked))}, which --lock keeps as it was; "
+                "unlock it or leave its image out.")
+    try:
+        engine_link.load("request", light=True).StyleRequest(parsed, images=request.images)
+    except engine_link.user_errors() as exc:
+        return f"--image: {exc}"
+    return None
+
+
+def image_pairs(args, engine_link) -> tuple[tuple[str, str], ...]:
+    """``--image PART=FILE`` options as ``(part, file)`` pairs (the engine reads the files); raises the
+    engine's PromptError for a value that is not PART=FILE."""
+    return engine_link.load("references", light=True).image_options(args.image)
+
+
 def request_for(name: str, args, runs, engine_link):
     """The :class:`runs.Request` for the object ``name`` from the parsed command line."""
     return runs.Request(
@@ -294,6 +335,7 @@ def request_for(name: str, args, runs, engine_link):
         models=args.models,
         allow_download=args.allow_download,
         overrides=tuple(args.overrides),
+        images=image_pairs(args, engine_link),
         **engine_link.load("relief", light=True).relief_options(args.relief),
     )
 

@@ -14,7 +14,7 @@ Locate parts and Stylize run in two ways:
 import bpy
 from bpy.props import BoolProperty
 
-from . import apply, engine_link, jobs, model_downloads, nodes, preferences, runs
+from . import apply, bridge, engine_link, jobs, model_downloads, nodes, preferences, runs
 
 TIMER_SECONDS = 0.2
 
@@ -56,7 +56,9 @@ def request_from(context, *, styles: bool = True) -> runs.Request:
     """The panel's state as a run request for the active object.
 
     With part rows, the rows are the prompt (sent as parsed pairs); without, the prompt field is.
-    Relief: the run's, and the rows' own where a row does not say "Same as the run".
+    Relief: the run's, and the rows' own where a row does not say "Same as the run". Images: the
+    pixels of each unlocked row's image (a locked part keeps its earlier look, so its image is not
+    used), with the scene's Image weight as ``guidance.image_weight`` before the typed settings.
     ``styles=False`` (Locate parts) needs only the rows' part names.
     """
     settings = context.scene.partstyle
@@ -70,12 +72,17 @@ def request_from(context, *, styles: bool = True) -> runs.Request:
     pairs = tuple((n, row.style) for n, row in zip(names, rows, strict=True)) if styles else ()
     own_relief = tuple((n, level) for n, row in zip(names, rows, strict=True)
                        if (level := row.relief_value()) is not None) if styles else ()
+    images = tuple((n, bridge.image_pixels(row.image, what=f"Row {number} ({n})"))
+                   for number, (n, row) in enumerate(zip(names, rows, strict=True), 1)
+                   if row.image is not None and not row.lock) if styles else ()
+    weight = (f"guidance.image_weight={round(float(settings.image_weight), 6)}",) if images else ()
     return runs.Request(
         object_name=context.active_object.name, prompt=settings.prompt, pairs=pairs, part_names=names,
         lock=tuple(n for n, row in zip(names, rows, strict=True) if row.lock), use_groups=settings.use_vertex_groups,
         preset=settings.preset, iterations=settings.iterations, seed=settings.seed,
-        overrides=tuple(settings.overrides.split()), swatches=tuple(tuple(row.color) for row in rows),
-        relief=settings.relief_value(), part_relief=own_relief, **preferences.effective(settings, context))
+        overrides=weight + tuple(settings.overrides.split()), swatches=tuple(tuple(row.color) for row in rows),
+        relief=settings.relief_value(), part_relief=own_relief, images=images,
+        **preferences.effective(settings, context))
 
 
 def show_vertex_colors(context) -> None:

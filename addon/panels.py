@@ -8,14 +8,15 @@ from . import bridge, engine_link, jobs, nodes, preferences, runs
 
 
 class PARTSTYLE_UL_parts(bpy.types.UIList):
-    """A part row: swatch, part, style, relief, lock, and a button to see its weights."""
+    """A part row: swatch, part (an image icon when the row has a reference image), style, relief,
+    lock, and a button to see its weights. The selected row's image is picked under the list."""
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
         row = layout.row(align=True)
         swatch = row.row(align=True)
         swatch.ui_units_x = 1.2
         swatch.prop(item, "color", text="")
-        row.prop(item, "part", text="", emboss=False)
+        row.prop(item, "part", text="", emboss=False, icon='IMAGE_DATA' if item.image is not None else 'NONE')
         row.prop(item, "style", text="")
         relief = row.row(align=True)
         relief.ui_units_x = 5.0 if item.relief == 'custom' else 3.0
@@ -64,7 +65,23 @@ class PARTSTYLE_PT_main(_Panel, bpy.types.Panel):
         col.operator("partstyle.part_remove", text="", icon='REMOVE')
         if not settings.parts and settings.prompt.strip():
             layout.label(text="No rows: the prompt is used as written.", icon='INFO')
+        draw_row_image(layout, settings)
         draw_unknown_words(layout, context, settings)
+
+
+def draw_row_image(layout, settings) -> None:
+    """The selected row's reference image (pick an open image, or open a file with the folder
+    button), and the Image weight when any row has an image."""
+    if not 0 <= settings.active_part < len(settings.parts):
+        return
+    row = settings.parts[settings.active_part]
+    col = layout.column(align=True)
+    col.label(text=f"Image for {' '.join(row.part.split()) or 'this row'}:", icon='IMAGE_DATA')
+    col.template_ID(row, "image", open="image.open")
+    if row.image is not None and row.lock:
+        col.label(text="Locked: the part keeps its look; its image is not used.", icon='INFO')
+    if any(r.image is not None for r in settings.parts):
+        col.prop(settings, "image_weight", slider=True)
 
 
 def draw_unknown_words(layout, context, settings) -> None:

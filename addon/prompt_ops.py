@@ -20,7 +20,7 @@ def _engine_poll(cls) -> bool:
 
 
 class PARTSTYLE_OT_parse_prompt(bpy.types.Operator):
-    """Split the prompt into editable part rows (part, style, relief, lock, swatch)"""
+    """Split the prompt into editable part rows (part, style, relief, lock, swatch, image)"""
 
     bl_idname = "partstyle.parse_prompt"
     bl_label = "Parse prompt"
@@ -40,8 +40,8 @@ class PARTSTYLE_OT_parse_prompt(bpy.types.Operator):
         except engine_link.user_errors() as exc:
             self.report({'ERROR'}, str(exc))
             return {'CANCELLED'}
-        kept = {bridge.normalize_part(row.part): (row.lock, tuple(row.color), row.relief, row.relief_custom)
-                for row in settings.parts}
+        kept = {bridge.normalize_part(row.part): (row.lock, tuple(row.color), row.relief, row.relief_custom,
+                                                  row.image) for row in settings.parts}
         settings.parts.clear()
         if parsed.is_holistic:
             self.report({'INFO'}, "The prompt describes the whole object: it will be stylized as one part.")
@@ -49,7 +49,7 @@ class PARTSTYLE_OT_parse_prompt(bpy.types.Operator):
         for pair in parsed.pairs:
             row = settings.add_row(pair.part, pair.style)
             if pair.part in kept:
-                row.lock, row.color, row.relief, row.relief_custom = kept[pair.part]
+                row.lock, row.color, row.relief, row.relief_custom, row.image = kept[pair.part]
         settings.active_part = 0
         self.report({'INFO'}, f"{len(parsed.pairs)} part(s): {', '.join(parsed.parts)}.")
         return {'FINISHED'}

@@ -56,6 +56,11 @@ def _relief_value(level: str, amount: float) -> str | float:
     return round(float(amount), 6) if level == 'custom' else level  # the float32 amount, as typed
 
 
+def _is_picture(self, image) -> bool:
+    """Images with pixels of their own: not the Render Result or the compositor's Viewer Node."""
+    return image.type not in {'RENDER_RESULT', 'COMPOSITING'}
+
+
 def _palette_color(index: int) -> tuple[float, float, float]:
     return PALETTE[index % len(PALETTE)]
 
@@ -73,6 +78,9 @@ class PARTSTYLE_PG_part(bpy.types.PropertyGroup):
                          "run's Relief")
     relief_custom: FloatProperty(name="Relief amount", min=0.0, max=RELIEF_MAX, default=RELIEF_LEVELS["subtle"],
                                  step=1, precision=2, description=_AMOUNT_HELP)
+    image: PointerProperty(type=bpy.types.Image, name="Image", poll=_is_picture,
+                           description="A reference picture for this part's look, beside its words (an open image, "
+                           "or a file opened with the folder button); the run's Image weight sets its share")
 
     def relief_value(self) -> str | float | None:
         """This row's relief for the engine (a level's name or the custom amount), None when not set."""
@@ -104,6 +112,10 @@ class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
     models: EnumProperty(name="Models", items=[_FOLLOW, *MODEL_ITEMS], default='PREFERENCES')
     model_folder: StringProperty(name="Model folder", subtype='DIR_PATH',
                                  description="Folder with clip/ and grounding/ model folders (Models: Local folder)")
+    image_weight: FloatProperty(
+        name="Image weight", min=0.0, max=1.0, default=0.5, subtype='FACTOR',
+        description="Share of the picture beside the words in the target of a part with an image (0: the words "
+        "only, 1: the picture only); the engine's guidance.image_weight, used only when a row has an image")
     overrides: StringProperty(
         name="Settings", description="Extra engine settings as key=value separated by spaces, e.g. "
         "'views.count=2 optim.learning_rate=0.002' (see the engine's settings list)")

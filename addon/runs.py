@@ -50,6 +50,10 @@ class Request:
         relief: how far the styled surface may move, for the whole run: ``none``, ``subtle``,
             ``strong``, or a share of the local thickness from 0 to RELIEF_MAX (a number, or its text).
         part_relief: ``(part, level)`` for the parts whose relief differs from the run's (same values).
+        images: ``(part, picture)`` reference images: from the panel a [H, W, 3] float32 sRGB array in
+            0..1, top row first (:func:`.bridge.image_pixels`); from the command line a file path the
+            engine reads. ``whole`` gives the whole object's. Mixed with the words by the
+            ``guidance.image_weight`` setting.
     """
 
     object_name: str
@@ -68,6 +72,7 @@ class Request:
     swatches: tuple[tuple[float, float, float], ...] = field(default_factory=tuple)
     relief: str | float = RELIEF_DEFAULT
     part_relief: tuple[tuple[str, str | float], ...] = ()
+    images: tuple[tuple[str, np.ndarray | str], ...] = field(default=(), compare=False)
 
     def settings(self, *, live: bool = True):
         """The engine's Settings: the preset, then seed, iterations, Blender's up axis, overrides.
@@ -219,7 +224,7 @@ class StyleRun:
         self.style_request = engine_link.load("request", light=True).StyleRequest(
             self.parsed, parts=self.parts, lock=r.lock, previous=previous,
             base_colors=None if user is None else np.clip(colors.linear_to_srgb(user), 0.0, 1.0),
-            **r.relief_arguments(self.parsed))
+            images=r.images, **r.relief_arguments(self.parsed))
         self.style_request.check_mesh(self.mesh.num_vertices)
         self.color_name = bridge.attribute_name(obj, bridge.COLOR)  # previews and the result go there
         self.snapshot = snapshot.ColorSnapshot(obj.data, self.color_name)

@@ -32,6 +32,7 @@ from .memory import check_fits
 from .mesh import Mesh, Normalization
 from .models import ModelStore
 from .prompt import StylePrompt, check_part_names
+from .references import WHOLE, mix_targets
 from .relief import relief_bounds
 from .request import StyleRequest
 from .result import StyleResult
@@ -145,11 +146,12 @@ def stylize(
     guidance = ClipGuidance(store.clip(dev), settings.guidance)
     on_event(StageEvent("encoding text", parsed.full_text()))
     styled = request.styled_pairs
+    text_target, part_targets = _targets(guidance, request, settings, on_event)
     objective = Objective(
-        text=guidance.encode_text([parsed.full_text()])[0],
+        text=text_target,
         composition=composition,
         part_names=tuple(pair.part for pair in styled),
-        part_texts=guidance.encode_text([pair.phrase for pair in styled]) if styled else None,
+        part_texts=part_targets,
         grounding=_grounding_loss(store, dev, styled, settings) if styled else None,
     )
     surface = SurfaceInputs(
@@ -157,7 +159,8 @@ def stylize(
         normals=torch.from_numpy(work.vertex_normals).to(dev),
         faces=torch.from_numpy(work.faces).to(dev),
     )
-    fingerprint = run_fingerprint(mesh, parsed, settings, store.describe(), composition)
+    fingerprint = run_fingerprint(mesh, parsed, settings, store.describe(), composition,
+                                  images=tuple((part, ref.sha256) for part, ref in request.images))
     trainer = StyleTrainer(surface, objective, guidance, settings, fingerprint=fingerprint)
     ready = time.perf_counter()
     trained = trainer.run(
@@ -174,6 +177,7 @@ def stylize(
         "device": str(dev),
         "models": store.describe(),
         "model_sources": store.record(),  # each model used: hub repo and pinned revision, or tiny / folder
+        "reference_images": {part: ref.record() for part, ref in request.images},  # by content hash
         "steps": trained.steps,
         "skipped_steps": trained.skipped,
         "seconds_setup": round(ready - started, 3),
@@ -194,6 +198,7 @@ def stylize(
         parts=part_weights,
         history=trained.history,
         record=record,
+        references=request.images,
     )
 
 
@@ -245,10 +250,34 @@ def _grounding_loss(store: ModelStore, device: torch.device, styled, settings: S
                              threshold=settings.guidance.grounding_threshold)
 
 
+def _targets(guidance: ClipGuidance, request: StyleRequest, settings: Settings, on_event: EventSink):
+    """The whole prompt's [D] target and the styled parts' [P, D] ones (None when holistic): their
+    words' embeddings, mixed with their reference images' where given (engine/references.py)."""
+    parsed, styled = request.prompt, request.styled_pairs
+    text = guidance.encode_text([parsed.full_text()])[0]
+    parts = guidance.encode_text([pair.phrase for pair in styled]) if styled else None
+    if not request.images:
+        return text, parts
+    on_event(StageEvent("encoding images", ", ".join(part for part, _ in request.images)))
+    g = settings.guidance
+    names = [pair.part for pair in styled]
+    for part, ref in request.images:
+        image = guidance.encode_reference(ref.pixels, crops=g.image_crops, seed=settings.run.seed)
+        if part == WHOLE:
+            text = mix_targets(text, image, g.image_weight)
+        else:
+            k = names.index(part)
+            parts = parts.clone()
+            parts[k] = mix_targets(parts[k], image, g.image_weight)
+    return text, parts
+
+
 def run_fingerprint(
-    mesh: Mesh, prompt: StylePrompt, settings: Settings, model_name: str, composition: Composition
+    mesh: Mesh, prompt: StylePrompt, settings: Settings, model_name: str, composition: Composition,
+    *, images: tuple[tuple[str, str], ...] = (),
 ) -> str:
-    """A hash of everything that determines a run, so a checkpoint resumes only its own run.
+    """A hash of everything that determines a run, so a checkpoint resumes only its own run;
+    ``images`` are the reference images' ``(part, sha256)``.
 
     ``optim.iterations`` is left out: a resumed run may be extended.
     """
@@ -258,5 +287,6 @@ def run_fingerprint(
     for array in (mesh.vertices, mesh.faces, *(getattr(composition, name).numpy() for name in
                                                  ("weights", "fixed_colors", "outward", "inward"))):
         h.update(np.ascontiguousarray(array).tobytes())
-    h.update(json.dumps([repr(prompt), flat, model_name], sort_keys=True).encode())
+    h.update(json.dumps([repr(prompt), flat, model_name, *([list(images)] if images else [])],
+                        sort_keys=True).encode())
     return h.hexdigest()

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PART",
         help="keep this part's earlier result (from --previous) while restyling the others (repeatable)",
     )
+    p.add_argument("--image", action="append", default=[], metavar="PART=FILE",
+                   help="a reference picture for a part the prompt names, or whole=FILE (repeatable); mixed with "
+                   "the part's words by guidance.image_weight (0.5; 1: the picture only)")
     p.add_argument("--previous", metavar="DIR", help="an earlier output folder of the same mesh, for --lock")
     p.add_argument(
         "--relief",
@@ -229,6 +232,7 @@ def _stylize_into(args: argparse.Namespace, settings, mesh) -> int:
     from .events import CancelToken
     from .export import read_surface_style, write_result
     from .models import ModelStore
+    from .references import image_options
     from .relief import relief_options
     from .request import StyleRequest
 
@@ -238,6 +242,7 @@ def _stylize_into(args: argparse.Namespace, settings, mesh) -> int:
         parts=load_part_weights(args.parts_from, mesh) if args.parts_from else None,
         lock=tuple(args.lock),
         previous=read_surface_style(args.previous, mesh.num_vertices) if args.previous else None,
+        images=image_options(args.image),
         **relief_options(args.relief),
     )
     warn_unknown_words(args.prompt, args.models)  # the text, in the user's word order

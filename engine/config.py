@@ -112,6 +112,9 @@ class GuidanceSettings:
         3DStyleGLIP does, 1 makes every step a grounding step, 0 never.
     grounding_views, grounding_resolution: views rendered for a grounding step, and their size.
     grounding_threshold: a proposal shows part k when its part-caption score exceeds this.
+    image_weight: a reference image's share of its part's target beside its words (0: the words
+        only, 1: the picture only); engine/references.py.
+    image_crops: augmented crops of a reference image averaged into its target.
     """
 
     global_augmentations: int = 1
@@ -128,6 +131,8 @@ class GuidanceSettings:
     grounding_views: int = 3
     grounding_resolution: int = 512
     grounding_threshold: float = 0.25
+    image_weight: float = 0.5
+    image_crops: int = 16
 
 
 @dataclass(frozen=True)
@@ -375,6 +380,8 @@ def _validate(s: Settings) -> None:
         ("guidance.grounding_views", s.guidance.grounding_views >= 1, "at least 1"),
         ("guidance.grounding_resolution", 64 <= s.guidance.grounding_resolution <= 2048, "between 64 and 2048"),
         ("guidance.grounding_threshold", 0.0 <= s.guidance.grounding_threshold < 1.0, "in [0, 1)"),
+        ("guidance.image_weight", 0.0 <= s.guidance.image_weight <= 1.0, "between 0 and 1"),
+        ("guidance.image_crops", 1 <= s.guidance.image_crops <= 256, "between 1 and 256"),
         ("localize.views", s.localize.views >= 1, "at least 1"),
         ("localize.resolution", 64 <= s.localize.resolution <= 2048, "between 64 and 2048"),
         ("localize.box_threshold", 0.0 <= s.localize.box_threshold < 1.0, "in [0, 1)"),

@@ -280,7 +280,25 @@ def before_after_grid(result: StyleResult, *, views: int = PREVIEW_VIEWS, size: 
         with torch.no_grad():
             out = renderer.render(unit, faces, cameras, colors=colors, resolution=size)
         rows.append([image.permute(1, 2, 0).numpy() for image in out.color])
-    return image_grid(rows, row_labels=[label for label, _, _ in shown])
+    labels = [label for label, _, _ in shown]
+    if result.references:  # the pictures the run followed, as thumbnails, in prompt order
+        rows.append([thumbnail(ref.pixels, size) for _, ref in result.references])
+        labels.append("image: " + ", ".join(part for part, _ in result.references))
+    return image_grid(rows, row_labels=labels)
+
+
+def thumbnail(pixels: np.ndarray, size: int) -> np.ndarray:
+    """[size, size, 3] float32: ``pixels`` ([H, W, 3], 0..1) fitted inside the square on white."""
+    height, width = pixels.shape[:2]
+    scale = size / max(height, width)
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
+    fitted = torch.nn.functional.interpolate(image, size=(h, w), mode="bilinear", align_corners=False,
+                                             antialias=True)[0].permute(1, 2, 0).numpy()
+    out = np.ones((size, size, 3), np.float32)
+    top, left = (size - h) // 2, (size - w) // 2
+    out[top:top + h, left:left + w] = fitted
+    return out
 
 
 def run_record(result: StyleResult, extra: dict) -> dict:

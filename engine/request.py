@@ -6,6 +6,7 @@ checked when the request is made, so a bad request fails before any model loads.
 
     StyleRequest("pottery base, gold tube, linen shade")
     StyleRequest("red base, blue shade", parts=weights, lock=("shade",), previous=earlier.surface)
+    StyleRequest("red base, linen shade", images={"shade": "linen.jpg"})   # a picture beside the words
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from .errors import InputError, PromptError
 from .parts import PartWeights
 from .prompt import PartStyle, StylePrompt, check_prompt, normalize_part_name
+from .references import WHOLE, ReferenceImage, load_reference
 from .relief import DEFAULT_RELIEF, relief_fraction
 from .result import StyleResult, SurfaceStyle
 
@@ -41,6 +43,10 @@ class StyleRequest:
         relief: how far styled surfaces may move, for the whole run: ``none``, ``subtle`` (default),
             ``strong`` or a share of the local thickness (``engine/relief.py``). Stored as a number.
         part_relief: per-part exceptions, ``{"tube": "none"}``; stored as ``((part, number), ...)``.
+        images: reference pictures, ``{"shade": "linen.jpg"}`` (a path, a PIL image or an [H, W, 3]
+            array); ``"whole"`` gives the whole object's (the prompt as a whole) a picture. Each is
+            mixed with its words by ``guidance.image_weight`` (engine/references.py); stored as
+            ``((part, ReferenceImage), ...)`` in prompt order, ``whole`` first.
 
     Raises :class:`PromptError` for a bad prompt or a lock that cannot be honoured, and
     :class:`InputError` for arrays of the wrong kind.
@@ -54,6 +60,7 @@ class StyleRequest:
     base_colors: np.ndarray | None = None
     relief: str | float = DEFAULT_RELIEF
     part_relief: Mapping[str, str | float] | tuple[tuple[str, float], ...] = ()
+    images: Mapping[str, object] | tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
         parsed = check_prompt(self.prompt, holistic=self.holistic)
@@ -75,6 +82,26 @@ class StyleRequest:
         object.__setattr__(self, "part_relief", tuple(
             (normalize_part_name(part), relief_fraction(value)) for part, value in items))
         self._check_parts()
+        object.__setattr__(self, "images", self._references())
+
+    def _references(self) -> tuple[tuple[str, ReferenceImage], ...]:
+        """The reference images by part, checked against the prompt and read (see ``images``)."""
+        items = self.images.items() if isinstance(self.images, Mapping) else self.images
+        found: dict[str, ReferenceImage] = {}
+        for key, value in items:
+            part = normalize_part_name(str(key))
+            if part != WHOLE and part not in self.prompt.parts:
+                named = ", ".join(self.prompt.parts) or "none: it styles the whole object"
+                raise PromptError(f"an image is given for '{part}', which the prompt does not name (its parts: "
+                                  f"{named}); name the part in the prompt, or use '{WHOLE}' for the whole object.")
+            if part in self.lock:
+                raise PromptError(f"an image is given for '{part}', which is locked (it keeps its earlier look); "
+                                  "unlock it or leave its image out.")
+            if part in found:
+                raise PromptError(f"two images are given for '{part}'; give one per part.")
+            found[part] = load_reference(value, what=f"the image for '{part}'")
+        order = [WHOLE, *self.prompt.parts]
+        return tuple(sorted(found.items(), key=lambda item: order.index(item[0])))
 
     def _check_parts(self) -> None:
         parsed = self.prompt

@@ -69,6 +69,7 @@ class StyleResult:
         parts: the part weights the styles were applied with (None for a holistic prompt).
         history: loss name -> value per iteration.
         record: facts about the run for reports (device, models, timings, steps, skipped steps).
+        references: the reference images the run used, ``((part or "whole", ReferenceImage), ...)``.
     """
 
     mesh: Mesh
@@ -79,6 +80,7 @@ class StyleResult:
     parts: PartWeights | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     record: dict = field(default_factory=dict)
+    references: tuple = ()
 
     @property
     def colors_linear(self) -> np.ndarray:

@@ -391,6 +391,14 @@ class _Layout:
         assert prop in data.bl_rna.properties and active_prop in active_data.bl_rna.properties
         self.calls.append(("list", prop))
 
+    def template_ID(self, data, prop, **kwargs):
+        assert prop in data.bl_rna.properties, f"no property {prop!r} on {data}"
+        for idname in (kwargs.get("new"), kwargs.get("open")):
+            if idname:
+                group, name = idname.split(".")
+                assert hasattr(getattr(bpy.ops, group), name), f"no operator {idname}"
+        self.calls.append(("template_ID", prop, kwargs.get("open")))
+
 
 def _draw(panel_class, context, **attributes):
     calls = []

@@ -64,3 +64,96 @@ def test_red_base_blue_shade_on_parts_found_by_the_tiny_grounding_model():
     tube = labels == names.index("tube")
     untouched = (result.colors_srgb[tube] == np.float32(0.5)).all(1) & (result.displacement[tube] == 0)
     assert untouched.mean() >= 0.98, untouched.mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# Image prompts (engine/references.py): a picture as a part's target, beside or instead of its words
+
+IMAGE_ONLY = settings_for("fast", ["optim.iterations=120", "run.preview_every=0", "guidance.image_weight=1.0"])
+
+
+def _swatch(name: str) -> np.ndarray:
+    from engine.training.vocabulary import COLORS
+
+    swatch = np.empty((48, 64, 3), np.float32)
+    swatch[:] = COLORS[name]
+    return swatch
+
+
+def test_a_red_swatch_as_the_bases_picture_turns_the_base_red():
+    """With image_weight 1 the picture alone is the base's target: the words 'plain' (which the tiny
+    models never saw) do not count; the shade keeps its words."""
+    lamp = sample_mesh("lamp", 5000)
+    parts = PartWeights.from_labels(lamp.labels, lamp.label_names)
+    request = StyleRequest("plain base, blue shade", parts=parts, images={"base": _swatch("red")})
+    result = stylize(lamp, request, settings=IMAGE_ONLY, models=STORE, device="cpu")
+    names = lamp.label_names
+    assert mean_color(result, lamp.labels == names.index("base")) == "red"
+    assert mean_color(result, lamp.labels == names.index("shade")) == "blue"
+    assert result.record["reference_images"]["base"]["sha256"] == request.images[0][1].sha256
+
+
+def test_the_picture_wins_over_the_words_at_image_weight_one():
+    """Text 'red' with a blue picture at image_weight 1.0 gives blue: the picture is the target."""
+    lamp = sample_mesh("lamp", 5000)
+    parts = PartWeights.from_labels(lamp.labels, lamp.label_names)
+    request = StyleRequest("red base, yellow shade", parts=parts, images={"base": _swatch("blue")})
+    result = stylize(lamp, request, settings=IMAGE_ONLY, models=STORE, device="cpu")
+    assert mean_color(result, lamp.labels == lamp.label_names.index("base")) == "blue"
+    assert mean_color(result, lamp.labels == lamp.label_names.index("shade")) == "yellow"
+
+
+def _striped_picture() -> np.ndarray:
+    """A picture of blue stripes: a blue-striped cylinder on white, rendered as the tiny models'
+    training pictures are (engine.training.synthetic)."""
+    import torch
+
+    from engine.cameras import ring_views
+    from engine.render.renderer import Renderer
+    from engine.training.synthetic import pattern_colors, scene_mesh
+    from engine.training.vocabulary import COLORS
+
+    cylinder = scene_mesh("cylinder")
+    colors = pattern_colors(cylinder.vertices.float(), "striped", torch.tensor(COLORS["blue"]),
+                            torch.Generator().manual_seed(1))
+    settings = settings_for("fast")
+    cameras = ring_views(1, settings.views, settings.render)
+    rendered = Renderer(settings.render).render(cylinder.vertices.float(), cylinder.faces, cameras, colors=colors,
+                                                resolution=224)
+    return rendered.color[0].permute(1, 2, 0).numpy()
+
+
+def _white_bands(mesh, mask: np.ndarray, white: np.ndarray) -> list[int]:
+    """Sizes of the connected white regions (through the mesh's edges) among the ``mask`` vertices."""
+    parent = np.arange(mesh.num_vertices)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    keep = mask & white
+    for a, b in np.concatenate([mesh.faces[:, [0, 1]], mesh.faces[:, [1, 2]], mesh.faces[:, [2, 0]]]):
+        if keep[a] and keep[b]:
+            parent[find(a)] = find(b)
+    roots = [find(v) for v in np.flatnonzero(keep)]
+    return sorted(np.unique(roots, return_counts=True)[1].tolist(), reverse=True)
+
+
+def test_a_picture_of_blue_stripes_gives_a_blue_striped_shade():
+    """The shade follows a picture of blue stripes (its words, 'plain', steer nothing): mostly blue,
+    with white in several separate bands - not a plain blue shade and not one white patch."""
+    from engine.training.vocabulary import nearest_color
+
+    lamp = sample_mesh("lamp", 5000)
+    parts = PartWeights.from_labels(lamp.labels, lamp.label_names)
+    settings = settings_for("fast", ["optim.iterations=300", "run.preview_every=0", "guidance.image_weight=1.0"])
+    request = StyleRequest("plain base, plain shade", parts=parts, images={"shade": _striped_picture()})
+    result = stylize(lamp, request, settings=settings, models=STORE, device="cpu")
+    shade = lamp.labels == lamp.label_names.index("shade")
+    names = np.array([nearest_color(c) for c in result.colors_srgb])
+    blue, white = (names[shade] == "blue").mean(), (names[shade] == "white").mean()
+    assert blue >= 0.5 and white >= 0.15, (blue, white)
+    bands = _white_bands(lamp, shade, names == "white")
+    assert sum(size >= 0.02 * shade.sum() for size in bands) >= 3, bands[:8]

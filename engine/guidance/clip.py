@@ -49,6 +49,15 @@ class ClipGuidance:
         tokens = {k: v.to(self.device) for k, v in tokens.items()}
         return F.normalize(_pooled(self.bundle.model.get_text_features(**tokens)), dim=-1)
 
+    @torch.no_grad()
+    def encode_reference(self, pixels, *, crops: int, seed: int) -> torch.Tensor:
+        """A reference picture ([H, W, 3] sRGB 0..1) -> [D] unit-norm target: the mean embedding of
+        ``crops`` augmented crops (engine.references.augmented_views), so its look, not its framing."""
+        from ..references import augmented_views
+
+        views = augmented_views(pixels, count=crops, size=self.bundle.image_size, seed=seed).to(self.device)
+        return F.normalize(self.encode_images(views).mean(0), dim=-1)
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] RGB in 0..1 at the model size -> [B, D] unit-norm embeddings (differentiable)."""
         pixels = normalize(images, self.bundle.mean, self.bundle.std)
