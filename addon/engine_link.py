@@ -31,10 +31,6 @@ import site
 import sys
 from dataclasses import dataclass, field
 
-#: The module each requirement is imported as, where it differs from its distribution name.
-_IMPORT_NAMES = {"pillow": "PIL"}
-#: Checked for presence in this order (torch first: it is the big one); their ranges are the engine's.
-REQUIREMENTS = ("torch", "transformers", "safetensors", "huggingface_hub", "numpy")
 #: PyTorch's CPU-only wheels for Linux (PyPI's Linux torch is a CUDA build of several GB).
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
@@ -194,11 +190,13 @@ def engine_package() -> str:
 
 
 def _version(dist: str) -> str | None:
+    """The installed version of ``dist`` from package metadata, else from its imported module."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        module = sys.modules.get(_IMPORT_NAMES.get(dist, dist))
-        return getattr(module, "__version__", None) if module else None
+        requirements = _requirements()
+        loaded = sys.modules.get(requirements.IMPORT_NAMES.get(dist, dist) if requirements else dist)
+        return getattr(loaded, "__version__", None) if loaded else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -206,19 +204,19 @@ def status() -> EngineStatus:
     """The engine's status (cached; :func:`refresh` forgets it after an install)."""
     use_private_packages()
     package = engine_package()
+    if not package:
+        return EngineStatus("", shadowed=numpy_shadowed(), bundled=bundled_wheels())
+    requirements = _requirements()  # the engine's own list and ranges (engine/requirements.py)
     versions, missing = {}, []
-    for dist in REQUIREMENTS:
-        found = importlib.util.find_spec(_IMPORT_NAMES.get(dist, dist)) is not None
-        version = _version(dist) if found else None
-        if found:
-            versions[dist] = version or "installed"
-        else:
+    for dist in requirements.REQUIREMENTS:
+        module = requirements.IMPORT_NAMES.get(dist, dist)
+        if importlib.util.find_spec(module) is None:
             missing.append(dist)
-    requirements = _requirements()
-    wrong = tuple(p.describe() for p in requirements.version_problems(versions)) if requirements else ()
-    if package:
-        engine = importlib.import_module(package)
-        versions = {"partstyle engine": getattr(engine, "__version__", "?"), **versions}
+        else:
+            versions[dist] = _version(dist) or "installed"
+    wrong = tuple(p.describe() for p in requirements.version_problems(versions))
+    engine = importlib.import_module(package)
+    versions = {"partstyle engine": getattr(engine, "__version__", "?"), **versions}
     return EngineStatus(package, versions, tuple(missing), wrong, numpy_shadowed(), bundled_wheels())
 
 

@@ -19,26 +19,29 @@ def _downloads():
     return engine_link.load("downloads", light=True)
 
 
-@functools.lru_cache(maxsize=1)
 def sources() -> tuple[tuple[str, str, str, bool], ...]:
-    """One ``(role, repository@revision, download size, on this computer)`` per real model (cached:
-    the preferences draw it; :func:`refresh` forgets it)."""
+    """One ``(role, repository@revision, download size, on this computer)`` per real model."""
+    size = _downloads().format_size
+    return tuple((s.role, f"{s.repo_id}@{s.revision[:8]}", size(s.size_bytes), here) for s, here in _on_disk())
+
+
+@functools.lru_cache(maxsize=1)
+def _on_disk():
+    """``(ModelSource, on this computer)`` per real model: the one look at the disk, cached because
+    the preferences redraw often; :func:`refresh` forgets it."""
     downloads = _downloads()
     here = downloads.models_on_disk()
-    return tuple((s.role, f"{s.repo_id}@{s.revision[:8]}", downloads.format_size(s.size_bytes), bool(here[s.role]))
-                 for s in downloads.MODEL_SOURCES)
+    return tuple((s, bool(here[s.role])) for s in downloads.MODEL_SOURCES)
 
 
 def refresh() -> None:
-    sources.cache_clear()
+    _on_disk.cache_clear()
 
 
 def missing_size() -> str:
     """The download size of the models not yet here, e.g. ``1.5 GB`` ("" when all are here)."""
-    downloads = _downloads()
-    here = downloads.models_on_disk()
-    total = sum(s.size_bytes for s in downloads.MODEL_SOURCES if not here[s.role])
-    return downloads.format_size(total) if total else ""
+    total = sum(s.size_bytes for s, here in _on_disk() if not here)
+    return _downloads().format_size(total) if total else ""
 
 
 def start(*, threaded: bool) -> jobs.Job:

@@ -59,9 +59,7 @@ def locate_parts(
     ``cancel`` is set while the model runs.
     """
     settings = settings or settings_for()
-    dev = resolve_device(device)
-    if (notice := mps_fallback_notice(dev)) is not None:
-        on_event(NoticeEvent(notice))
+    dev = _run_device(device, on_event)
     store = models if isinstance(models, ModelStore) else ModelStore(models)
     names = check_part_names(parts)
     loc = settings.localize
@@ -111,9 +109,7 @@ def stylize(
         raise CheckpointError(f"no checkpoint at '{checkpoint}' to resume from; run without --resume to start anew.")
     settings = settings or settings_for()
     parsed = request.prompt
-    dev = resolve_device(device)
-    if (notice := mps_fallback_notice(dev)) is not None:
-        on_event(NoticeEvent(notice))
+    dev = _run_device(device, on_event)
     store = models if isinstance(models, ModelStore) else ModelStore(models)
     started = time.perf_counter()
     normalization = Normalization.fit(mesh.vertices)
@@ -248,6 +244,14 @@ def _grounding_loss(store: ModelStore, device: torch.device, styled, settings: S
     detector = views_detector(store.grounding(device), settings.guidance.grounding_resolution)
     return GroundingPartLoss(detector, [p.part for p in styled], [p.phrase for p in styled],
                              threshold=settings.guidance.grounding_threshold)
+
+
+def _run_device(device: str | torch.device, on_event: EventSink) -> torch.device:
+    """The run's device (:func:`resolve_device`); on an Apple GPU without the CPU fallback, a notice."""
+    dev = resolve_device(device)
+    if (notice := mps_fallback_notice(dev)) is not None:
+        on_event(NoticeEvent(notice))
+    return dev
 
 
 def _targets(guidance: ClipGuidance, request: StyleRequest, settings: Settings, on_event: EventSink):
