@@ -113,11 +113,14 @@ def lowest_version(requirement: str) -> str:
 
 
 def lowest_requirements() -> list[str]:
-    """The runtime dependencies pinned at their lowest declared versions, plus the test extras
-    (without :data:`LOWEST_SKIPS`), for the lowest-versions run."""
+    """The runtime dependencies and the optional extras' (``ray``) pinned at their lowest declared
+    versions, plus the other test extras (without :data:`LOWEST_SKIPS`), for the lowest-versions run."""
     project = _project()
-    pinned = [lowest_version(r) for r in project["dependencies"] if not _is_torch(r)]
-    tests = [r for r in project["optional-dependencies"]["test"] if requirement_name(r) not in LOWEST_SKIPS]
+    extras = project["optional-dependencies"]
+    runtime = [r for name, reqs in extras.items() if name != "test" for r in reqs]
+    pinned = [lowest_version(r) for r in project["dependencies"] + runtime if not _is_torch(r)]
+    skip = {*LOWEST_SKIPS, *(requirement_name(r) for r in runtime)}
+    tests = [r for r in extras["test"] if requirement_name(r) not in skip]
     return pinned + tests
 
 

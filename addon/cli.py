@@ -4,6 +4,7 @@ With the installed extension (Blender 4.2+ registers the command when the add-on
 command consumes every argument after it, so the file is given with ``--blend``)::
 
     blender -c partstyle --blend file.blend --object NAME --prompt "..." --out result.blend
+    blender -c partstyle --blend file.blend --manifest objects.jsonl --out result.blend
 
 From a checkout of the repository, with Blender::
 
@@ -17,11 +18,15 @@ With Blender as a Python module (``pip install bpy``), the same options plus ``-
 
     python addon/cli.py --blend file.blend -- --object NAME --prompt "..." --out result.blend
 
+``--manifest FILE`` (instead of ``--object`` and ``--prompt``) gives each object its own prompt and
+options, one row each (JSONL or CSV; :mod:`.cli_manifest`, docs/blender.md): there one object's
+failure does not stop the others, and the file is saved with every result that succeeded.
+
 ``--allow-download`` also needs Blender's online access (``blender --online-mode``, or *Allow
 Online Access* in the preferences): without it the command refuses before any object runs.
 
-Each object is stylized synchronously (the same run as the panel's Stylize button), with progress
-lines on stdout. The result file is written only when every object succeeded; otherwise the
+With ``--object``, each object is stylized synchronously (the same run as the panel's Stylize button),
+with progress lines on stdout. The result file is written only when every object succeeded; otherwise the
 command prints ``error: ...`` on stderr and exits 1 (2 for bad arguments, 130 when interrupted).
 Bad arguments are found before any object runs: an ``--out`` that is the input file or could not
 be saved, every ``--object`` that is not a mesh object of the file (all of them in one error,
@@ -37,6 +42,7 @@ import importlib
 import os
 import signal
 import sys
+from typing import NamedTuple
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -47,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stylize mesh objects of a .blend file with Partstyle and save the result.")
     parser.add_argument("--blend", help="the .blend file to open (with `blender -c partstyle` and with the bpy "
                                         "module; with --python, Blender opens the file given before it)")
-    parser.add_argument("--object", action="append", required=True, metavar="NAME",
-                        help="a mesh object to stylize (repeat for several)")
-    parser.add_argument("--prompt", required=True,
-                        help='styles per part ("pottery base, linen shade") or one for the whole object')
+    parser.add_argument("--object", action="append", default=[], metavar="NAME",
+                        help="a mesh object to stylize (repeat for several); required without --manifest")
+    parser.add_argument("--prompt", help='styles per part ("pottery base, linen shade") or one for the whole '
+                                         "object; required without --manifest")
+    parser.add_argument("--manifest", metavar="FILE",
+                        help="a .jsonl or .csv file of objects, one a row with its own prompt and options, instead "
+                        "of --object and --prompt; the other options are the rows' defaults (docs/blender.md)")
     parser.add_argument("--out", required=True, help="where to save the resulting .blend file")
     parser.add_argument("--use-groups", action="store_true",
                         help="take the parts from the objects' part:<name> vertex groups instead of locating them")
@@ -159,12 +168,15 @@ def main(argv: list[str] | None = None, *, addon=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(script_args(sys.argv) if argv is None else argv)
+        problem = usage_problem(args)
+        if problem:
+            parser.error(problem)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else 0
     if not args.out.lower().endswith(".blend"):
         print(f"error: --out {args.out}: the result is a Blender file; give a path ending in .blend", file=sys.stderr)
         return EXIT_USAGE
-    if args.blend and _same_file(args.out, args.blend):
+    if args.blend and same_file(args.out, args.blend):
         return _out_is_input(args.out)
     import bpy
 
@@ -185,18 +197,20 @@ def main(argv: list[str] | None = None, *, addon=None) -> int:
             print(f"error: --blend {args.blend}: no such file", file=sys.stderr)
             return EXIT_ERROR
         bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.blend))
-    if bpy.data.filepath and _same_file(args.out, bpy.data.filepath):  # blender -b FILE: the open file
+    if bpy.data.filepath and same_file(args.out, bpy.data.filepath):  # blender -b FILE: the open file
         return _out_is_input(args.out)
-    problem = (check_objects(args.object, bpy.data.objects, os.path.basename(bpy.data.filepath) or "the file")
-               or check_destination(args.out, engine_link) or check_relief(args, engine_link, runs)
-               or check_images(args, engine_link, runs))
+    if args.manifest:
+        return importlib.import_module(f"{addon.__name__}.cli_manifest").run_manifest(args, addon)
+    checks = importlib.import_module(f"{addon.__name__}.cli_checks")
+    problem = (checks.check_objects(args.object, bpy.data.objects, os.path.basename(bpy.data.filepath) or "the file")
+               or checks.check_destination(args.out, engine_link)
+               or checks.check_relief(args.relief, args.prompt, engine_link, runs)
+               or checks.check_images(args.image, args.prompt, args.lock, engine_link, runs))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    warning = runs.vocabulary_warning(
-        runs.Request(object_name="", prompt=args.prompt, models=args.models),
-        hint="Use --models default for any words (the real models; fetch them once with --allow-download and "
-             "blender --online-mode, or the add-on's Download models).")
+    warning = runs.vocabulary_warning(runs.Request(object_name="", prompt=args.prompt, models=args.models),
+                                      hint=VOCABULARY_HINT)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     interrupted = _cancel_on_interrupt(jobs)
@@ -223,7 +237,24 @@ def main(argv: list[str] | None = None, *, addon=None) -> int:
     return 0
 
 
-def _same_file(a: str, b: str) -> bool:
+VOCABULARY_HINT = ("Use --models default for any words (the real models; fetch them once with --allow-download and "
+                   "blender --online-mode, or the add-on's Download models).")
+
+
+def usage_problem(args) -> str | None:
+    """Why the options do not go together (``--manifest`` with ``--object``/``--prompt``, or neither), or None."""
+    given = {"--object": bool(args.object), "--prompt": args.prompt is not None}
+    if args.manifest and any(given.values()):
+        return (f"--manifest names the objects and their prompts; leave out "
+                f"{' and '.join(name for name, there in given.items() if there)} (or leave out --manifest to "
+                "stylize the --object objects with one --prompt)")
+    missing = [name for name, there in given.items() if not there]
+    if not args.manifest and missing:
+        return f"the following arguments are required: {', '.join(missing)} (or give --manifest FILE)"
+    return None
+
+
+def same_file(a: str, b: str) -> bool:
     """True when the paths name one file (``./x.blend``, an absolute path or a link to it)."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
@@ -233,86 +264,10 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def check_destination(out: str, engine_link) -> str | None:
-    """Why the result could not be saved at ``out`` (checked before any object runs), or None: a
-    folder in its place, or a folder that cannot be created or written (the engine's own check)."""
-    path = os.path.abspath(out)
-    if os.path.isdir(path):
-        return f"--out {out} is a folder; give the path of the .blend file to write"
-    try:
-        engine_link.load("files", light=True).check_output_folder(os.path.dirname(path), option="--out's folder")
-    except engine_link.user_errors() as exc:
-        return str(exc)
-    return None
-
-
 def _out_is_input(out: str) -> int:
     print(f"error: --out {out} is the input .blend file itself; saving there would overwrite the original. "
           "Give another path for the result.", file=sys.stderr)
     return EXIT_USAGE
-
-
-def check_objects(names: list[str], objects, where: str) -> str | None:
-    """Why some ``--object`` names cannot run (no such object, not a mesh), all in one message, with
-    the mesh objects there; None when every name is a mesh object."""
-    problems = []
-    for name in dict.fromkeys(names):
-        obj = objects.get(name)
-        if obj is None:
-            problems.append(f"there is no object named '{name}'")
-        elif obj.type != 'MESH':
-            kind = obj.type.lower()
-            problems.append(f"'{name}' is {'an' if kind[0] in 'aeiou' else 'a'} {kind} object, not a mesh")
-    if not problems:
-        return None
-    meshes = sorted(o.name for o in objects if o.type == 'MESH')
-    return (f"--object: {'; '.join(problems)} in {where}. Mesh objects there: {', '.join(meshes) or 'none'}. "
-            "Nothing was run; check the names (they are case-sensitive).")
-
-
-def check_relief(args, engine_link, runs) -> str | None:
-    """Why the ``--relief`` options cannot run (a level or a part the engine refuses), or None. The
-    prompt's own errors are left to each object's run, which reports them as before."""
-    try:
-        relief = engine_link.load("relief", light=True).relief_options(args.relief)
-    except engine_link.user_errors() as exc:
-        return str(exc)
-    request = runs.Request(object_name="", prompt=args.prompt, **relief)
-    try:
-        for level in (request.relief, *(level for _, level in request.part_relief)):
-            engine_link.load("relief", light=True).relief_fraction(level)
-        try:
-            parsed = request.parsed_prompt()
-        except engine_link.user_errors():
-            return None
-        engine_link.load("request", light=True).StyleRequest(parsed, **request.relief_arguments(parsed))
-    except engine_link.user_errors() as exc:
-        return f"--relief: {exc}"
-    return None
-
-
-def check_images(args, engine_link, runs) -> str | None:
-    """Why the ``--image`` options cannot run (a part the prompt does not name, a part given twice or
-    also locked, a file the engine cannot read), or None. As with ``--relief``, a prompt that does
-    not parse is left to each object's run."""
-    if not args.image:
-        return None
-    images = image_pairs(args, engine_link)
-    request = runs.Request(object_name="", prompt=args.prompt, images=images)
-    try:
-        parsed = request.parsed_prompt()
-    except engine_link.user_errors():
-        return None
-    normalize = engine_link.load("prompt", light=True).normalize_part_name
-    locked = sorted({normalize(part) for part, _ in images} & {normalize(part) for part in args.lock})
-    if locked:
-        return (f"--image: an image is given for {', '.join(map(repr, locked))}, which --lock keeps as it was; "
-                "unlock it or leave its image out.")
-    try:
-        engine_link.load("request", light=True).StyleRequest(parsed, images=request.images)
-    except engine_link.user_errors() as exc:
-        return f"--image: {exc}"
-    return None
 
 
 def image_pairs(args, engine_link) -> tuple[tuple[str, str], ...]:
@@ -358,20 +313,41 @@ def _cancel_on_interrupt(jobs):
     return lambda: bool(pressed)
 
 
-def stylize_object(name: str, args, engine_link, jobs, runs) -> bool:
-    """Stylize one object; prints its outcome. True on success."""
-    run = runs.StyleRun(request_for(name, args, runs, engine_link))
+class Outcome(NamedTuple):
+    """How one object's run ended: ``status`` done, failed or cancelled (Ctrl-C: the object is as it was),
+    the run's report or error, the engine's seconds, and its device ("" unless it finished)."""
+
+    status: str
+    message: str
+    seconds: float = 0.0
+    device: str = ""
+
+
+def run_object(request, engine_link, jobs, runs) -> Outcome:
+    """Stylize ``request``'s object synchronously, with progress lines on stdout; the engine's and the
+    add-on's errors come back as a failed outcome, others (a bug) are raised."""
+    name = request.object_name
+    run = runs.StyleRun(request)
     try:
         job = runs.start(run, threaded=False, listener=ProgressLines(name, jobs.load_events()))
     except engine_link.user_errors() as exc:
-        print(f"error: {name}: {exc}", file=sys.stderr)
-        return False
+        return Outcome("failed", str(exc))
     jobs.drain(job)
     level, message = runs.conclude(job, run)
     if level == "ERROR":
-        print(f"error: {name}: {message}", file=sys.stderr)
+        return Outcome("failed", message, job.seconds)
+    if job.state == jobs.CANCELLED:
+        return Outcome("cancelled", message, job.seconds)
+    return Outcome("done", message, job.seconds, str(job.result.record.get("device", "")))
+
+
+def stylize_object(name: str, args, engine_link, jobs, runs) -> bool:
+    """Stylize one object; prints its outcome. True unless it failed."""
+    outcome = run_object(request_for(name, args, runs, engine_link), engine_link, jobs, runs)
+    if outcome.status == "failed":
+        print(f"error: {name}: {outcome.message}", file=sys.stderr)
         return False
-    print(f"[{name}] {message} ({job.seconds:.1f} s)", flush=True)
+    print(f"[{name}] {outcome.message} ({outcome.seconds:.1f} s)", flush=True)
     return True
 
 

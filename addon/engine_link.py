@@ -250,11 +250,13 @@ def refresh() -> EngineStatus:
 
 
 def load(module: str, *, light: bool = False):
-    """Import ``<engine>.<module>`` (e.g. ``"api"``), or raise :class:`AddonError` saying what to install.
+    """Import ``<engine>.<module>`` (e.g. ``"api"``, or a submodule such as ``"batch.manifest"``), or
+    raise :class:`AddonError` saying what to install.
 
     ``light=True`` is for the engine's modules that need only numpy (``prompt``, ``parts``,
-    ``mesh``, ``config``, ``errors``, ``events``, ``colors``, ``result``, ``request``): they load
-    without torch (tests/test_rules.py checks every module the add-on loads this way).
+    ``mesh``, ``config``, ``errors``, ``events``, ``colors``, ``result``, ``request``,
+    ``batch.manifest``): they load without torch (tests/test_rules.py checks every module the add-on
+    loads this way).
     """
     state = status()
     if not state.package or (not state.ok and not light):

@@ -1,6 +1,6 @@
 """``python -m engine``: the command line over the engine's door (``engine.api``).
 
-Subcommands: ``stylize``, ``info``, ``settings``, ``fetch-models``, ``bench``. Errors print one
+Subcommands: ``stylize``, ``locate``, ``batch``, ``info``, ``settings``, ``fetch-models``, ``bench``. Errors print one
 line ``error: ...`` and exit 1; bad arguments exit 2; a cancelled run (Ctrl-C) exits 130 and
 keeps its checkpoint for ``--resume``.
 """
@@ -13,15 +13,16 @@ import signal
 import sys
 import warnings
 
+from .cli_batch import add_batch_command
 from .cli_eval import add_relief_evaluation
 from .cli_progress import ProgressPrinter, install_interrupt, silence_library_progress
 from .cli_training import add_training_commands
 from .cli_vocabulary import add_vocabulary_command, warn_unknown_words
-from .errors import Cancelled, MeshError, PartNotFound, PartstyleError
+from .errors import Cancelled, MeshError, PartstyleError
+from .inputs import SAMPLE_PREFIX, load_input_mesh, load_part_weights
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
-SAMPLE_PREFIX = "sample:"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_eval_localization, up_axis=None)
 
+    add_batch_command(sub)
     add_training_commands(sub)
     add_relief_evaluation(sub)
     add_vocabulary_command(sub)
@@ -158,21 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-vertices", type=int, default=None,
                    help="with --large: field.max_vertices for the runs (0: optimize every vertex)")
     p.add_argument("--faces", type=int, action="append", default=None, help="with --large: the sizes to run")
+    p.add_argument("--batch", action="store_true",
+                   help="instead: 8 sample assets with the local executor and with 2 one-thread Ray workers")
     p.set_defaults(handler=cmd_bench)
     return parser
-
-
-def load_input_mesh(spec: str, *, merge_vertices: bool = False):
-    """A mesh from a file path or ``sample:NAME[@FACES]``."""
-    from .mesh import load_mesh
-    from .samples import parse_sample_spec, sample_mesh
-
-    if spec.startswith(SAMPLE_PREFIX):
-        name, faces = parse_sample_spec(spec[len(SAMPLE_PREFIX) :])
-        return sample_mesh(name, faces)
-    if not os.path.exists(spec):
-        raise MeshError(f"{spec}: no such file (for a built-in mesh write sample:lamp, sample:chair or sample:mug).")
-    return load_mesh(spec, merge_vertices=merge_vertices)
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -199,20 +190,6 @@ def mesh_from_args(args: argparse.Namespace):
     if not args.mesh.startswith(SAMPLE_PREFIX) and os.path.abspath(args.out) == os.path.abspath(args.mesh):
         raise MeshError("--out names the input mesh itself; choose an output folder.")
     return mesh
-
-
-def load_part_weights(source: str, mesh):
-    """Part weights from 'labels' (a built-in sample's own) or a parts.npz written by `locate`."""
-    from .export import read_part_weights
-    from .parts import PartWeights
-
-    if source == "labels":
-        if mesh.labels is None:
-            raise PartNotFound(
-                "--parts-from labels: only the built-in samples carry part labels; use a parts.npz from `locate`."
-            )
-        return PartWeights.from_labels(mesh.labels, mesh.label_names)
-    return read_part_weights(source, mesh.num_vertices)
 
 
 def cmd_stylize(args: argparse.Namespace) -> int:
@@ -382,6 +359,12 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.batch:
+        from .bench_batch import run_batch_benchmark
+
+        silence_library_progress()
+        run_batch_benchmark(quick=args.quick)
+        return 0
     if args.large:
         from .bench_large import LARGE_FACES, LARGE_HEADER, format_large_row, large_mesh_rows
         from .config import settings_for

@@ -4,6 +4,8 @@ state for before/after comparisons."""
 
 from __future__ import annotations
 
+import hashlib
+
 import bpy
 import numpy as np
 
@@ -167,3 +169,9 @@ def assert_same_state(before: dict, after: dict) -> None:
     for key in ("group_order", "materials", "modifiers", "modifier_groups", "active_color", "render_color",
                 "mesh_props", "object_props"):
         assert before[key] == after[key], key
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes: the input .blend is never written."""
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()

@@ -6,7 +6,6 @@ with Blender as the ``bpy`` module: the same code path as ``blender -b FILE --py
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ except ImportError as exc:
     pytest.skip(f"Blender's Python module is not importable ({exc}); the add-on tests need "
                 "`pip install bpy==5.0.1` on Python 3.11", allow_module_level=True)
 
-from addon_fixtures import FAST_OVERRIDES, group_weights, make_lamp, reset_scene
+from addon_fixtures import FAST_OVERRIDES, file_digest, group_weights, make_lamp, reset_scene
 
 from addon import bridge, engine_link, nodes, runs
 from addon.cli import build_parser, request_for, script_args
@@ -36,10 +35,6 @@ def run_cli(*args: str, cwd: str = "/") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
-
-def digest(path: str) -> str:
-    with open(path, "rb") as file:
-        return hashlib.sha256(file.read()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +94,7 @@ def test_batch_failure_exits_nonzero_and_saves_nothing(blend_file, tmp_path):
 def test_batch_refuses_to_save_over_its_input(blend_file):
     """``--out`` naming the input file is refused before any work, however the path is written."""
     folder, name = os.path.split(blend_file)
-    original = digest(blend_file)
+    original = file_digest(blend_file)
     link = os.path.join(folder, "link-to-input.blend")
     if not os.path.exists(link):
         os.symlink(blend_file, link)
@@ -110,13 +105,13 @@ def test_batch_refuses_to_save_over_its_input(blend_file):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: --out {out} is the input .blend file"), done.stderr
         assert "[Lamp]" not in done.stdout, "nothing ran"
-        assert digest(blend_file) == original
+        assert file_digest(blend_file) == original
 
 
 
 def test_batch_in_blender_refuses_to_save_over_the_open_file(blend_file, capsys):
     """``blender -b FILE --python cli.py``: the input is the file Blender opened (no --blend)."""
-    original = digest(blend_file)
+    original = file_digest(blend_file)
     bpy.ops.wm.open_mainfile(filepath=blend_file)
     try:
         code = cli_main(["--object", "Lamp", "--prompt", "red base", "--out", os.path.relpath(blend_file)])
@@ -124,7 +119,7 @@ def test_batch_in_blender_refuses_to_save_over_the_open_file(blend_file, capsys)
         reset_scene()
     assert code == 2
     assert capsys.readouterr().err.startswith(f"error: --out {os.path.relpath(blend_file)} is the input .blend file")
-    assert digest(blend_file) == original
+    assert file_digest(blend_file) == original
 
 
 def test_batch_checks_every_object_before_running_any(blend_file, tmp_path):

@@ -16,8 +16,8 @@ ENGINE = os.path.join(ROOT, "engine")
 ADDON = os.path.join(ROOT, "addon")
 # Command-line code, whose job is to print: the commands themselves, and the bench command's report
 # (written to the stream the command gives it).
-PRINTING_ALLOWED = {"cli.py", "cli_eval.py", "cli_progress.py", "cli_training.py", "cli_vocabulary.py", "__main__.py",
-                    "bench.py"}
+PRINTING_ALLOWED = {"cli.py", "cli_batch.py", "cli_eval.py", "cli_progress.py", "cli_training.py", "cli_vocabulary.py",
+                    "__main__.py", "bench.py", "bench_batch.py"}
 # Engine modules made for the add-on to load before torch exists, checked light even before the add-on loads them:
 # the tiny vocabulary check (drawn in a panel) and the device module (the Apple GPUs' fallback is set before torch).
 LIGHT_FOR_THE_ADDON = {"vocabulary", "devices", "requirements"}
@@ -85,7 +85,7 @@ def _light_modules() -> list[str]:
     names = set(LIGHT_FOR_THE_ADDON)
     for path, _ in _modules(ADDON):
         with open(os.path.join(ROOT, path), encoding="utf-8") as fh:
-            names.update(re.findall(r"""load\(\s*["'](\w+)["']\s*,\s*light=True""", fh.read()))
+            names.update(re.findall(r"""load\(\s*["']([\w.]+)["']\s*,\s*light=True""", fh.read()))
     return sorted(names)
 
 
