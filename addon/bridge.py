@@ -84,6 +84,31 @@ def mesh_arrays(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray]:
     return vertices.reshape(-1, 3), triangles.reshape(-1, 3).astype(np.int64)
 
 
+def uv_map(mesh: bpy.types.Mesh):
+    """The UV map a bake uses: the render-active one (the camera icon in the UV Maps list), else the
+    active one; None when the mesh has none."""
+    layers = mesh.uv_layers
+    return next((layer for layer in layers if layer.active_render), None) or layers.active
+
+
+def corner_uvs(obj: bpy.types.Object) -> tuple[np.ndarray, str]:
+    """[F, 3, 2] float32 UVs of the corners of each of the base mesh's loop triangles (the
+    triangles of :func:`mesh_arrays`, in their order), v up, and the UV map's name.
+
+    Raises :class:`AddonError` when the mesh has no UV map.
+    """
+    mesh = obj.data
+    layer = uv_map(mesh)
+    if layer is None:
+        raise AddonError(f"'{obj.name}' has no UV map; add one (UV > Smart UV Project) or set Maps to Off.")
+    uv = np.empty(len(mesh.loops) * 2, np.float32)
+    layer.data.foreach_get("uv", uv)
+    mesh.calc_loop_triangles()
+    loops = np.empty(len(mesh.loop_triangles) * 3, np.int32)
+    mesh.loop_triangles.foreach_get("loops", loops)
+    return uv.reshape(-1, 2)[loops].reshape(-1, 3, 2), layer.name
+
+
 # --- what the add-on owns ------------------------------------------------------------------------
 
 def owned(block) -> dict:

@@ -10,7 +10,7 @@ From a checkout of the repository, with Blender::
 
     blender -b file.blend --python-exit-code 1 --python addon/cli.py -- \\
         --object NAME [--object NAME ...] --prompt "pottery base, linen shade" --out result.blend \\
-        [--use-groups] [--lock PART] [--preset fast] [--seed 0] [--iterations N] \\
+        [--use-groups] [--lock PART] [--preset fast] [--seed 0] [--iterations N] [--texture SIZE] \\
         [--device auto|cpu|cuda] [--models tiny|default|FOLDER] [--allow-download] [--set KEY=VALUE] \\
         [--relief none|subtle|strong|AMOUNT] [--relief PART=LEVEL ...] [--image PART=FILE ...]
 
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="fast", help="fast, faithful, text2mesh or preview (default fast)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=0, help="optimization steps (default: the preset's)")
+    parser.add_argument("--texture", type=int, default=0, metavar="SIZE",
+                        help="also bake base color, normal and displacement maps of SIZE x SIZE texels on each "
+                        "object's UV map, packed into the .blend with a material using them (default 0: none)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--models", default="tiny", help="tiny (offline), default (hub models) or a folder")
     parser.add_argument("--allow-download", action="store_true", help="let --models default download")
@@ -285,6 +288,7 @@ def request_for(name: str, args, runs, engine_link):
         use_groups=args.use_groups,
         preset=args.preset,
         iterations=args.iterations,
+        texture_size=args.texture,
         seed=args.seed,
         device=args.device,
         models=args.models,

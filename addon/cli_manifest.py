@@ -40,7 +40,8 @@ import bpy
 
 from . import cli, cli_checks
 
-FIELDS = ("object", "prompt", "use_groups", "lock", "preset", "seed", "iterations", "set", "relief", "image")
+FIELDS = ("object", "prompt", "use_groups", "lock", "preset", "seed", "iterations", "set", "relief", "image",
+          "texture")
 DONE, FAILED, NOT_RUN = "done", "failed", "not run"
 
 
@@ -173,6 +174,7 @@ def _row_options(fields, args, base: str, manifest, engine_link) -> tuple[str, a
     options.preset = manifest.text_field(fields, "preset", args.preset)
     options.seed = manifest.integer_field(fields, "seed", args.seed)
     options.iterations = manifest.integer_field(fields, "iterations", args.iterations)
+    options.texture = manifest.integer_field(fields, "texture", args.texture)
     options.overrides = [*args.overrides, *manifest.list_field(fields, "set")]
     if "use_groups" in fields:
         options.use_groups = manifest.flag_field(fields, "use_groups")

@@ -30,6 +30,7 @@ STRENGTH = "Strength"
 ATTRIBUTE = "Attribute"  # the node group's input: the name of the displacement attribute to read
 MODIFIER = "modifier"  # its role in the object's record (bridge.OWNED_KEY)
 OWNER_KEY = "partstyle"
+BAKED_KEY = "partstyle_maps"  # also on the baked maps' material (addon/baked.py), which is not this module's to switch
 #: Node groups' ``interface`` (sockets: ``new_socket``, ``items_tree``) exists from this Blender on;
 #: the legacy add-on loads in older ones (3.4+) to show the panel, without Stylize.
 NODE_INTERFACE_VERSION = (4, 0, 0)
@@ -85,7 +86,7 @@ def ensure_material(obj: bpy.types.Object, color_name: str = COLOR_ATTRIBUTE) ->
         mesh.materials.append(_material(color_name))
         return True
     for index, material in enumerate(mesh.materials):
-        if is_ours(material) and _reads(material) != color_name:
+        if is_ours(material) and not material.get(BAKED_KEY, False) and _reads(material) != color_name:
             mesh.materials[index] = _material(color_name)
             if material.users == 0:
                 bpy.data.materials.remove(material)

@@ -79,7 +79,7 @@ def request_from(context, *, styles: bool = True) -> runs.Request:
     return runs.Request(
         object_name=context.active_object.name, prompt=settings.prompt, pairs=pairs, part_names=names,
         lock=tuple(n for n, row in zip(names, rows, strict=True) if row.lock), use_groups=settings.use_vertex_groups,
-        preset=settings.preset, iterations=settings.iterations, seed=settings.seed,
+        preset=settings.preset, iterations=settings.iterations, seed=settings.seed, texture_size=settings.maps_size(),
         overrides=weight + tuple(settings.overrides.split()), swatches=tuple(tuple(row.color) for row in rows),
         relief=settings.relief_value(), part_relief=own_relief, images=images,
         **preferences.effective(settings, context))

@@ -142,6 +142,7 @@ class PARTSTYLE_PT_stylize(_Panel, bpy.types.Panel):
         col.prop(settings, "relief")
         if settings.relief == 'custom':
             col.prop(settings, "relief_custom", text="Amount")
+        col.prop(settings, "maps")
         col.prop(settings, "device")
         col.prop(settings, "models")
         if settings.models == 'folder':

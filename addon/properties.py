@@ -47,6 +47,11 @@ RELIEF_ITEMS = [
      "short of opposite walls meeting"),
     ('custom', "Custom", f"Your own share of the local thickness, from 0 to {RELIEF_MAX:g} (the amount next to it)"),
 ]
+#: Baked maps (engine texture.size): identifiers are the size in texels, '0' is off.
+MAP_SIZES = (512, 1024, 2048, 4096)
+MAPS_ITEMS = [('0', "Off", "No maps: the result is per vertex (colors and displacement), as always"),
+              *((str(n), f"{n} px", f"Bake base color, normal and displacement maps of {n} x {n} texels on the "
+                 "object's UV map, and a material that uses them (needs a UV map)") for n in MAP_SIZES)]
 _SAME_AS_RUN = ('run', "Same as the run", "Not set for this part: it gets the run's Relief (Stylize settings)")
 _AMOUNT_HELP = ("The share of the local thickness the surface may move (Custom relief): "
                 + ", ".join(f"{value:g} {name}" for name, value in RELIEF_LEVELS.items()))
@@ -108,6 +113,9 @@ class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
                          "thickness (a part row may set its own)")
     relief_custom: FloatProperty(name="Relief amount", min=0.0, max=RELIEF_MAX, default=RELIEF_LEVELS["subtle"],
                                  step=1, precision=2, description=_AMOUNT_HELP)
+    maps: EnumProperty(name="Maps", items=MAPS_ITEMS, default='0',
+                       description="Bake the style into image maps on the object's UV map (render-active UV map) "
+                       "and give it a material using them; the engine's texture.size")
     device: EnumProperty(name="Device", items=[_FOLLOW, *DEVICE_ITEMS], default='PREFERENCES')
     models: EnumProperty(name="Models", items=[_FOLLOW, *MODEL_ITEMS], default='PREFERENCES')
     model_folder: StringProperty(name="Model folder", subtype='DIR_PATH',
@@ -123,6 +131,10 @@ class PARTSTYLE_PG_settings(bpy.types.PropertyGroup):
     def relief_value(self) -> str | float:
         """The run's relief for the engine: a level's name, or the custom amount."""
         return _relief_value(self.relief, self.relief_custom)
+
+    def maps_size(self) -> int:
+        """The maps' size in texels for the engine's ``texture.size`` (0: off)."""
+        return int(self.maps)
 
     def add_row(self, part: str = "", style: str = "") -> PARTSTYLE_PG_part:
         row = self.parts.add()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from . import bridge, engine_link, jobs, nodes, snapshot
+from . import baked, bridge, engine_link, jobs, nodes, snapshot
 
 UP_AXIS = "views.up_axis=z"  # Blender's frame: Z up, front view looking along +Y
 PRESETS = ("fast", "faithful", "text2mesh", "preview")  # engine.config.PRESETS (a test keeps them equal)
@@ -50,6 +50,8 @@ class Request:
         relief: how far the styled surface may move, for the whole run: ``none``, ``subtle``,
             ``strong``, or a share of the local thickness from 0 to RELIEF_MAX (a number, or its text).
         part_relief: ``(part, level)`` for the parts whose relief differs from the run's (same values).
+        texture_size: baked maps of this many texels a side on the object's UV map (the engine's
+            ``texture.size``, before ``overrides``); 0 (off) bakes none unless ``overrides`` ask.
         images: ``(part, picture)`` reference images: from the panel a [H, W, 3] float32 sRGB array in
             0..1, top row first (:func:`.bridge.image_pixels`); from the command line a file path the
             engine reads. ``whole`` gives the whole object's. Mixed with the words by the
@@ -64,6 +66,7 @@ class Request:
     use_groups: bool = False
     preset: str = "fast"
     iterations: int = 0
+    texture_size: int = 0
     seed: int = 0
     device: str = "auto"
     models: str = "tiny"
@@ -75,7 +78,8 @@ class Request:
     images: tuple[tuple[str, np.ndarray | str], ...] = field(default=(), compare=False)
 
     def settings(self, *, live: bool = True):
-        """The engine's Settings: the preset, then seed, iterations, Blender's up axis, overrides.
+        """The engine's Settings: the preset, then seed, iterations, Blender's up axis, the maps' size
+        (when not off), overrides.
 
         ``live``: previews about every 20th of the run (at most the preset's interval); without
         (synchronous runs) none, as nobody would see them.
@@ -87,6 +91,8 @@ class Request:
         assignments = [f"run.seed={self.seed}", UP_AXIS, f"run.preview_every={preview}"]
         if self.iterations:
             assignments.append(f"optim.iterations={self.iterations}")
+        if self.texture_size:
+            assignments.append(f"texture.size={self.texture_size}")
         return config.settings_for(self.preset, assignments + list(self.overrides))
 
     def parsed_prompt(self):
@@ -157,13 +163,15 @@ def model_store(source: str, allow_download: bool):
     return _stores[key]
 
 
-def _engine_mesh(obj, notices: list[str]):
-    """The object's base mesh as the engine's Mesh; repairs (dropped faces) become notices."""
+def _engine_mesh(obj, notices: list[str], *, uv: bool = False):
+    """The object's base mesh as the engine's Mesh; repairs (dropped faces) become notices.
+    ``uv``: with its UV map's corner UVs (``corner_uv``), for baked maps; raises AddonError without one."""
     vertices, faces = bridge.mesh_arrays(obj)
+    corner_uv = bridge.corner_uvs(obj)[0] if uv else None
     mesh_module = engine_link.load("mesh", light=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mesh = mesh_module.mesh_from_arrays(vertices, faces, name=obj.name)
+        mesh = mesh_module.mesh_from_arrays(vertices, faces, name=obj.name, corner_uv=corner_uv)
     notices += [str(w.message) for w in caught]
     return mesh
 
@@ -199,7 +207,9 @@ class StyleRun:
         obj = bridge.mesh_object(r.object_name)
         self.settings = r.settings(live=live)
         self.parsed = r.parsed_prompt()
-        self.mesh = _engine_mesh(obj, self.notices)
+        self.maps = self.settings.texture.size > 0  # the panel's Maps, or a typed texture.size
+        self.mesh = _engine_mesh(obj, self.notices, uv=self.maps)  # maps without a UV map: refused here
+        self.uv_name = bridge.uv_map(obj.data).name if self.maps else None
         self.parts = None
         if r.use_groups and not self.parsed.is_holistic:
             groups = bridge.read_groups(obj, list(self.parsed.parts))
@@ -247,8 +257,9 @@ class StyleRun:
         bridge.write_color(obj.data, self.color_name, colors.srgb_to_linear(event.colors_srgb))
 
     def apply(self, result) -> str:
-        """The writeback: colors, displacement + modifier, material if none, located part groups;
-        each recorded as the add-on's (bridge.OWNED_KEY)."""
+        """The writeback: colors, displacement + modifier, material if none (with maps: the maps'
+        images and material, :mod:`.baked`), located part groups; each recorded as the add-on's
+        (bridge.OWNED_KEY)."""
         obj = _unchanged_object(self.request.object_name, self.mesh)
         mesh = obj.data
         located = result.parts is not None and self.parts is None
@@ -266,7 +277,11 @@ class StyleRun:
         bridge.write_float(mesh, shift_name, result.displacement)
         bridge.claim(mesh, bridge.DISPLACEMENT, shift_name)
         nodes.ensure_modifier(obj, shift_name)
-        nodes.ensure_material(obj, self.color_name)
+        if self.maps and getattr(result, "maps", None) is not None:
+            baked.write_maps(obj, result.maps, self.uv_name)
+        else:  # earlier maps would no longer match the colors
+            baked.remove_maps(obj)
+            nodes.ensure_material(obj, self.color_name)
         if located:
             names = list(result.parts.names)
             bridge.write_groups(obj, names, result.parts.weights[:, : len(names)])
@@ -274,7 +289,9 @@ class StyleRun:
         obj.data.update()
         obj.update_tag()
         steps = result.record.get("steps", 0)
-        return f"Stylized '{obj.name}': {steps} iterations on {result.record.get('device', '?')}."
+        maps = getattr(result, "maps", None) if self.maps else None
+        maps = f" Maps: {maps.size} px on the UV map '{self.uv_name}'." if maps is not None else ""
+        return f"Stylized '{obj.name}': {steps} iterations on {result.record.get('device', '?')}.{maps}"
 
     def restore(self) -> None:
         self.snapshot.restore()
@@ -409,6 +426,7 @@ def clear(obj, *, keep_groups: bool = False) -> list[str]:
     if modifier is not None:
         removed.append(f"modifier {modifier.name}")
     nodes.remove_modifier(obj)
+    removed += baked.remove_maps(obj)  # first: the user's material goes back into its slot
     removed += [f"material {name}" for name in nodes.remove_material(obj)]
     if not keep_groups:
         for name in bridge.owned_groups(obj):

@@ -19,7 +19,7 @@ import torch
 from .compose import Composition, compose_parts, whole_object
 from .config import Settings, settings_for
 from .devices import mps_fallback_notice, resolve_device
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .events import CancelToken, EventSink, NoticeEvent, StageEvent, ignore_events
 from .field import BASE_COLOR
 from .geometry import simplified_copy
@@ -36,6 +36,7 @@ from .references import WHOLE, mix_targets
 from .relief import relief_bounds
 from .request import StyleRequest
 from .result import StyleResult
+from .texture.bake import bake_maps
 from .train import Objective, StyleTrainer, SurfaceInputs
 
 
@@ -105,9 +106,13 @@ def stylize(
     """
     request = request if isinstance(request, StyleRequest) else StyleRequest(request)
     request.check_mesh(mesh.num_vertices)
+    settings = settings or settings_for()
+    if settings.texture.size and mesh.corner_uv is None:
+        raise InputError(f"{mesh.name}: texture maps (texture.size={settings.texture.size}) need the mesh's own UV "
+                         "layout, and it has none; unwrap it in your modeller (Blender: UV > Smart UV Project) and "
+                         "export it with UVs, or leave the maps out (texture.size=0).")
     if resume and not (checkpoint and os.path.isfile(checkpoint)):
         raise CheckpointError(f"no checkpoint at '{checkpoint}' to resume from; run without --resume to start anew.")
-    settings = settings or settings_for()
     parsed = request.prompt
     dev = _run_device(device, on_event)
     store = models if isinstance(models, ModelStore) else ModelStore(models)
@@ -164,11 +169,18 @@ def stylize(
         to_object_units=normalization.scale, preview_index=None if proxy is None else torch.from_numpy(proxy.cluster),
     )
     colors, displacement = trained.colors, trained.displacement
+    full = composition
     if proxy is not None:  # the field at every original vertex, with the original's own composition
         on_event(StageEvent("transferring", f"the result to all {mesh.num_vertices} vertices"))
         full = _composition(mesh.num_vertices, request, part_weights, normalization).with_relief(outward, inward)
         colors, displacement = trainer.evaluate(
             torch.from_numpy(normalization.to_unit(mesh.vertices)).to(dev), full.to(dev))
+    displacement = normalization.length_to_object(displacement.numpy())
+    maps = None
+    if settings.texture.size:
+        size = settings.texture.size
+        on_event(StageEvent("baking maps", f"{size} x {size} texels on the mesh's UV layout"))
+        maps = bake_maps(trainer.evaluate, mesh, normalization, full, displacement, settings.texture, device=dev)
     record = {
         "device": str(dev),
         "models": store.describe(),
@@ -183,18 +195,21 @@ def stylize(
         "relief": dict(zip(["whole object"] if parsed.is_holistic else [pair.part for pair in styled],
                            request.relief_fractions, strict=True)),
     }
+    if maps is not None:
+        record["texture"] = maps.record()
     if part_confidence:
         record["part_confidence"] = {name: round(value, 4) for name, value in part_confidence.items()}
     return StyleResult(
         mesh=mesh,
         prompt=parsed,
         colors_srgb=colors.numpy(),
-        displacement=normalization.length_to_object(displacement.numpy()),
+        displacement=displacement,
         settings=settings,
         parts=part_weights,
         history=trained.history,
         record=record,
         references=request.images,
+        maps=maps,
     )
 
 
@@ -283,9 +298,10 @@ def run_fingerprint(
     """A hash of everything that determines a run, so a checkpoint resumes only its own run;
     ``images`` are the reference images' ``(part, sha256)``.
 
-    ``optim.iterations`` is left out: a resumed run may be extended.
+    ``optim.iterations`` is left out: a resumed run may be extended; so is ``texture.*``: maps are
+    baked after the optimization, which they do not change.
     """
-    flat = settings.flat()
+    flat = {key: value for key, value in settings.flat().items() if not key.startswith("texture.")}
     flat.pop("optim.iterations")
     h = hashlib.sha256()
     for array in (mesh.vertices, mesh.faces, *(getattr(composition, name).numpy() for name in

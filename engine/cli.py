@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same result on the same machine)")
     p.add_argument("--iterations", type=int, default=None, help="shortcut for --set optim.iterations=N")
+    p.add_argument("--texture", type=int, default=None, metavar="SIZE",
+                   help="also bake SIZE x SIZE base-color, displacement and normal maps on the mesh's own UV layout "
+                   "(shortcut for --set texture.size=SIZE; docs/textures.md)")
     p.add_argument("--device", default="auto", help="auto (CUDA, else Apple GPU, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--models", default="tiny", help="tiny (built in, offline), default (real hub models) or a folder")
     p.add_argument("--allow-download", action="store_true", help="let --models default download missing models")
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faces", type=int, action="append", default=None, help="with --large: the sizes to run")
     p.add_argument("--batch", action="store_true",
                    help="instead: 8 sample assets with the local executor and with 2 one-thread Ray workers")
+    p.add_argument("--bake", action="store_true", help="instead: the time to bake 1024 and 2048 px maps of 40k faces")
     p.set_defaults(handler=cmd_bench)
     return parser
 
@@ -175,6 +179,8 @@ def settings_from_args(args: argparse.Namespace):
         overrides.append(f"run.seed={args.seed}")
     if getattr(args, "iterations", None) is not None:
         overrides.append(f"optim.iterations={args.iterations}")
+    if getattr(args, "texture", None) is not None:
+        overrides.append(f"texture.size={args.texture}")
     if args.up_axis:
         overrides.append(f"views.up_axis={args.up_axis}")
     return settings_for(getattr(args, "preset", None) or "fast", overrides)
@@ -359,6 +365,12 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bake:
+        from .bench_bake import run_bake_benchmark
+
+        silence_library_progress()
+        run_bake_benchmark(device=args.device)
+        return 0
     if args.batch:
         from .bench_batch import run_batch_benchmark
 

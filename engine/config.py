@@ -195,6 +195,18 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class TextureSettings:
+    """Maps baked from the style field on the mesh's own UV layout (engine/texture, docs/textures.md).
+
+    size: the maps' side in texels; 0 bakes none (the result stays per vertex).
+    padding: texels filled past each UV island's border (so mipmaps do not bleed the background in).
+    """
+
+    size: int = 0
+    padding: int = 8
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of a run. Build with :func:`settings_for` to get a preset plus overrides."""
 
@@ -205,6 +217,7 @@ class Settings:
     localize: LocalizeSettings = dataclasses.field(default_factory=LocalizeSettings)
     optim: OptimSettings = dataclasses.field(default_factory=OptimSettings)
     run: RunSettings = dataclasses.field(default_factory=RunSettings)
+    texture: TextureSettings = dataclasses.field(default_factory=TextureSettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict, JSON-serializable (tuples stay tuples; json writes them as lists)."""
@@ -399,6 +412,8 @@ def _validate(s: Settings) -> None:
         ("run.preview_every", s.run.preview_every >= 0, "0 or more"),
         ("run.checkpoint_every", s.run.checkpoint_every >= 1, "at least 1"),
         ("run.nan_patience", s.run.nan_patience >= 1, "at least 1"),
+        ("texture.size", s.texture.size == 0 or 16 <= s.texture.size <= 8192, "0 (no maps) or between 16 and 8192"),
+        ("texture.padding", 0 <= s.texture.padding <= 64, "between 0 and 64"),
     ]
     for key, ok, allowed in checks:
         if not ok:

@@ -9,6 +9,7 @@ half-written result and never damages an earlier one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,8 +35,11 @@ from .parts import PartWeights
 from .ply import write_ply
 from .render import Renderer
 from .result import StyleResult, SurfaceStyle
+from .texture.texels import per_vertex_uv
 
 RESULT_FILES = ("stylized.glb", "stylized.ply", "result.npz", "preview.png", "losses.png", "run.json")
+# The baked maps, beside them when ``texture.size`` asked for maps (engine/texture, docs/textures.md).
+TEXTURE_FILES = ("base_color.png", "displacement.png", "normal.png")
 LOCATE_FILES = ("parts.npz", "parts.ply", "preview.png")
 # Part colors (sRGB 0..1) for previews; rest is light gray.
 PART_PALETTE = np.array(
@@ -89,7 +93,13 @@ def write_result(result: StyleResult, out_dir: str, *, extra_record: dict | None
     - ``preview.png``: before/after from four views; ``losses.png``: loss curves;
     - ``run.json``: prompt, settings, versions, loss history, timings.
     """
-    return _staged(out_dir, RESULT_FILES, lambda folder: _write_all(result, folder, extra_record or {}))
+    names = RESULT_FILES + (TEXTURE_FILES if result.maps is not None else ())
+    paths = _staged(out_dir, names, lambda folder: _write_all(result, folder, extra_record or {}))
+    if result.maps is None:  # maps of an earlier result, which this one replaces as a whole
+        for name in TEXTURE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, name))
+    return paths
 
 
 def write_localization(localization: Localization, mesh: Mesh, out_dir: str) -> dict[str, str]:
@@ -231,14 +241,16 @@ def _write_all(result: StyleResult, folder: str, extra_record: dict) -> None:
     displaced = result.displaced_vertices()
     normals = vertex_normals(displaced, mesh.faces)  # of the displaced surface, as renderers shade it
     colors_linear = result.colors_linear
-    write_glb(
-        os.path.join(folder, "stylized.glb"),
-        displaced,
-        mesh.faces,
-        colors_linear=colors_linear,
-        normals=normals,
-        extra_attributes={"displacement": result.displacement},
-    )
+    textures, extra_record = None, dict(extra_record)
+    if result.maps is not None:
+        textures, extra_record["texture_files"] = _write_maps(result.maps, folder)
+    if textures:  # glTF keeps one uv per vertex: vertices on a UV seam are split (same position, normal)
+        source, faces, uv = per_vertex_uv(mesh.faces, mesh.corner_uv)
+        write_glb(os.path.join(folder, "stylized.glb"), displaced[source], faces, normals=normals[source],
+                  extra_attributes={"displacement": result.displacement[source]}, uv=uv, textures=textures)
+    else:
+        write_glb(os.path.join(folder, "stylized.glb"), displaced, mesh.faces, colors_linear=colors_linear,
+                  normals=normals, extra_attributes={"displacement": result.displacement})
     write_ply(os.path.join(folder, "stylized.ply"), displaced, mesh.faces, normals=normals,
               colors_srgb=result.colors_srgb, properties={"displacement": result.displacement})
     parts = {}
@@ -258,6 +270,26 @@ def _write_all(result: StyleResult, folder: str, extra_record: dict) -> None:
     save_png(os.path.join(folder, "losses.png"), plot_curves(curves, title=f"losses: {result.prompt.full_text()}"))
     with open(os.path.join(folder, "run.json"), "w", encoding="utf-8") as fh:
         json.dump(run_record(result, extra_record), fh, indent=2)
+
+
+def _write_maps(maps, folder: str) -> tuple[dict[str, bytes], dict]:
+    """Write the baked maps' PNGs into ``folder``; returns the textures the GLB embeds and the
+    files' record for run.json (the displacement's encoding)."""
+    from .texture.maps import DISPLACEMENT_ZERO, png_displacement, png_normals, png_rgb8
+
+    base_color, normal = png_rgb8(maps.base_color), png_normals(maps.normal)
+    displacement, units_per_step = png_displacement(maps.displacement)
+    for name, data in zip(TEXTURE_FILES, (base_color, displacement, normal), strict=True):
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(data)
+    record = {
+        "base_color.png": "8-bit sRGB",
+        "displacement.png": {"zero": DISPLACEMENT_ZERO, "units_per_step": units_per_step,
+                             "meaning": "object units along the undisplaced normal = (pixel - zero) * units_per_step"},
+        "normal.png": "8-bit tangent space, OpenGL convention (+Y toward +v), the detail beyond the vertices' "
+                      "displacement",
+    }
+    return {"baseColor": base_color, "normal": normal}, record
 
 
 def before_after_grid(result: StyleResult, *, views: int = PREVIEW_VIEWS, size: int = PREVIEW_SIZE) -> np.ndarray:

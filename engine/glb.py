@@ -1,10 +1,19 @@
 """A minimal binary glTF 2.0 (``.glb``) writer: one scene, node, mesh and triangle primitive.
 
 Dependency-free apart from numpy. The file holds one buffer laid out as: POSITION, NORMAL,
-COLOR_0, the custom attributes in the order given, then the uint32 indices; every bufferView
-starts on a 4-byte boundary. Vertex colours are stored as float VEC3 in *linear* space, which is
-what glTF defines COLOR_0 to be. A single material (double-sided, white base colour, metallic 0,
-roughness 1) makes viewers show the vertex colours as they are.
+TEXCOORD_0, COLOR_0, the custom attributes in the order given, the uint32 indices, then the
+embedded PNG images (base colour first, then the normal map); every bufferView starts on a 4-byte
+boundary, and the images' views have no ``target`` since they are not vertex data. Vertex colours
+are stored as float VEC3 in *linear* space, which is what glTF defines COLOR_0 to be. Texture
+coordinates are taken in the OpenGL / Blender / OBJ convention (origin bottom-left, v up) and
+stored in glTF's (origin top-left, v down) as ``(u, 1 - v)``.
+
+The single material is double-sided, with a white base colour factor, metallic 0 and roughness 1.
+Without textures it is named ``vertex_colors`` and makes viewers show the vertex colours as they
+are. With a base colour image it is named ``baked`` and holds that image as
+``pbrMetallicRoughness.baseColorTexture``; a normal map goes in ``normalTexture``. Each image has
+one ``images`` entry (``image/png``) and one ``textures`` entry, all sharing one sampler (linear
+filtering with mipmaps, repeat wrapping), and reads texture coordinate set 0.
 """
 
 from __future__ import annotations
@@ -27,6 +36,12 @@ _UINT = 5125  # componentType UNSIGNED_INT
 _ARRAY_BUFFER = 34962
 _ELEMENT_ARRAY_BUFFER = 34963
 _TRIANGLES = 4
+_LINEAR = 9729  # sampler magFilter LINEAR
+_LINEAR_MIPMAP_LINEAR = 9987  # sampler minFilter LINEAR_MIPMAP_LINEAR
+_REPEAT = 10497  # sampler wrapS / wrapT REPEAT
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXTURE_SLOTS = ("baseColor", "normal")  # the keys ``textures`` accepts, in the order they are stored
 
 
 def write_glb(
@@ -37,6 +52,8 @@ def write_glb(
     colors_linear: np.ndarray | None = None,
     normals: np.ndarray | None = None,
     extra_attributes: dict[str, np.ndarray] | None = None,
+    uv: np.ndarray | None = None,
+    textures: dict[str, bytes] | None = None,
     mesh_name: str = "partstyle",
 ) -> None:
     """Write a triangle mesh to ``path`` as binary glTF 2.0.
@@ -52,12 +69,24 @@ def write_glb(
         extra_attributes: optional ``name -> [V] float`` per-vertex scalars, stored as float32
             custom attributes named ``"_" + name.upper()``, e.g. ``displacement`` ->
             ``_DISPLACEMENT``.
+        uv: optional [V, 2] float, finite texture coordinates in the OpenGL / Blender / OBJ
+            convention (origin at the image's bottom-left, v up); stored as float32 TEXCOORD_0
+            in glTF's convention (v down), i.e. as ``(u, 1 - v)``.
+        textures: optional ``slot -> PNG bytes``, each embedded in the file and read through
+            ``uv`` (which it therefore needs). Slots: ``"baseColor"`` becomes the material's
+            ``baseColorTexture`` (sRGB-encoded colour, as glTF defines it) and names the material
+            ``baked``; ``"normal"`` becomes its ``normalTexture``, a tangent-space normal map in
+            the OpenGL convention (+Y, green, points toward increasing v in the v-up convention),
+            which is glTF's too. glTF multiplies COLOR_0 with the base colour texture, so pass
+            ``colors_linear`` together with a ``"baseColor"`` texture only if that tint is meant;
+            both are written as given.
         mesh_name: name given to the mesh and its node.
 
     Raises:
         ValueError: wrong shapes, non-finite values, indices out of range, colours outside
-            0..1, zero-length normals, an empty mesh or clashing attribute names. Nothing is
-            written in that case.
+            0..1, zero-length normals, an empty mesh, clashing attribute names, textures without
+            ``uv``, an unknown texture slot or an image that is not PNG. Nothing is written in
+            that case.
     """
     verts = _float_array("vertices", vertices, (3,), None)
     num_v = verts.shape[0]
@@ -72,6 +101,12 @@ def write_glb(
         if np.any(length <= 1e-12):
             raise ValueError("normals has zero-length rows; glTF needs unit normals")
         attributes.append(("NORMAL", (n / length).astype(np.float32), "VEC3"))
+    if uv is not None:
+        _float_array("uv", uv, (2,), num_v)  # shape and finiteness, with the usual messages
+        flipped = np.array(uv, dtype=np.float64)
+        flipped[:, 1] = 1.0 - flipped[:, 1]
+        attributes.append(("TEXCOORD_0", flipped.astype(np.float32), "VEC2"))
+    images = _png_images(textures or {}, has_uv=uv is not None)
     if colors_linear is not None:
         c = _float_array("colors_linear", colors_linear, (3,), num_v)
         if c.min() < 0.0 or c.max() > 1.0:
@@ -93,14 +128,20 @@ def write_glb(
     accessors: list[dict] = []
     offset = 0
 
-    def add(data: np.ndarray, type_: str, component: int, target: int) -> int:
+    def add_view(raw: bytes, target: int | None) -> int:
         nonlocal offset
-        raw = np.ascontiguousarray(data).astype("<" + data.dtype.str[1:], copy=False).tobytes()
-        views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(raw), "target": target})
+        view = {"buffer": 0, "byteOffset": offset, "byteLength": len(raw)}
+        if target is not None:
+            view["target"] = target
+        views.append(view)
         padded = raw + b"\x00" * (-len(raw) % 4)
         blobs.append(padded)
         offset += len(padded)
-        accessors.append({"bufferView": len(views) - 1, "componentType": component,
+        return len(views) - 1
+
+    def add(data: np.ndarray, type_: str, component: int, target: int) -> int:
+        raw = np.ascontiguousarray(data).astype("<" + data.dtype.str[1:], copy=False).tobytes()
+        accessors.append({"bufferView": add_view(raw, target), "componentType": component,
                           "count": int(data.shape[0]), "type": type_})
         return len(accessors) - 1
 
@@ -112,6 +153,16 @@ def write_glb(
     pos["max"] = [float(x) for x in verts.max(axis=0)]
     index_accessor = add(tris.reshape(-1), "SCALAR", _UINT, _ELEMENT_ARRAY_BUFFER)
 
+    image_entries = [{"bufferView": add_view(png, None), "mimeType": "image/png"} for _, png in images]
+    texture_of = {slot: i for i, (slot, _) in enumerate(images)}
+    pbr: dict = {"baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 1.0}
+    material: dict = {"name": "vertex_colors", "doubleSided": True, "pbrMetallicRoughness": pbr}
+    if "baseColor" in texture_of:
+        material["name"] = "baked"
+        pbr["baseColorTexture"] = {"index": texture_of["baseColor"], "texCoord": 0}
+    if "normal" in texture_of:
+        material["normalTexture"] = {"index": texture_of["normal"], "texCoord": 0}
+
     binary = b"".join(blobs)
     gltf = {
         "asset": {"version": "2.0", "generator": "Partstyle"},
@@ -121,13 +172,16 @@ def write_glb(
         "meshes": [{"name": str(mesh_name), "primitives": [{
             "attributes": prim_attributes, "indices": index_accessor,
             "material": 0, "mode": _TRIANGLES}]}],
-        "materials": [{"name": "vertex_colors", "doubleSided": True, "pbrMetallicRoughness": {
-            "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0,
-            "roughnessFactor": 1.0}}],
+        "materials": [material],
         "buffers": [{"byteLength": len(binary)}],
         "bufferViews": views,
         "accessors": accessors,
     }
+    if images:  # glTF forbids empty top-level arrays, so these appear only with textures
+        gltf["images"] = image_entries
+        gltf["samplers"] = [{"magFilter": _LINEAR, "minFilter": _LINEAR_MIPMAP_LINEAR,
+                             "wrapS": _REPEAT, "wrapT": _REPEAT}]
+        gltf["textures"] = [{"sampler": 0, "source": i} for i in range(len(images))]
     text = json.dumps(gltf, separators=(",", ":"), allow_nan=False).encode("utf-8")
     text += b" " * (-len(text) % 4)
     total = 12 + 8 + len(text) + 8 + len(binary)
@@ -153,6 +207,30 @@ def _float_array(name: str, value, tail: tuple[int, ...], count: int | None) -> 
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} holds non-finite values (NaN or inf) as float32")
     return arr
+
+
+def _png_images(textures: dict, *, has_uv: bool) -> list[tuple[str, bytes]]:
+    """The ``(slot, png bytes)`` pairs of ``textures`` in :data:`TEXTURE_SLOTS` order, checked."""
+    if not isinstance(textures, dict):
+        raise ValueError(f"textures must be a dict of slot -> PNG bytes, got {type(textures).__name__}")
+    unknown = [key for key in textures if key not in TEXTURE_SLOTS]
+    if unknown:
+        raise ValueError(f"textures has unknown slot(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(map(repr, TEXTURE_SLOTS))}")
+    if textures and not has_uv:
+        raise ValueError(f"textures {', '.join(map(repr, textures))} need uv (texture coordinates); pass uv=")
+    images = []
+    for slot in TEXTURE_SLOTS:
+        if slot not in textures:
+            continue
+        data = textures[slot]
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ValueError(f"textures[{slot!r}] must be PNG-encoded bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if not data.startswith(PNG_SIGNATURE):
+            raise ValueError(f"textures[{slot!r}] is not a PNG (it lacks the PNG signature); encode it as PNG")
+        images.append((slot, data))
+    return images
 
 
 def _index_array(faces, num_vertices: int) -> np.ndarray:

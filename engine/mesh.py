@@ -36,6 +36,10 @@ class Mesh:
             -1 where a vertex belongs to no named part.
         label_names: names of the parts that ``labels`` index.
         name: a human-readable name (file stem or sample name), used in records only.
+        corner_uv: optional [F, 3, 2] float32 texture coordinates of each face's corners (the
+            mesh's own UV layout; a vertex on a UV seam has one per face around it, as Blender's
+            loops do), OpenGL / Blender / OBJ convention: origin at the image's bottom-left, v up.
+            None without a layout.
     """
 
     vertices: np.ndarray
@@ -43,6 +47,7 @@ class Mesh:
     labels: np.ndarray | None = None
     label_names: tuple[str, ...] = ()
     name: str = "mesh"
+    corner_uv: np.ndarray | None = None
 
     @property
     def num_vertices(self) -> int:
@@ -81,8 +86,10 @@ def mesh_from_arrays(
     labels: np.ndarray | None = None,
     label_names: tuple[str, ...] = (),
     name: str = "mesh",
+    corner_uv: np.ndarray | None = None,
 ) -> Mesh:
-    """Validate raw arrays and build a :class:`Mesh`.
+    """Validate raw arrays and build a :class:`Mesh` (``corner_uv``: [F, 3, 2] texture coordinates
+    of the faces' corners, v up; dropped faces drop theirs).
 
     Raises :class:`MeshError` for an empty mesh, non-finite coordinates, indices out of range
     or a mesh whose faces are all degenerate. Degenerate faces (repeated indices or zero area)
@@ -119,6 +126,12 @@ def mesh_from_arrays(
             f"{name}: face indices out of range [{lo}, {hi}] for {vertices.shape[0]} vertices; "
             "the file is corrupt or was written with a different vertex list."
         )
+    if corner_uv is not None:
+        corner_uv = np.asarray(corner_uv, dtype=np.float32)
+        if corner_uv.shape != (faces.shape[0], 3, 2):
+            raise MeshError(f"{name}: corner_uv must have shape [{faces.shape[0]}, 3, 2], got {list(corner_uv.shape)}.")
+        if not np.isfinite(corner_uv).all():
+            raise MeshError(f"{name}: its UV layout has NaN or infinite coordinates; unwrap it again.")
     keep = ~_degenerate_faces(vertices, faces)
     dropped = int((~keep).sum())
     if dropped == faces.shape[0]:
@@ -136,6 +149,7 @@ def mesh_from_arrays(
             stacklevel=2,
         )
         faces = faces[keep]
+        corner_uv = None if corner_uv is None else corner_uv[keep]
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (vertices.shape[0],):
@@ -146,6 +160,7 @@ def mesh_from_arrays(
         labels=labels,
         label_names=tuple(label_names),
         name=name,
+        corner_uv=None if corner_uv is None else np.ascontiguousarray(corner_uv),
     )
 
 
@@ -179,9 +194,15 @@ def load_mesh(path: str | os.PathLike, *, merge_vertices: bool = False) -> Mesh:
         raise MeshError(_no_faces_reason(path, name, suffix))
     if merge_vertices:
         loaded.merge_vertices(merge_tex=True, merge_norm=True)
-    return mesh_from_arrays(
-        np.asarray(loaded.vertices), np.asarray(loaded.faces), name=os.path.splitext(name)[0]
-    )
+    # a file's UV layout: trimesh splits vertices at UV seams and keeps one uv per vertex, v up (OBJ's way)
+    uv = getattr(loaded.visual, "uv", None)
+    if uv is not None and (np.shape(uv) != (len(loaded.vertices), 2) or not np.isfinite(uv).all()):
+        warnings.warn(f"{name}: its UV layout is incomplete or holds NaN; it is left out (textures need one).",
+                      MeshWarning, stacklevel=2)
+        uv = None
+    faces = np.asarray(loaded.faces)
+    return mesh_from_arrays(np.asarray(loaded.vertices), faces, name=os.path.splitext(name)[0],
+                            corner_uv=None if uv is None else np.asarray(uv)[faces])
 
 
 @dataclass(frozen=True)

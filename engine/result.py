@@ -70,6 +70,8 @@ class StyleResult:
         history: loss name -> value per iteration.
         record: facts about the run for reports (device, models, timings, steps, skipped steps).
         references: the reference images the run used, ``((part or "whole", ReferenceImage), ...)``.
+        maps: the field baked on the mesh's UV layout (``engine.texture.bake.BakedMaps``), when
+            ``texture.size`` asked for maps; None otherwise.
     """
 
     mesh: Mesh
@@ -81,6 +83,7 @@ class StyleResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     record: dict = field(default_factory=dict)
     references: tuple = ()
+    maps: object | None = None
 
     @property
     def colors_linear(self) -> np.ndarray:

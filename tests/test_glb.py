@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -175,3 +176,142 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         write_glb(path, v, [[0, 1, 2]])
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["keep.glb"]
+
+
+def _png(pixels):
+    """PNG bytes of an [H, W, 3] uint8 image."""
+    image_mod = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    image_mod.fromarray(pixels, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def textured_quad():
+    """A unit quad (2 triangles), its v-up uv, a 4x4 colour image (left half red, right half
+    blue, one odd pixel so a flip would show) and a 4x4 normal map that varies by row."""
+    v = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32)
+    f = np.array([[0, 1, 2], [0, 2, 3]])
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], np.float32)
+    uv[1] = [0.875, 0.125]  # not symmetric in v, so a missing or doubled flip would show
+    color = np.zeros((4, 4, 3), np.uint8)
+    color[:, :2] = [255, 0, 0]
+    color[:, 2:] = [0, 0, 255]
+    color[0, 0] = [0, 255, 0]
+    normal = np.zeros((4, 4, 3), np.uint8)
+    normal[...] = [128, 128, 255]
+    normal[:, :, 1] = np.arange(4, dtype=np.uint8)[:, None] * 60 + 10
+    return v, f, uv, color, normal
+
+
+def test_textures_load_in_trimesh(tmp_path, textured_quad):
+    trimesh = pytest.importorskip("trimesh")
+    v, f, uv, color, normal = textured_quad
+    path = tmp_path / "quad.glb"
+    write_glb(path, v, f, normals=np.tile([0.0, 0.0, 1.0], (4, 1)), uv=uv,
+              textures={"baseColor": _png(color), "normal": _png(normal)})
+    mesh = trimesh.load(path, force="mesh", process=False)
+    np.testing.assert_array_equal(mesh.faces, f)
+    assert mesh.visual.uv.shape == uv.shape
+    assert np.allclose(mesh.visual.uv, uv, atol=1e-6), mesh.visual.uv  # trimesh flips v back up
+    material = mesh.visual.material
+    for image, pixels in ((material.baseColorTexture, color), (material.normalTexture, normal)):
+        assert image is not None and image.size == (4, 4)
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), pixels)
+    assert len(trimesh.load(path, force="mesh").faces) == 2  # default processing copes too
+
+
+def test_texture_layout_in_the_json(tmp_path, textured_quad):
+    v, f, uv, color, normal = textured_quad
+    pngs = {"normal": _png(normal), "baseColor": _png(color)}  # stored in slot order regardless
+    path = tmp_path / "quad.glb"
+    write_glb(path, v, f, colors_linear=np.full((4, 3), 0.5, np.float32), uv=uv, textures=pngs)
+    doc, binary, header_len, file_len = _parse_glb(path)
+    assert header_len == file_len
+    for view in doc["bufferViews"]:
+        assert view["byteOffset"] % 4 == 0
+        assert view["byteOffset"] + view["byteLength"] <= doc["buffers"][0]["byteLength"] <= len(binary)
+
+    assert [image["mimeType"] for image in doc["images"]] == ["image/png", "image/png"]
+    image_bytes = []
+    for image in doc["images"]:
+        view = doc["bufferViews"][image["bufferView"]]
+        assert "target" not in view
+        image_bytes.append(binary[view["byteOffset"]:view["byteOffset"] + view["byteLength"]])
+    assert image_bytes == [pngs["baseColor"], pngs["normal"]]
+    assert doc["samplers"] == [{"magFilter": 9729, "minFilter": 9987, "wrapS": 10497, "wrapT": 10497}]
+
+    (prim,) = doc["meshes"][0]["primitives"]
+    material = doc["materials"][prim["material"]]
+    assert material["name"] == "baked"
+    base_ref = material["pbrMetallicRoughness"]["baseColorTexture"]
+    normal_ref = material["normalTexture"]
+    assert base_ref["texCoord"] == normal_ref["texCoord"] == 0
+    for ref, png in ((base_ref, pngs["baseColor"]), (normal_ref, pngs["normal"])):
+        assert 0 <= ref["index"] < len(doc["textures"])
+        texture = doc["textures"][ref["index"]]
+        assert 0 <= texture["sampler"] < len(doc["samplers"])
+        assert image_bytes[texture["source"]] == png
+
+    assert {"POSITION", "TEXCOORD_0", "COLOR_0"} <= set(prim["attributes"])  # both kept when asked
+    tex_acc = doc["accessors"][prim["attributes"]["TEXCOORD_0"]]
+    assert tex_acc["type"] == "VEC2" and tex_acc["componentType"] == 5126
+    assert doc["bufferViews"][tex_acc["bufferView"]]["target"] == 34962
+    expected = np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1).astype(np.float32)
+    np.testing.assert_array_equal(_accessor(doc, binary, prim["attributes"]["TEXCOORD_0"]), expected)
+
+
+def test_uv_alone_and_no_textures(tmp_path, textured_quad):
+    v, f, uv, _, _ = textured_quad
+    write_glb(tmp_path / "uv.glb", v, f, uv=uv)
+    doc, binary, _, _ = _parse_glb(tmp_path / "uv.glb")
+    prim = doc["meshes"][0]["primitives"][0]
+    assert set(prim["attributes"]) == {"POSITION", "TEXCOORD_0"}
+    assert_close(_accessor(doc, binary, prim["attributes"]["TEXCOORD_0"])[:, 1], 1.0 - uv[:, 1],
+                 rel=SAME_MATH, what="flipped v")
+    assert doc["materials"][0]["name"] == "vertex_colors"
+    assert not {"images", "textures", "samplers"} & set(doc)
+    assert "normalTexture" not in doc["materials"][0]
+    assert "baseColorTexture" not in doc["materials"][0]["pbrMetallicRoughness"]
+
+    # a normal map alone leaves the material's name and base colour alone
+    write_glb(tmp_path / "n.glb", v, f, uv=uv, textures={"normal": _png(np.full((2, 2, 3), 128, np.uint8))})
+    doc, _, _, _ = _parse_glb(tmp_path / "n.glb")
+    assert doc["materials"][0]["name"] == "vertex_colors"
+    assert doc["materials"][0]["normalTexture"] == {"index": 0, "texCoord": 0}
+    assert "baseColorTexture" not in doc["materials"][0]["pbrMetallicRoughness"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("textures_without_uv", "need uv"),
+    ("not_png", "not a PNG"),
+    ("not_bytes", "PNG-encoded bytes"),
+    ("unknown_slot", "'baseColor', 'normal'"),
+    ("uv_3_columns", r"uv must have shape \[4, 2\]"),
+    ("uv_short", r"uv must have shape \[4, 2\]"),
+    ("uv_nan", "uv holds non-finite"),
+])
+def test_bad_texture_input_raises_and_writes_nothing(tmp_path, textured_quad, change, message):
+    v, f, uv, color, normal = textured_quad
+    kwargs = {"uv": uv, "textures": {"baseColor": _png(color), "normal": _png(normal)}}
+    if change == "textures_without_uv":
+        del kwargs["uv"]
+    elif change == "not_png":
+        kwargs["textures"]["normal"] = b"\xff\xd8\xff\xe0 a JPEG, say"
+    elif change == "not_bytes":
+        kwargs["textures"]["baseColor"] = color
+    elif change == "unknown_slot":
+        kwargs["textures"]["roughness"] = _png(color)
+    elif change == "uv_3_columns":
+        kwargs["uv"] = np.concatenate([uv, uv[:, :1]], axis=1)
+    elif change == "uv_short":
+        kwargs["uv"] = uv[:3]
+    elif change == "uv_nan":
+        kwargs["uv"] = uv.copy()
+        kwargs["uv"][2, 1] = np.nan
+    path = tmp_path / "bad.glb"
+    with pytest.raises(ValueError, match=message) as info:
+        write_glb(path, v, f, **kwargs)
+    if change == "unknown_slot":
+        assert "roughness" in str(info.value)
+    assert os.listdir(tmp_path) == []

@@ -41,7 +41,8 @@ class Shard:
 
 @dataclass(frozen=True)
 class PlannedAsset:
-    """An asset with its fingerprint, its state before this invocation, and whether it runs now."""
+    """An asset with its fingerprint ("" for another shard's), its state before this invocation, and
+    whether it runs now."""
 
     asset: BatchAsset
     fingerprint: str
@@ -101,13 +102,14 @@ class BatchReport:
 
 def plan_batch(assets: list[BatchAsset], out_dir: str, *, models: str, retry_failed: bool = False,
                shard: Shard = Shard()) -> list[PlannedAsset]:
-    """Every asset of the manifest with its fingerprint and state in ``out_dir``; ``runs`` says
-    whether this invocation runs it (its shard's, and not done / not a failure kept)."""
+    """Every asset of the manifest with its state in ``out_dir`` and, for the shard's own, its
+    fingerprint; ``runs`` says whether this invocation runs it (its shard's, and not done / not a
+    failure kept). Another shard's asset shows what its folder last recorded."""
     planned = []
     for position, asset in enumerate(assets):
-        fingerprint = asset_fingerprint(asset, models)
-        before = read_state(out_dir, asset, fingerprint)
         in_shard = shard.holds(position)
+        fingerprint = asset_fingerprint(asset, models) if in_shard else ""  # other shards' files are not read
+        before = read_state(out_dir, asset, fingerprint or None)
         runs = in_shard and (before.status == "pending" or (before.status == "failed" and retry_failed))
         planned.append(PlannedAsset(asset, fingerprint, before, runs, in_shard))
     return planned

@@ -89,15 +89,16 @@ def asset_folder(out_dir: str, asset: BatchAsset) -> str:
     return os.path.join(out_dir, asset.id)
 
 
-def read_state(out_dir: str, asset: BatchAsset, fingerprint: str) -> AssetState:
-    """The asset's state in ``out_dir`` for the inputs whose fingerprint is ``fingerprint``."""
+def read_state(out_dir: str, asset: BatchAsset, fingerprint: str | None) -> AssetState:
+    """The asset's state in ``out_dir`` for the inputs whose fingerprint is ``fingerprint``; with
+    None, whatever the folder last recorded (another shard's asset, whose files are not hashed)."""
     folder = asset_folder(out_dir, asset)
     record = _read_json(os.path.join(folder, RUN_RECORD))
     batch = record.get("batch") if isinstance(record.get("batch"), dict) else {}
-    if batch.get("fingerprint") == fingerprint:
+    if "fingerprint" in batch and fingerprint in (None, batch["fingerprint"]):
         return AssetState("done", float(batch.get("seconds", 0.0)), str(record.get("device", "")))
     failure = _read_json(os.path.join(folder, FAILURE_FILE))
-    if failure.get("fingerprint") == fingerprint:
+    if "fingerprint" in failure and fingerprint in (None, failure["fingerprint"]):
         return AssetState("failed", float(failure.get("seconds", 0.0)), str(failure.get("device", "")),
                           str(failure.get("error", "")))
     return AssetState("pending")
