@@ -20,7 +20,7 @@ from engine.config import (
 )
 from engine.errors import PartstyleError, SettingsError
 
-SECTIONS = ("render", "views", "field", "guidance", "localize", "optim", "run")
+SECTIONS = ("render", "views", "field", "guidance", "localize", "optim", "run", "texture")
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -257,6 +257,10 @@ def test_wrong_item_type_in_a_tuple():
         ("optim.lr_decay_every", 0),
         ("run.checkpoint_every", 0),
         ("run.nan_patience", 0),
+        ("texture.size", 8),
+        ("texture.size", 10_000),
+        ("texture.padding", -1),
+        ("texture.padding", 65),
     ],
 )
 def test_out_of_range_names_the_key(key, value):
