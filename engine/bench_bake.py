@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from .api import stylize
+from .bench_batch import report_line
 from .config import settings_for
 from .mesh import mesh_from_arrays
 from .samples import sample_mesh
@@ -26,13 +27,13 @@ def run_bake_benchmark(*, faces: int = 40_000, sizes: tuple[int, ...] = BAKE_SIZ
 
     lamp = sample_mesh("lamp", faces)
     mesh = mesh_from_arrays(lamp.vertices, lamp.faces, name="lamp", corner_uv=face_atlas(lamp.num_faces))
-    print(f"# bake: sample lamp, {mesh.num_faces} faces, every face its own UV island; fast preset field; "
-          f"{torch.get_num_threads()} threads", file=out, flush=True)
-    print(f"{'size':>6} {'texels covered':>15} {'bake s':>8} {'texels/s':>12}", file=out, flush=True)
+    report_line(out, f"# bake: sample lamp, {mesh.num_faces} faces, every face its own UV island; fast preset field; "
+                f"{torch.get_num_threads()} threads")
+    report_line(out, f"{'size':>6} {'texels covered':>15} {'bake s':>8} {'texels/s':>12}")
     for size in sizes:
         settings = settings_for("fast", ["optim.iterations=1", "views.count=1", f"texture.size={size}"])
         result = stylize(mesh, "a red lamp", settings=settings, models="tiny", device=device)
         texture = result.record["texture"]
         texels = round(texture["covered"] * size * size)
-        print(f"{size:>6} {texels:>15,} {texture['seconds']:>8.2f} {texels / texture['seconds']:>12,.0f}",
-              file=out, flush=True)
+        report_line(out, f"{size:>6} {texels:>15,} {texture['seconds']:>8.2f} {texels / texture['seconds']:>12,.0f}")
+

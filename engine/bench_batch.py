@@ -38,10 +38,11 @@ def run_batch_benchmark(*, assets: int = 8, workers: int = 2, preset: str = "pre
     and with ``workers`` one-thread Ray workers (a local Ray started for the run)."""
     defaults = Defaults(preset=preset, iterations=2 if quick else None)
     batch = check_rows(bench_rows(assets), os.getcwd(), defaults, where="the benchmark's manifest")
-    print(f"# batch: {assets} sample assets ({preset} preset{', 2 iterations' if quick else ''}, parts from labels), "
-          f"tiny models, cpu", file=out, flush=True)
-    print(f"{'executor':<28} {'wall s':>7} {'assets/min':>10} {'asset s (worker)':>16} {'startup s':>9} "
-          f"{'overhead/asset s':>16}", file=out, flush=True)
+    iterations = ", 2 iterations" if quick else ""
+    report_line(out, f"# batch: {assets} sample assets ({preset} preset{iterations}, parts from labels), "
+                     "tiny models, cpu")
+    report_line(out, f"{'executor':<28} {'wall s':>7} {'assets/min':>10} {'asset s (worker)':>16} {'startup s':>9} "
+                f"{'overhead/asset s':>16}")
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         local = run_batch(batch, os.path.join(folder, "local"), LocalExecutor("tiny", device="cpu"), models="tiny")
@@ -58,10 +59,10 @@ def run_batch_benchmark(*, assets: int = 8, workers: int = 2, preset: str = "pre
         starts = [t.seconds - t.worker_seconds for t in trips if t.first]
         _row(out, f"ray ({workers} workers x 1 thread)", ray_wall, [t.worker_seconds for t in trips],
              ray.startup_seconds, statistics.mean(overheads))
-    print(f"ray / local throughput: {wall / ray_wall:.2f}x. Ray's overhead per asset (round trip minus the worker's "
-          f"time), each worker's first asset aside: mean {statistics.mean(overheads):.3f} s, "
-          f"max {max(overheads):.3f} s (target <= 1 s); a worker's first asset also waits for its process to start: "
-          f"{statistics.mean(starts):.1f} s", file=out, flush=True)
+    report_line(out, f"ray / local throughput: {wall / ray_wall:.2f}x. Ray's overhead per asset (round trip minus the "
+                f"worker's time), each worker's first asset aside: mean {statistics.mean(overheads):.3f} s, "
+                f"max {max(overheads):.3f} s (target <= 1 s); a worker's first asset also waits for its process "
+                f"to start: {statistics.mean(starts):.1f} s")
 
 
 def _threads() -> int:
@@ -73,5 +74,11 @@ def _threads() -> int:
 def _row(out: TextIO, name: str, wall: float, seconds: list[float], startup, overhead) -> None:
     startup_text = "-" if startup is None else f"{startup:.1f}"
     overhead_text = "-" if overhead is None else f"{overhead:.3f}"
-    print(f"{name:<28} {wall:>7.1f} {len(seconds) / wall * 60:>10.1f} {statistics.mean(seconds):>16.2f} "
-          f"{startup_text:>9} {overhead_text:>16}", file=out, flush=True)
+    report_line(out, f"{name:<28} {wall:>7.1f} {len(seconds) / wall * 60:>10.1f} {statistics.mean(seconds):>16.2f} "
+                f"{startup_text:>9} {overhead_text:>16}")
+
+
+def report_line(out: TextIO, text: str) -> None:
+    """One line of a benchmark's report on ``out`` (the command's stdout), written at once."""
+    out.write(text + "\n")
+    out.flush()

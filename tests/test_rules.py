@@ -17,7 +17,7 @@ ADDON = os.path.join(ROOT, "addon")
 # Command-line code, whose job is to print: the commands themselves, and the bench command's report
 # (written to the stream the command gives it).
 PRINTING_ALLOWED = {"cli.py", "cli_batch.py", "cli_eval.py", "cli_progress.py", "cli_training.py", "cli_vocabulary.py",
-                    "__main__.py", "bench.py", "bench_batch.py", "bench_bake.py"}
+                    "__main__.py", "bench.py"}
 # Engine modules made for the add-on to load before torch exists, checked light even before the add-on loads them:
 # the tiny vocabulary check (drawn in a panel) and the device module (the Apple GPUs' fallback is set before torch).
 LIGHT_FOR_THE_ADDON = {"vocabulary", "devices", "requirements"}
