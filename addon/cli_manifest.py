@@ -106,7 +106,7 @@ def run_manifest(args, addon) -> int:
     except (OSError, RuntimeError) as exc:
         print(f"error: the result could not be saved to {out}: {exc}", file=sys.stderr)
         saved = False
-    summary = write_summary(summary_path(out), results)
+    summary = write_summary(summary_path(out), results, engine_link)
     print_table(results)
     if saved:
         print(f"saved {out}", flush=True)
@@ -256,11 +256,11 @@ def run_row(result: RowResult, engine_link, jobs, runs) -> None:
         print(f"error: {name} (line {result.row.line}): {outcome.message}", file=sys.stderr, flush=True)
 
 
-def write_summary(path: str, results: list[RowResult]) -> str:
-    """One JSON line per row (object, line, status, seconds, device, error) at ``path``; returns it."""
-    with open(path, "w", encoding="utf-8") as fh:
-        for result in results:
-            fh.write(json.dumps(result.record()) + "\n")
+def write_summary(path: str, results: list[RowResult], engine_link) -> str:
+    """One JSON line per row (object, line, status, seconds, device, error) at ``path``, replaced all
+    at once (the engine's atomic writer); returns it."""
+    with engine_link.load("files", light=True).atomic_writer(path) as fh:
+        fh.write("".join(json.dumps(result.record()) + "\n" for result in results).encode())
     return path
 
 

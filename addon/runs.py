@@ -277,7 +277,7 @@ class StyleRun:
         bridge.write_float(mesh, shift_name, result.displacement)
         bridge.claim(mesh, bridge.DISPLACEMENT, shift_name)
         nodes.ensure_modifier(obj, shift_name)
-        if self.maps and getattr(result, "maps", None) is not None:
+        if self.maps and result.maps is not None:
             baked.write_maps(obj, result.maps, self.uv_name)
         else:  # earlier maps would no longer match the colors
             baked.remove_maps(obj)
@@ -289,8 +289,7 @@ class StyleRun:
         obj.data.update()
         obj.update_tag()
         steps = result.record.get("steps", 0)
-        maps = getattr(result, "maps", None) if self.maps else None
-        maps = f" Maps: {maps.size} px on the UV map '{self.uv_name}'." if maps is not None else ""
+        maps = f" Maps: {result.maps.size} px on the UV map '{self.uv_name}'." if self.maps and result.maps else ""
         return f"Stylized '{obj.name}': {steps} iterations on {result.record.get('device', '?')}.{maps}"
 
     def restore(self) -> None:
