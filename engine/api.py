@@ -19,10 +19,9 @@ import torch
 from .compose import Composition, compose_parts, whole_object
 from .config import Settings, settings_for
 from .devices import mps_fallback_notice, resolve_device
-from .errors import CheckpointError, InputError
+from .errors import Cancelled, CheckpointError
 from .events import CancelToken, EventSink, NoticeEvent, StageEvent, ignore_events
 from .field import BASE_COLOR
-from .geometry import simplified_copy
 from .grounding.detector import GroundingDetector
 from .grounding.locate import Localization, detector_boxes, locate, rectangle_masks, segmenter_masks
 from .grounding.segmenter import BoxSegmenter
@@ -36,8 +35,11 @@ from .references import WHOLE, mix_targets
 from .relief import relief_bounds
 from .request import StyleRequest
 from .result import StyleResult
-from .texture.bake import bake_maps
+from .texture.bake import bake_maps, bake_precision
+from .texture.unwrap import with_generated_layout
 from .train import Objective, StyleTrainer, SurfaceInputs
+from .work_mesh import announce as announce_copy
+from .work_mesh import working_copy
 
 
 def locate_parts(
@@ -90,7 +92,9 @@ def stylize(
     """Stylize ``mesh`` so that its renders match the request's prompt.
 
     Args:
-        mesh: the input, object frame; it is never modified.
+        mesh: the input, object frame; it is never modified. Maps asked for on a mesh without a UV
+            layout are baked on one generated for it (``texture/unwrap.py``), which the result's
+            ``mesh`` (a copy) carries.
         request: what to do (:class:`StyleRequest`: prompt, given parts, locks, previous result,
             base colors); a plain string is ``StyleRequest(prompt)``.
         settings: all settings (default: the default preset).
@@ -107,10 +111,10 @@ def stylize(
     request = request if isinstance(request, StyleRequest) else StyleRequest(request)
     request.check_mesh(mesh.num_vertices)
     settings = settings or settings_for()
-    if settings.texture.size and mesh.corner_uv is None:
-        raise InputError(f"{mesh.name}: texture maps (texture.size={settings.texture.size}) need the mesh's own UV "
-                         "layout, and it has none; unwrap it in your modeller (Blender: UV > Smart UV Project) and "
-                         "export it with UVs, or leave the maps out (texture.size=0).")
+    uv_layout = "the mesh's own"
+    if settings.texture.size and mesh.corner_uv is None:  # refused here, before any work, without xatlas
+        mesh, uv_layout = with_generated_layout(mesh, settings.texture)
+        on_event(NoticeEvent(f"{mesh.name} has no UV layout: the maps use one {uv_layout} (run.json: texture)"))
     if resume and not (checkpoint and os.path.isfile(checkpoint)):
         raise CheckpointError(f"no checkpoint at '{checkpoint}' to resume from; run without --resume to start anew.")
     parsed = request.prompt
@@ -118,28 +122,32 @@ def stylize(
     store = models if isinstance(models, ModelStore) else ModelStore(models)
     started = time.perf_counter()
     normalization = Normalization.fit(mesh.vertices)
-    proxy = simplified_copy(mesh, settings.field.max_vertices)
-    work = mesh if proxy is None else proxy.mesh(mesh.name)
-    if proxy is not None:
-        on_event(StageEvent("simplifying", f"{mesh.num_vertices} -> {work.num_vertices} vertices to optimize on "
-                                           f"(field.max_vertices={settings.field.max_vertices})"))
+    copy = working_copy(mesh, normalization, settings)
+    work = mesh if copy is None else copy.mesh(mesh.name)
+    if copy is not None:
+        on_event(StageEvent(*announce_copy(copy, mesh, settings)))
     check_fits(work.num_vertices, settings, max(1, len(request.styled_pairs)), dev)
     part_weights = work_weights = None
     part_confidence: dict[str, float] = {}
     if not parsed.is_holistic:
         if request.parts is not None:
             part_weights = request.parts.select(parsed.parts)
-            work_weights = part_weights if proxy is None else proxy.reduce_part_weights(part_weights)
-        else:
-            located = locate_parts(work, parsed.parts, settings=settings, models=store, device=dev,
-                                   on_event=on_event, cancel=cancel)
-            work_weights, part_confidence = located.weights, located.part_confidence
-            part_weights = work_weights if proxy is None else proxy.expand_part_weights(work_weights)
-    reduce = None if proxy is None else proxy.mean_of
+            work_weights = part_weights if copy is None else copy.reduce_part_weights(part_weights)
+        else:  # on the lighter of the mesh and its copy
+            on_copy = work.num_vertices < mesh.num_vertices
+            located = locate_parts(work if on_copy else mesh, parsed.parts, settings=settings, models=store,
+                                   device=dev, on_event=on_event, cancel=cancel)
+            part_confidence = located.part_confidence
+            if on_copy:
+                work_weights, part_weights = located.weights, copy.expand_part_weights(located.weights)
+            else:
+                part_weights = located.weights
+                work_weights = part_weights if copy is None else copy.reduce_part_weights(part_weights)
     outward, inward = _relief_bounds(mesh, request, settings, on_event)
-    composition = _composition(work.num_vertices, request, work_weights, normalization, reduce=reduce)
-    if proxy is not None:  # a cluster may move no further than its most constrained vertex
-        composition = composition.with_relief(proxy.min_of(outward), proxy.min_of(inward))
+    composition = _composition(work.num_vertices, request, work_weights, normalization,
+                               carry=None if copy is None else copy.carry)
+    if copy is not None:
+        composition = composition.with_relief(copy.carry_bounds(outward), copy.carry_bounds(inward))
     else:
         composition = composition.with_relief(outward, inward)
 
@@ -157,7 +165,7 @@ def stylize(
     )
     surface = SurfaceInputs(
         vertices=torch.from_numpy(normalization.to_unit(work.vertices)).to(dev),
-        normals=torch.from_numpy(work.vertex_normals).to(dev),
+        normals=torch.from_numpy(work.vertex_normals if copy is None else copy.surface_normals(mesh, work)).to(dev),
         faces=torch.from_numpy(work.faces).to(dev),
     )
     fingerprint = run_fingerprint(mesh, parsed, settings, store.describe(), composition,
@@ -166,11 +174,11 @@ def stylize(
     ready = time.perf_counter()
     trained = trainer.run(
         on_event=on_event, cancel=cancel, checkpoint_path=checkpoint, resume=resume,
-        to_object_units=normalization.scale, preview_index=None if proxy is None else torch.from_numpy(proxy.cluster),
+        to_object_units=normalization.scale, preview_index=None if copy is None else torch.from_numpy(copy.cluster),
     )
     colors, displacement = trained.colors, trained.displacement
     full = composition
-    if proxy is not None:  # the field at every original vertex, with the original's own composition
+    if copy is not None:  # the field at every original vertex, with the original's own composition
         on_event(StageEvent("transferring", f"the result to all {mesh.num_vertices} vertices"))
         full = _composition(mesh.num_vertices, request, part_weights, normalization).with_relief(outward, inward)
         colors, displacement = trainer.evaluate(
@@ -180,7 +188,12 @@ def stylize(
     if settings.texture.size:
         size = settings.texture.size
         on_event(StageEvent("baking maps", f"{size} x {size} texels on the mesh's UV layout"))
-        maps = bake_maps(trainer.evaluate, mesh, normalization, full, displacement, settings.texture, device=dev)
+        try:
+            maps = bake_maps(trainer.evaluate_parts, mesh, normalization, full, displacement, settings.texture,
+                             device=dev, precision=bake_precision(settings, dev), cancel=cancel)
+        except Cancelled:  # the optimization is done: keep it, so --resume goes straight to the bake
+            saved = trainer.save_checkpoint(checkpoint) if checkpoint else None
+            raise Cancelled("cancelled while baking the maps, after the optimization", checkpoint=saved) from None
     record = {
         "device": str(dev),
         "models": store.describe(),
@@ -192,11 +205,12 @@ def stylize(
         "seconds_optimizing": round(trained.seconds, 3),
         "normalization": {"center": normalization.center.tolist(), "scale": normalization.scale},
         "optimized_vertices": work.num_vertices,
+        "optimized_on": "mesh" if copy is None else copy.kind,
         "relief": dict(zip(["whole object"] if parsed.is_holistic else [pair.part for pair in styled],
                            request.relief_fractions, strict=True)),
     }
     if maps is not None:
-        record["texture"] = maps.record()
+        record["texture"] = {**maps.record(), "uv_layout": uv_layout}
     if part_confidence:
         record["part_confidence"] = {name: round(value, 4) for name, value in part_confidence.items()}
     return StyleResult(
@@ -225,12 +239,12 @@ def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, on_eve
 
 
 def _composition(num_vertices: int, request: StyleRequest, part_weights, normalization: Normalization, *,
-                 reduce=None) -> Composition:
+                 carry=None) -> Composition:
     """The blend of per-part outputs for this request over ``num_vertices`` vertices (holistic: the
-    whole mesh is one part). ``reduce`` maps the request's per-vertex arrays onto a simplified copy."""
+    whole mesh is one part). ``carry`` maps the request's per-vertex arrays onto a working copy."""
     if request.prompt.is_holistic:
         return whole_object(num_vertices)
-    keep = reduce or (lambda values: values)
+    keep = carry or (lambda values: values)
     if request.base_colors is None:
         original = np.full((num_vertices, 3), BASE_COLOR, np.float32)
     else:

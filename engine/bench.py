@@ -277,10 +277,10 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
     clip_steps, grounding_steps, holistic_steps = [], [], []
     for rep in range(reps + 1):
         parts.step_index = every * rep  # the coming iteration is a CLIP step (unless every == 1)
-        clip = _seconds(device, parts.step) if every > 1 else float("nan")
+        clip = seconds_of(device, parts.step) if every > 1 else float("nan")
         parts.step_index = every * (rep + 1) - 1  # the coming iteration is a grounding step
-        ground = _seconds(device, parts.step)
-        whole = _seconds(device, holistic.step)
+        ground = seconds_of(device, parts.step)
+        whole = seconds_of(device, holistic.step)
         if rep:
             clip_steps.append(clip)
             grounding_steps.append(ground)
@@ -416,7 +416,7 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _seconds(device: torch.device, fn: Callable) -> float:
+def seconds_of(device: torch.device, fn: Callable) -> float:
     start = _now(device)
     fn()
     return _now(device) - start

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--up-axis", choices=["y", "z"], default=None, help="the mesh's up axis (default y; Blender exports z)"
     )
-    p.add_argument("--merge-vertices", action="store_true", help="weld vertices at equal positions on load (STL)")
+    p.add_argument("--merge-vertices", action="store_true",
+                   help="weld vertices at equal positions on load (STL; a UV-mapped file's seams)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_stylize)
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", action="store_true",
                    help="instead: 8 sample assets with the local executor and with 2 one-thread Ray workers")
     p.add_argument("--bake", action="store_true", help="instead: the time to bake 1024 and 2048 px maps of 40k faces")
+    p.add_argument("--detail", action="store_true",
+                   help="instead: a 2k-face lamp's step on its subdivided copy against the mesh itself")
     p.set_defaults(handler=cmd_bench)
     return parser
 
@@ -370,6 +373,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         silence_library_progress()
         run_bake_benchmark(device=args.device)
+        return 0
+    if args.detail:
+        from .bench_detail import run_detail_benchmark
+
+        clips = ("tiny",) if args.clip == "tiny" else ("vit-b-32", "tiny")
+        run_detail_benchmark(reps=2 if args.quick else 5, clips=clips, device=args.device, out=sys.stdout)
         return 0
     if args.batch:
         from .bench_batch import run_batch_benchmark

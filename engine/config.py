@@ -77,6 +77,13 @@ class FieldSettings:
     max_vertices: a mesh with more vertices is optimized on a simplified copy of about this many
         (vertex clustering), and the field is then evaluated at every original vertex; 0: never.
         Memory and time per iteration follow the copy's size (docs/performance.md).
+    optimize_on: ``mesh``, ``subdivided`` (a copy whose edges are split until none is longer than
+        ``subdivide_pixels`` pixels of a guidance render, so the guidance model sees the field's
+        detail between the mesh's vertices, which baked maps keep), or ``auto``: subdivided when
+        maps are baked (``texture.size``) and the mesh's median edge is longer than twice that.
+    subdivide_pixels: the subdivided copy's longest edge, in pixels of a guidance render at the
+        camera's distance.
+    subdivide_max_vertices: the subdivided copy's vertex budget (the longest edges are split first).
     """
 
     sigma: float = 5.0
@@ -90,6 +97,9 @@ class FieldSettings:
     progressive_steps: int = 0
     precision: str = "float32"
     max_vertices: int = 100_000
+    optimize_on: str = "auto"
+    subdivide_pixels: float = 3.0
+    subdivide_max_vertices: int = 12_000
 
 
 @dataclass(frozen=True)
@@ -200,10 +210,15 @@ class TextureSettings:
 
     size: the maps' side in texels; 0 bakes none (the result stays per vertex).
     padding: texels filled past each UV island's border (so mipmaps do not bleed the background in).
+    precision: the field's arithmetic while baking: ``float32``, ``bfloat16`` (about 2x faster where
+        the hardware has it; colors within one 8-bit step of float32's), or ``auto``: bfloat16 on
+        a CUDA GPU or CPU with native bf16 (AVX512-BF16, AMX) or when ``field.precision`` is
+        bfloat16, else float32.
     """
 
     size: int = 0
     padding: int = 8
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -381,6 +396,11 @@ def _validate(s: Settings) -> None:
         ("field.relief_gain", s.field.relief_gain > 0.0, "greater than 0"),
         ("field.max_vertices", s.field.max_vertices == 0 or s.field.max_vertices >= 1000, "0 (off) or at least 1000"),
         ("field.precision", s.field.precision in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+        ("texture.precision", s.texture.precision in ("auto", "float32", "bfloat16"),
+         "'auto', 'float32' or 'bfloat16'"),
+        ("field.optimize_on", s.field.optimize_on in ("auto", "mesh", "subdivided"), "'auto', 'mesh' or 'subdivided'"),
+        ("field.subdivide_pixels", 0.5 <= s.field.subdivide_pixels <= 64, "0.5 to 64"),
+        ("field.subdivide_max_vertices", 1000 <= s.field.subdivide_max_vertices <= 2_000_000, "1000 to 2000000"),
         ("guidance.global_augmentations", s.guidance.global_augmentations >= 0, "0 or more"),
         ("guidance.perspective_p", 0.0 <= s.guidance.perspective_p <= 1.0, "between 0 and 1"),
         ("guidance.perspective_distortion", 0.0 <= s.guidance.perspective_distortion < 1.0, "in [0, 1)"),

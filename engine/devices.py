@@ -109,3 +109,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise DeviceError(f"device '{name}' is not supported; use {DEVICE_CHOICES}.")
     return dev
+
+
+def native_bfloat16(device: torch.device, *, cpu_flags_path: str = "/proc/cpuinfo") -> bool:
+    """Whether ``device`` computes bfloat16 matrix products in hardware: a CUDA GPU that supports
+    bf16, or a CPU with AVX512-BF16 or AMX (read from ``cpu_flags_path`` on Linux; False elsewhere,
+    where bf16 would be emulated and slower than float32)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu" or not os.path.isfile(cpu_flags_path):
+        return False
+    with open(cpu_flags_path, encoding="utf-8", errors="replace") as fh:
+        flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags

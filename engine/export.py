@@ -294,7 +294,8 @@ def _write_maps(maps, folder: str) -> tuple[dict[str, bytes], dict]:
 
 def before_after_grid(result: StyleResult, *, views: int = PREVIEW_VIEWS, size: int = PREVIEW_SIZE) -> np.ndarray:
     """uint8 image: the input (gray), the parts styled (each in a palette color, unchanged vertices gray;
-    only for a part prompt) and the result, from ``views`` views around the object."""
+    only for a part prompt), the result, and with baked maps the result textured with its base-color
+    map (its look between vertices), from ``views`` views around the object."""
     settings = result.settings
     mesh = result.mesh
     normalization = Normalization.fit(mesh.vertices)
@@ -306,11 +307,16 @@ def before_after_grid(result: StyleResult, *, views: int = PREVIEW_VIEWS, size: 
     if result.parts is not None:
         shown.append(("parts", mesh.vertices, torch.from_numpy(part_colors(result.parts.weights))))
     shown.append(("after", result.displaced_vertices(), torch.from_numpy(result.colors_srgb)))
+    if result.maps is not None:
+        texture = (torch.from_numpy(mesh.corner_uv), torch.from_numpy(result.maps.base_color))
+        shown.append(("maps", result.displaced_vertices(), texture))
     rows = []
-    for _, vertices, colors in shown:
+    for _, vertices, look in shown:
         unit = torch.from_numpy(normalization.to_unit(vertices))
+        textured = isinstance(look, tuple)
         with torch.no_grad():
-            out = renderer.render(unit, faces, cameras, colors=colors, resolution=size)
+            out = renderer.render(unit, faces, cameras, colors=None if textured else look,
+                                  texture=look if textured else None, resolution=size)
         rows.append([image.permute(1, 2, 0).numpy() for image in out.color])
     labels = [label for label, _, _ in shown]
     if result.references:  # the pictures the run followed, as thumbnails, in prompt order

@@ -169,7 +169,8 @@ def load_mesh(path: str | os.PathLike, *, merge_vertices: bool = False) -> Mesh:
 
     Scenes are flattened with their node transforms applied. Vertices are kept as the file stores
     them; ``merge_vertices=True`` welds vertices at equal positions (useful for STL, which stores
-    every triangle separately, so displacement does not open cracks).
+    every triangle separately, and for a UV-mapped file, which the loader splits at its UV seams,
+    so displacement does not open cracks); the UV layout is kept per face corner either way.
     """
     import trimesh
 
@@ -192,17 +193,30 @@ def load_mesh(path: str | os.PathLike, *, merge_vertices: bool = False) -> Mesh:
         raise MeshError(f"{name}: cannot read the file ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.vertices) == 0 or len(loaded.faces) == 0:
         raise MeshError(_no_faces_reason(path, name, suffix))
-    if merge_vertices:
-        loaded.merge_vertices(merge_tex=True, merge_norm=True)
     # a file's UV layout: trimesh splits vertices at UV seams and keeps one uv per vertex, v up (OBJ's way)
     uv = getattr(loaded.visual, "uv", None)
     if uv is not None and (np.shape(uv) != (len(loaded.vertices), 2) or not np.isfinite(uv).all()):
         warnings.warn(f"{name}: its UV layout is incomplete or holds NaN; it is left out (textures need one).",
                       MeshWarning, stacklevel=2)
         uv = None
-    faces = np.asarray(loaded.faces)
-    return mesh_from_arrays(np.asarray(loaded.vertices), faces, name=os.path.splitext(name)[0],
-                            corner_uv=None if uv is None else np.asarray(uv)[faces])
+    vertices, faces = np.asarray(loaded.vertices), np.asarray(loaded.faces)
+    corner_uv = None if uv is None else np.asarray(uv)[faces]  # per face corner: welding keeps it
+    if merge_vertices and corner_uv is not None:
+        vertices, faces = weld_equal_positions(vertices, faces)
+    elif merge_vertices:
+        loaded.merge_vertices(merge_tex=True, merge_norm=True)
+        vertices, faces = np.asarray(loaded.vertices), np.asarray(loaded.faces)
+    return mesh_from_arrays(vertices, faces, name=os.path.splitext(name)[0], corner_uv=corner_uv)
+
+
+def weld_equal_positions(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One vertex per distinct position ([V', 3], in order of first use) and ``faces`` renumbered:
+    for a UV-mapped file split at its seams, whose per-corner UVs stay as they are."""
+    unique, first, inverse = np.unique(vertices, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # keep the file's order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return unique[order], rank[inverse.reshape(-1)][faces]
 
 
 @dataclass(frozen=True)

@@ -332,16 +332,37 @@ class StyleTrainer:
         -> ([N, 3] sRGB colors, [N] unit-frame displacement), float32 on the CPU, ``chunk`` points at
         a time (memory bounded whatever N is). Used to carry a result from a simplified copy of the
         mesh to every original vertex."""
-        bf16 = self.settings.field.precision == "bfloat16"
         colors, displacement = [], []
         for start in range(0, vertices.shape[0], chunk):
             end = start + chunk
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                part_colors, part_displacement = self.field.decode(self.field.encode(vertices[start:end]))
-            c, d = composition.rows(start, end).apply(part_colors.float(), part_displacement.float())
+            part_colors, part_relief = self.evaluate_parts(vertices[start:end], chunk=chunk)
+            c, d = composition.rows(start, end).apply(part_colors.to(self.device), part_relief.to(self.device))
             colors.append(c.cpu())
             displacement.append(d.cpu())
         return torch.cat(colors), torch.cat(displacement)
+
+    @torch.no_grad()
+    def evaluate_parts(
+        self, points: torch.Tensor, *, chunk: int = 65_536, bfloat16: bool | None = None,
+        cancel: CancelToken | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trained field's per-part outputs at [N, 3] unit-frame points: ([N, P, 3] sRGB colors,
+        [N, P] relief in [-1, 1]), float32 on the CPU, ``chunk`` points at a time; the composition
+        turns them into colors and displacement (``Composition.apply``). ``bfloat16``: run the
+        network under bf16 autocast (None: as ``field.precision`` says). ``cancel`` is checked
+        before every chunk (:class:`Cancelled`)."""
+        bf16 = self.settings.field.precision == "bfloat16" if bfloat16 is None else bfloat16
+        count, parts = points.shape[0], self.field.parts
+        colors, relief = torch.empty(count, parts, 3), torch.empty(count, parts)
+        for start in range(0, count, chunk):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            batch = points[start:start + chunk].to(self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                part_colors, part_relief = self.field.decode(self.field.encode(batch))
+            colors[start:start + len(batch)] = part_colors.float().cpu()
+            relief[start:start + len(batch)] = part_relief.float().cpu()
+        return colors, relief
 
     def _preview(self, total: int, image: torch.Tensor | None, scale: float) -> PreviewEvent:
         colors, displacement = self._final_outputs()

@@ -229,14 +229,15 @@ def test_the_command_line_and_manifest_pass_texture():
     assert name == "Vase" and cli.request_for(name, options, runs, engine_link).texture_size == 128
 
 
-def _render(tmp_path) -> np.ndarray:
-    """A 32 x 32 Cycles render (CPU, 4 samples) of the scene from the front under a uniform white
-    sky, transparent film, Standard view: [H, W, 4] top row first."""
+def _render(tmp_path, engine: str = 'CYCLES', size: int = 32) -> np.ndarray:
+    """A ``size`` px render (Cycles: CPU, 4 samples; or Eevee) of the scene from the front under a
+    uniform white sky, transparent film, Standard view: [H, W, 4] top row first."""
     scene = bpy.context.scene
-    scene.render.engine = 'CYCLES'
-    scene.cycles.device = 'CPU'
-    scene.cycles.samples = 4
-    scene.render.resolution_x = scene.render.resolution_y = 32
+    scene.render.engine = engine
+    if engine == 'CYCLES':
+        scene.cycles.device = 'CPU'
+        scene.cycles.samples = 4
+    scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
     scene.render.film_transparent = True
     scene.view_settings.view_transform = 'Standard'
@@ -270,6 +271,35 @@ def test_cycles_renders_the_base_color_map(scene, tmp_path):
     assert inside.sum() > 50, "the lamp is not in view"
     color = np.median(pixels[inside][:, :3], 0)
     assert color[1] > 2.0 * color[0] and color[1] > 2.0 * color[2], color
+
+
+def test_eevee_renders_each_part_in_its_own_color_from_the_maps(scene, tmp_path):
+    """The material wired by the writeback renders in Eevee (Blender's real-time engine) with the
+    maps read through the baked UV map: the base map's texels are painted green on the lamp's lower
+    faces and blue on its upper ones, and the render shows green below and blue above."""
+    from engine.texture.texels import sample_texels
+
+    obj = make_lamp()
+    _unwrap(obj)
+    assert _stylize(obj) == {'FINISHED'}
+    image = _images(obj)["map_base_color"]
+    vertices, triangles = bridge.mesh_arrays(obj)
+    texels = sample_texels(bridge.corner_uvs(obj)[0], SIZE)
+    lower = vertices[triangles[texels.face]].mean(1)[:, 2] < 0.2  # the lamp stands from z 0 to 0.55
+    paint = np.zeros((SIZE, SIZE, 4), np.float32)
+    paint[texels.rows, texels.cols] = np.where(lower[:, None], [0.1, 0.8, 0.1, 1.0], [0.1, 0.1, 0.8, 1.0])
+    image.pixels.foreach_set(paint[::-1].reshape(-1))  # Blender's rows start at the bottom
+    image.update()
+    pixels = _render(tmp_path, 'BLENDER_EEVEE', size=48)
+    inside = pixels[..., 3] > 0.99
+    rows = np.nonzero(inside)[0]
+    top, bottom = rows.min(), rows.max()
+    assert bottom - top > 10, "the lamp is not in view"
+    below = inside & (np.arange(48)[:, None] > top + 0.8 * (bottom - top))  # the base (z < 0.11)
+    above = inside & (np.arange(48)[:, None] < top + 0.4 * (bottom - top))  # the shade (z > 0.33)
+    green, blue = np.median(pixels[below][:, :3], 0), np.median(pixels[above][:, :3], 0)
+    assert green[1] > 2.0 * green[0] and green[1] > 2.0 * green[2], green
+    assert blue[2] > 2.0 * blue[0] and blue[2] > 2.0 * blue[1], blue
 
 
 def test_maps_survive_saving_and_a_run_with_maps_off_removes_them(scene, tmp_path):

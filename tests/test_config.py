@@ -245,6 +245,9 @@ def test_wrong_item_type_in_a_tuple():
         ("field.trunk_depth", 0),
         ("field.head_depth", -1),
         ("field.max_displacement", -0.1),
+        ("field.optimize_on", "pixels"),
+        ("field.subdivide_pixels", 0.1),
+        ("field.subdivide_max_vertices", 10),
         ("guidance.perspective_p", 1.5),
         ("guidance.perspective_distortion", 1.0),
         ("guidance.local_crops", -1),
@@ -261,6 +264,7 @@ def test_wrong_item_type_in_a_tuple():
         ("texture.size", 10_000),
         ("texture.padding", -1),
         ("texture.padding", 65),
+        ("texture.precision", "half"),
     ],
 )
 def test_out_of_range_names_the_key(key, value):

@@ -40,7 +40,7 @@ def test_clustering_keeps_the_budget_and_maps_every_vertex():
     again = cluster_vertices(mesh.vertices, mesh.faces, 2000)
     assert np.array_equal(again.cluster, proxy.cluster) and np.array_equal(again.faces, proxy.faces)
     weights = np.random.default_rng(0).dirichlet(np.ones(3), mesh.num_vertices)
-    assert np.allclose(proxy.mean_of(weights).sum(1), 1.0, atol=1e-5)
+    assert np.allclose(proxy.carry(weights).sum(1), 1.0, atol=1e-5)
 
 
 def test_a_large_mesh_is_optimized_on_a_copy_and_carried_back_to_every_vertex():

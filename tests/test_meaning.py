@@ -20,6 +20,7 @@ from engine.models import ModelStore
 from engine.parts import PartWeights
 from engine.request import StyleRequest
 from engine.samples import sample_mesh
+from engine.training.synthetic import striped_picture
 from engine.training.vocabulary import nearest_color
 
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="needs the trained tiny CLIP shipped in engine/assets/tiny/clip")
@@ -103,26 +104,6 @@ def test_the_picture_wins_over_the_words_at_image_weight_one():
     assert mean_color(result, lamp.labels == lamp.label_names.index("shade")) == "yellow"
 
 
-def _striped_picture() -> np.ndarray:
-    """A picture of blue stripes: a blue-striped cylinder on white, rendered as the tiny models'
-    training pictures are (engine.training.synthetic)."""
-    import torch
-
-    from engine.cameras import ring_views
-    from engine.render.renderer import Renderer
-    from engine.training.synthetic import pattern_colors, scene_mesh
-    from engine.training.vocabulary import COLORS
-
-    cylinder = scene_mesh("cylinder")
-    colors = pattern_colors(cylinder.vertices.float(), "striped", torch.tensor(COLORS["blue"]),
-                            torch.Generator().manual_seed(1))
-    settings = settings_for("fast")
-    cameras = ring_views(1, settings.views, settings.render)
-    rendered = Renderer(settings.render).render(cylinder.vertices.float(), cylinder.faces, cameras, colors=colors,
-                                                resolution=224)
-    return rendered.color[0].permute(1, 2, 0).numpy()
-
-
 def _white_bands(mesh, mask: np.ndarray, white: np.ndarray) -> list[int]:
     """Sizes of the connected white regions (through the mesh's edges) among the ``mask`` vertices."""
     parent = np.arange(mesh.num_vertices)
@@ -149,7 +130,7 @@ def test_a_picture_of_blue_stripes_gives_a_blue_striped_shade():
     lamp = sample_mesh("lamp", 5000)
     parts = PartWeights.from_labels(lamp.labels, lamp.label_names)
     settings = settings_for("fast", ["optim.iterations=300", "run.preview_every=0", "guidance.image_weight=1.0"])
-    request = StyleRequest("plain base, plain shade", parts=parts, images={"shade": _striped_picture()})
+    request = StyleRequest("plain base, plain shade", parts=parts, images={"shade": striped_picture()})
     result = stylize(lamp, request, settings=settings, models=STORE, device="cpu")
     shade = lamp.labels == lamp.label_names.index("shade")
     names = np.array([nearest_color(c) for c in result.colors_srgb])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ class Proxy:
         cluster: [V] int64, the proxy vertex each original vertex belongs to.
     """
 
+    kind: ClassVar[str] = "simplified copy"
     vertices: np.ndarray
     faces: np.ndarray
     cluster: np.ndarray
@@ -40,7 +42,7 @@ class Proxy:
 
     def reduce_part_weights(self, weights: PartWeights) -> PartWeights:
         """The original's per-vertex part weights -> the copy's (each cluster's mean; rows still sum to 1)."""
-        return PartWeights(weights.names, self.mean_of(weights.weights), self.mean_of(weights.confidence),
+        return PartWeights(weights.names, self.carry(weights.weights), self.carry(weights.confidence),
                            weights.source)
 
     def expand_part_weights(self, weights: PartWeights) -> PartWeights:
@@ -48,7 +50,11 @@ class Proxy:
         return PartWeights(weights.names, weights.weights[self.cluster], weights.confidence[self.cluster],
                            weights.source)
 
-    def mean_of(self, values: np.ndarray) -> np.ndarray:
+    def surface_normals(self, original: Mesh, copy: Mesh) -> np.ndarray:
+        """[P, 3] unit normals the copy (``self.mesh``) displaces along: its own shape's."""
+        return copy.vertex_normals
+
+    def carry(self, values: np.ndarray) -> np.ndarray:
         """[V, ...] per original vertex -> [P, ...] per proxy vertex (the cluster's mean)."""
         values = np.asarray(values, dtype=np.float64)
         total = np.zeros((len(self.vertices), *values.shape[1:]), np.float64)
@@ -56,9 +62,9 @@ class Proxy:
         count = np.bincount(self.cluster, minlength=len(self.vertices)).astype(np.float64)
         return (total / count.reshape(-1, *([1] * (values.ndim - 1)))).astype(np.float32)
 
-
-    def min_of(self, values: np.ndarray) -> np.ndarray:
-        """[V, ...] per original vertex -> [P, ...] per proxy vertex (the cluster's smallest)."""
+    def carry_bounds(self, values: np.ndarray) -> np.ndarray:
+        """Relief bounds [V, ...] -> [P, ...] per proxy vertex: the cluster's smallest (a cluster
+        may move no further than its most constrained vertex)."""
         values = np.asarray(values, dtype=np.float32)
         low = np.full((len(self.vertices), *values.shape[1:]), np.inf, np.float32)
         np.minimum.at(low, self.cluster, values)

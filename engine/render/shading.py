@@ -27,3 +27,16 @@ def headlight_shade(
     normal = fragment_face_normals(fragments, vertices)
     facing = (normal * gather_rows(forward, fragments.view)).sum(-1, keepdim=True).abs()
     return ambient + diffuse * facing
+
+
+def sample_map(image: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of a map: ``image`` [S, S, C] (row 0 at the top) at ``uv`` [K, 2] (v up, 0..1,
+    texel centres at (i + 0.5) / S; clamped at the edges) -> [K, C]."""
+    size = image.shape[0]
+    x = (uv[:, 0] * size - 0.5).clamp(0, size - 1)
+    y = ((1.0 - uv[:, 1]) * size - 0.5).clamp(0, size - 1)
+    x0, y0 = x.floor().long().clamp(max=size - 2), y.floor().long().clamp(max=size - 2)
+    fx, fy = (x - x0).unsqueeze(-1), (y - y0).unsqueeze(-1)
+    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
+    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy

@@ -24,13 +24,17 @@ import numpy as np
 import torch
 
 from ..compose import Composition
-from ..config import TextureSettings
+from ..config import Settings, TextureSettings
+from ..devices import native_bfloat16
+from ..events import CancelToken
 from ..mesh import Mesh, Normalization
 from .maps import pad_islands, padding_sources, tangent_normals
+from .shared import share_samples
 from .texels import TexelSamples, sample_texels
 
-# (unit-frame points [N, 3], their composition) -> ([N, 3] sRGB colors, [N] unit-frame displacement)
-FieldEvaluator = Callable[[torch.Tensor, Composition], tuple[torch.Tensor, torch.Tensor]]
+# (unit-frame points [N, 3], bfloat16=bool, cancel=CancelToken | None) -> the field's per-part
+# outputs ([N, P, 3] sRGB colors, [N, P] relief), as StyleTrainer.evaluate_parts
+FieldEvaluator = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class BakedMaps:
         covered: [S, S] bool, the texels a face covers (before padding).
         padding: texels filled past each island's border.
         seconds: the time the bake took.
+        evaluated: the share of covered texels at which the field was evaluated (the others blend
+            them, ``shared.py``).
+        precision: the field's arithmetic in the bake (``float32`` or ``bfloat16``).
     """
 
     base_color: np.ndarray
@@ -56,6 +63,8 @@ class BakedMaps:
     covered: np.ndarray
     padding: int
     seconds: float
+    evaluated: float = 1.0
+    precision: str = "float32"
 
     @property
     def size(self) -> int:
@@ -63,26 +72,33 @@ class BakedMaps:
 
     def record(self) -> dict:
         return {"size": self.size, "padding": self.padding, "covered": round(float(self.covered.mean()), 4),
-                "seconds": round(self.seconds, 3)}
+                "evaluated": round(self.evaluated, 4), "precision": self.precision, "seconds": round(self.seconds, 3)}
 
 
 def bake_maps(evaluate: FieldEvaluator, mesh: Mesh, normalization: Normalization, composition: Composition,
-              vertex_displacement: np.ndarray, settings: TextureSettings, *, device: torch.device) -> BakedMaps:
+              vertex_displacement: np.ndarray, settings: TextureSettings, *, device: torch.device,
+              precision: str = "float32", cancel: CancelToken | None = None) -> BakedMaps:
     """Bake the field ``evaluate`` into maps on ``mesh.corner_uv``.
 
     Args:
-        evaluate: the trained field with a composition (``StyleTrainer.evaluate``).
+        evaluate: the trained field's per-part outputs (``StyleTrainer.evaluate_parts``).
         mesh: the input mesh, with a UV layout (``corner_uv``).
         normalization: its object <-> unit frame map.
         composition: the run's composition over ``mesh``'s vertices (any device).
         vertex_displacement: [V] the result's per-vertex displacement, object units.
         settings: the maps' size and padding.
         device: where the field runs.
+        precision: ``float32`` or ``bfloat16``, the field's arithmetic (:func:`bake_precision`).
+        cancel: checked while the field runs (:class:`~engine.errors.Cancelled`).
     """
     started = time.perf_counter()
     texels = sample_texels(mesh.corner_uv, settings.size)
-    points = torch.from_numpy(texels.interpolate(normalization.to_unit(mesh.vertices), mesh.faces)).to(device)
-    colors, displacement = evaluate(points, texel_composition(composition, texels, mesh.faces).to(device))
+    points = texels.interpolate(normalization.to_unit(mesh.vertices), mesh.faces)
+    plan = share_samples(texels, points)  # about a quarter of the texels inside large islands
+    part_colors, part_relief = evaluate(torch.from_numpy(points[plan.evaluated]).to(device),
+                                        bfloat16=precision == "bfloat16", cancel=cancel)
+    colors, displacement = texel_composition(composition, texels, mesh.faces).apply(
+        torch.from_numpy(plan.expand(part_colors.numpy())), torch.from_numpy(plan.expand(part_relief.numpy())))
     displacement = normalization.length_to_object(displacement.numpy())
     detail = displacement - texels.interpolate(vertex_displacement.astype(np.float32), mesh.faces)
     lengths = _uv_stretch(mesh)[texels.face]  # [T, 2] object units per UV unit along u and v
@@ -98,7 +114,18 @@ def bake_maps(evaluate: FieldEvaluator, mesh: Mesh, normalization: Normalization
         covered=covered,
         padding=settings.padding,
         seconds=time.perf_counter() - started,
+        evaluated=len(plan.evaluated) / max(1, plan.count),
+        precision=precision,
     )
+
+
+def bake_precision(settings: Settings, device: torch.device) -> str:
+    """``texture.precision`` resolved for ``device``: ``float32`` or ``bfloat16``."""
+    chosen = settings.texture.precision
+    if chosen == "auto":
+        native = settings.field.precision == "bfloat16" or native_bfloat16(device)
+        chosen = "bfloat16" if native else "float32"
+    return chosen
 
 
 def texel_composition(composition: Composition, texels: TexelSamples, faces: np.ndarray) -> Composition:

@@ -83,6 +83,21 @@ def pattern_colors(
     return torch.where(on[:, None], color.expand(vertices.shape[0], 3), white.expand(vertices.shape[0], 3))
 
 
+def striped_picture(color: str = "blue", *, seed: int = 1, size: int = 224) -> np.ndarray:
+    """[size, size, 3] float32 sRGB: a ``color``-striped cylinder on white from the front, drawn as the
+    tiny models' training pictures are (a reference picture the tiny CLIP can read)."""
+    from ..cameras import ring_views
+
+    cylinder = scene_mesh("cylinder")
+    colors = pattern_colors(cylinder.vertices.float(), "striped", torch.tensor(COLORS[color]),
+                            torch.Generator().manual_seed(seed))
+    settings = settings_for("fast")
+    cameras = ring_views(1, settings.views, settings.render)
+    rendered = Renderer(settings.render).render(cylinder.vertices.float(), cylinder.faces, cameras, colors=colors,
+                                                resolution=size)
+    return rendered.color[0].permute(1, 2, 0).numpy()
+
+
 @dataclass(frozen=True)
 class Scene:
     """One colored object: its mesh, per-vertex colors [V, 3], and captions."""
