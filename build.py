@@ -208,9 +208,10 @@ def pytest(python: str, args: list[str], extra_env: dict[str, str] | None = None
 
 def test_lowest(args: list[str]) -> None:
     python = ensure_venv(LOWEST_VENV, lowest_requirements())
-    run([python, "-c", "import numpy, transformers, huggingface_hub, safetensors, trimesh, PIL, tqdm, torch; "
-                       "print('[build] lowest versions: ' + ', '.join(f'{m.__name__} {m.__version__}' for m in "
-                       "(torch, transformers, huggingface_hub, safetensors, numpy, trimesh, PIL, tqdm)))"])
+    run([python, "-c", "import importlib.metadata as md; "
+                       "print('[build] lowest versions: ' + ', '.join(f'{n} {md.version(n)}' for n in "
+                       "('torch', 'transformers', 'huggingface_hub', 'safetensors', 'numpy', 'trimesh', 'pillow', "
+                       "'tqdm', 'ray', 'xatlas')))"])
     pytest(python, args)
 
 

@@ -129,27 +129,20 @@ def stylize(
     check_fits(work.num_vertices, settings, max(1, len(request.styled_pairs)), dev)
     part_weights = work_weights = None
     part_confidence: dict[str, float] = {}
-    if not parsed.is_holistic:
-        if request.parts is not None:
-            part_weights = request.parts.select(parsed.parts)
-            work_weights = part_weights if copy is None else copy.reduce_part_weights(part_weights)
-        else:  # on the lighter of the mesh and its copy
-            on_copy = work.num_vertices < mesh.num_vertices
-            located = locate_parts(work if on_copy else mesh, parsed.parts, settings=settings, models=store,
-                                   device=dev, on_event=on_event, cancel=cancel)
-            part_confidence = located.part_confidence
-            if on_copy:
-                work_weights, part_weights = located.weights, copy.expand_part_weights(located.weights)
-            else:
-                part_weights = located.weights
-                work_weights = part_weights if copy is None else copy.reduce_part_weights(part_weights)
+    if request.parts is not None:
+        part_weights = request.parts.select(parsed.parts)
+        work_weights = part_weights if copy is None else copy.reduce_part_weights(part_weights)
+    elif not parsed.is_holistic:  # located on the lighter of the mesh and its copy
+        on_copy = work.num_vertices < mesh.num_vertices
+        located = locate_parts(work if on_copy else mesh, parsed.parts, settings=settings, models=store,
+                               device=dev, on_event=on_event, cancel=cancel)
+        part_confidence = located.part_confidence
+        part_weights = copy.expand_part_weights(located.weights) if on_copy else located.weights
+        work_weights = located.weights if on_copy or copy is None else copy.reduce_part_weights(located.weights)
     outward, inward = _relief_bounds(mesh, request, settings, on_event)
-    composition = _composition(work.num_vertices, request, work_weights, normalization,
-                               carry=None if copy is None else copy.carry)
-    if copy is not None:
-        composition = composition.with_relief(copy.carry_bounds(outward), copy.carry_bounds(inward))
-    else:
-        composition = composition.with_relief(outward, inward)
+    carry, carry_bounds = (None, lambda bounds: bounds) if copy is None else (copy.carry, copy.carry_bounds)
+    composition = _composition(work.num_vertices, request, work_weights, normalization, carry=carry)
+    composition = composition.with_relief(carry_bounds(outward), carry_bounds(inward))
 
     on_event(StageEvent("loading models", store.describe()))
     guidance = ClipGuidance(store.clip(dev), settings.guidance)

@@ -117,8 +117,8 @@ def refine_edges(vertices: np.ndarray, faces: np.ndarray, max_edge: float, max_v
     count = len(positions)
     parent = np.arange(len(current), dtype=np.int64)
     corner_bary = np.broadcast_to(np.eye(3), (len(current), 3, 3)).copy()  # [G, corner, bary]
-    sources_face = [_first_faces(current, count)]
-    sources_bary = [np.eye(3)[_first_corners(current, count)]]
+    first_face, first_corner = _a_corner_of_each_vertex(current, count)
+    sources_face, sources_bary = [first_face], [np.eye(3)[first_corner]]
     while True:
         ends = np.stack([current, np.roll(current, -1, axis=1)], axis=-1)  # [G, 3, 2] edges ab, bc, ca
         keys = np.sort(ends, axis=-1).reshape(-1, 2)
@@ -153,18 +153,13 @@ def refine_edges(vertices: np.ndarray, faces: np.ndarray, max_edge: float, max_v
     )
 
 
-def _first_faces(faces: np.ndarray, count: int) -> np.ndarray:
-    """[V] a face using each vertex (0 for a vertex no face uses: its rows are copied anyway)."""
-    face = np.zeros(count, dtype=np.int64)
-    face[faces[::-1].reshape(-1)] = np.repeat(np.arange(len(faces))[::-1], 3)
-    return face
-
-
-def _first_corners(faces: np.ndarray, count: int) -> np.ndarray:
-    """[V] the corner (0..2) of each vertex in the face :func:`_first_faces` picks."""
-    corner = np.zeros(count, dtype=np.int64)
-    corner[faces[::-1].reshape(-1)] = np.tile(np.arange(3), len(faces))
-    return corner
+def _a_corner_of_each_vertex(faces: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """([V] face, [V] corner 0..2): where each vertex first appears in ``faces`` (face 0, corner 0
+    for a vertex no face uses: its rows are copied anyway)."""
+    face, corner = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+    used, first = np.unique(faces.reshape(-1), return_index=True)
+    face[used], corner[used] = np.divmod(first, 3)
+    return face, corner
 
 
 def _retriangulate(faces, parent, corner_bary, midpoints, positions):
