@@ -156,11 +156,8 @@ def stylize(
         part_texts=part_targets,
         grounding=_grounding_loss(store, dev, styled, settings) if styled else None,
     )
-    surface = SurfaceInputs(
-        vertices=torch.from_numpy(normalization.to_unit(work.vertices)).to(dev),
-        normals=torch.from_numpy(work.vertex_normals if copy is None else copy.surface_normals(mesh, work)).to(dev),
-        faces=torch.from_numpy(work.faces).to(dev),
-    )
+    normals = work.vertex_normals if copy is None else copy.surface_normals(mesh, work)
+    surface = SurfaceInputs.of(normalization.to_unit(work.vertices), normals, work.faces, dev)
     fingerprint = run_fingerprint(mesh, parsed, settings, store.describe(), composition,
                                   images=tuple((part, ref.sha256) for part, ref in request.images))
     trainer = StyleTrainer(surface, objective, guidance, settings, fingerprint=fingerprint)

@@ -184,11 +184,7 @@ def with_relief(composition):
 def lamp_surface(faces: int, device: torch.device) -> tuple:
     """(mesh, SurfaceInputs) of the sample lamp with ``faces`` faces, unit frame."""
     mesh = sample_mesh("lamp", faces)
-    surface = SurfaceInputs(
-        torch.from_numpy(mesh.unit_vertices()).to(device),
-        torch.from_numpy(mesh.vertex_normals).to(device),
-        torch.from_numpy(mesh.faces).to(device),
-    )
+    surface = SurfaceInputs.of(mesh.unit_vertices(), mesh.vertex_normals, mesh.faces, device)
     return mesh, surface
 
 

@@ -46,13 +46,10 @@ def run_detail_benchmark(*, faces: int = 2000, reps: int = 5, clips: tuple[str, 
     prompt = parse_prompt(PROMPT)
     weights = PartWeights.from_labels(lamp.labels, lamp.label_names).select(prompt.parts)
     surfaces = {
-        "mesh": (SurfaceInputs(torch.from_numpy(normalization.to_unit(lamp.vertices)).to(dev),
-                               torch.from_numpy(lamp.vertex_normals).to(dev), torch.from_numpy(lamp.faces).to(dev)),
+        "mesh": (SurfaceInputs.of(normalization.to_unit(lamp.vertices), lamp.vertex_normals, lamp.faces, dev),
                  weights),
-        "subdivided": (SurfaceInputs(torch.from_numpy(normalization.to_unit(work.vertices)).to(dev),
-                                     torch.from_numpy(copy.surface_normals(lamp, work)).to(dev),
-                                     torch.from_numpy(work.faces).to(dev)),
-                       copy.reduce_part_weights(weights)),
+        "subdivided": (SurfaceInputs.of(normalization.to_unit(work.vertices), copy.surface_normals(lamp, work),
+                                        work.faces, dev), copy.reduce_part_weights(weights)),
     }
     report_line(out, f"# optimizing on a subdivided copy: sample lamp {lamp.num_faces} faces ({lamp.num_vertices} "
                 f"vertices) -> {len(work.faces)} faces ({work.num_vertices} vertices); fast preset CLIP step, "

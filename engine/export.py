@@ -303,20 +303,19 @@ def before_after_grid(result: StyleResult, *, views: int = PREVIEW_VIEWS, size: 
     renderer = Renderer(settings.render)
     faces = torch.from_numpy(mesh.faces)
     gray = torch.full((mesh.num_vertices, 3), BEFORE_GRAY)
-    shown = [("before", mesh.vertices, gray)]
+    displaced = result.displaced_vertices()
+    shown = [("before", mesh.vertices, {"colors": gray})]  # (label, vertices, how the renderer colors them)
     if result.parts is not None:
-        shown.append(("parts", mesh.vertices, torch.from_numpy(part_colors(result.parts.weights))))
-    shown.append(("after", result.displaced_vertices(), torch.from_numpy(result.colors_srgb)))
+        shown.append(("parts", mesh.vertices, {"colors": torch.from_numpy(part_colors(result.parts.weights))}))
+    shown.append(("after", displaced, {"colors": torch.from_numpy(result.colors_srgb)}))
     if result.maps is not None:
         texture = (torch.from_numpy(mesh.corner_uv), torch.from_numpy(result.maps.base_color))
-        shown.append(("maps", result.displaced_vertices(), texture))
+        shown.append(("maps", displaced, {"texture": texture}))
     rows = []
     for _, vertices, look in shown:
         unit = torch.from_numpy(normalization.to_unit(vertices))
-        textured = isinstance(look, tuple)
         with torch.no_grad():
-            out = renderer.render(unit, faces, cameras, colors=None if textured else look,
-                                  texture=look if textured else None, resolution=size)
+            out = renderer.render(unit, faces, cameras, resolution=size, **look)
         rows.append([image.permute(1, 2, 0).numpy() for image in out.color])
     labels = [label for label, _, _ in shown]
     if result.references:  # the pictures the run followed, as thumbnails, in prompt order

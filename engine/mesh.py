@@ -201,17 +201,14 @@ def load_mesh(path: str | os.PathLike, *, merge_vertices: bool = False) -> Mesh:
         uv = None
     vertices, faces = np.asarray(loaded.vertices), np.asarray(loaded.faces)
     corner_uv = None if uv is None else np.asarray(uv)[faces]  # per face corner: welding keeps it
-    if merge_vertices and corner_uv is not None:
+    if merge_vertices:
         vertices, faces = weld_equal_positions(vertices, faces)
-    elif merge_vertices:
-        loaded.merge_vertices(merge_tex=True, merge_norm=True)
-        vertices, faces = np.asarray(loaded.vertices), np.asarray(loaded.faces)
     return mesh_from_arrays(vertices, faces, name=os.path.splitext(name)[0], corner_uv=corner_uv)
 
 
 def weld_equal_positions(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One vertex per distinct position ([V', 3], in order of first use) and ``faces`` renumbered:
-    for a UV-mapped file split at its seams, whose per-corner UVs stay as they are."""
+    """One vertex per distinct position ([V', 3], in the file's order of first appearance) and ``faces``
+    renumbered (per-corner data such as UVs stays as it is)."""
     unique, first, inverse = np.unique(vertices, axis=0, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")  # keep the file's order
     rank = np.empty_like(order)
@@ -299,6 +296,14 @@ def _degenerate_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     doubled_area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     diag = float(np.linalg.norm(vertices.max(axis=0) - vertices.min(axis=0)))
     return repeated | (doubled_area <= 1e-12 * max(diag, 1e-30) ** 2)
+
+
+def barycentric_blend(values: np.ndarray, faces: np.ndarray, face: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """Per-vertex ``values`` [V, ...] at surface points given as a ``face`` [N] of ``faces`` [F, 3] and
+    barycentrics ``bary`` [N, 3] there -> [N, ...], in ``values``' dtype."""
+    corners = values[faces[face]]  # [N, 3, ...]
+    weights = bary.reshape(bary.shape + (1,) * (values.ndim - 1))
+    return (weights * corners).sum(axis=1).astype(values.dtype, copy=False)
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

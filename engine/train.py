@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .cameras import sample_views
@@ -50,6 +51,12 @@ class SurfaceInputs:
     vertices: torch.Tensor
     normals: torch.Tensor
     faces: torch.Tensor
+
+    @classmethod
+    def of(cls, unit_vertices: np.ndarray, normals: np.ndarray, faces: np.ndarray, device) -> SurfaceInputs:
+        """From numpy arrays: [V, 3] unit-frame positions, [V, 3] unit normals, [F, 3] faces."""
+        return cls(torch.from_numpy(unit_vertices).to(device), torch.from_numpy(normals).to(device),
+                   torch.from_numpy(faces).to(device))
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,7 @@ class StyleTrainer:
 
     def outputs(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The current composed ([V, 3] sRGB colors, [V] unit-frame displacement), float32."""
-        bf16 = self.settings.field.precision == "bfloat16"
+        bf16 = self._bf16()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
             colors, displacement = self.field.decode(self.features, mask)
         return self.composition.apply(colors.float(), displacement.float())
@@ -334,9 +341,8 @@ class StyleTrainer:
         mesh to every original vertex."""
         colors, displacement = [], []
         for start in range(0, vertices.shape[0], chunk):
-            end = start + chunk
-            part_colors, part_relief = self.evaluate_parts(vertices[start:end], chunk=chunk)
-            c, d = composition.rows(start, end).apply(part_colors.to(self.device), part_relief.to(self.device))
+            part_colors, part_relief = self._decode(vertices[start:start + chunk], self._bf16())
+            c, d = composition.rows(start, start + chunk).apply(part_colors, part_relief)
             colors.append(c.cpu())
             displacement.append(d.cpu())
         return torch.cat(colors), torch.cat(displacement)
@@ -351,18 +357,25 @@ class StyleTrainer:
         turns them into colors and displacement (``Composition.apply``). ``bfloat16``: run the
         network under bf16 autocast (None: as ``field.precision`` says). ``cancel`` is checked
         before every chunk (:class:`Cancelled`)."""
-        bf16 = self.settings.field.precision == "bfloat16" if bfloat16 is None else bfloat16
+        bf16 = self._bf16() if bfloat16 is None else bfloat16
         count, parts = points.shape[0], self.field.parts
         colors, relief = torch.empty(count, parts, 3), torch.empty(count, parts)
         for start in range(0, count, chunk):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            batch = points[start:start + chunk].to(self.device)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                part_colors, part_relief = self.field.decode(self.field.encode(batch))
-            colors[start:start + len(batch)] = part_colors.float().cpu()
-            relief[start:start + len(batch)] = part_relief.float().cpu()
+            part_colors, part_relief = self._decode(points[start:start + chunk], bf16)
+            colors[start:start + len(part_colors)] = part_colors.cpu()
+            relief[start:start + len(part_colors)] = part_relief.cpu()
         return colors, relief
+
+    def _bf16(self) -> bool:
+        return self.settings.field.precision == "bfloat16"
+
+    def _decode(self, points: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, 3] unit-frame points -> the field's per-part ([N, P, 3], [N, P]) float32 on the device."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            part_colors, part_relief = self.field.decode(self.field.encode(points.to(self.device)))
+        return part_colors.float(), part_relief.float()
 
     def _preview(self, total: int, image: torch.Tensor | None, scale: float) -> PreviewEvent:
         colors, displacement = self._final_outputs()

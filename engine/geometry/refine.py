@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..mesh import Mesh, MeshWarning, mesh_from_arrays
+from ..mesh import Mesh, MeshWarning, barycentric_blend, mesh_from_arrays
 from ..parts import PartWeights
 
 # Each face's six slots: corners a, b, c (0, 1, 2), then the midpoints of edges ab, bc, ca (3, 4, 5).
@@ -71,9 +71,7 @@ class Refinement:
         """[V, ...] per original vertex -> [W, ...] float32 per copy vertex: the barycentric blend of
         the holding face's corners (the original rows are copied exactly)."""
         values = np.asarray(values, dtype=np.float32)
-        corners = values[self.original_faces[self.source_face]].astype(np.float64)  # [W, 3, ...]
-        weights = self.source_bary.astype(np.float64).reshape(*self.source_bary.shape, *([1] * (values.ndim - 1)))
-        out = (corners * weights).sum(1).astype(np.float32)
+        out = barycentric_blend(values, self.original_faces, self.source_face, self.source_bary)
         out[: self.original_count] = values
         return out
 

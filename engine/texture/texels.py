@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..mesh import barycentric_blend
 from ..render.raster import rasterize
 
 
@@ -43,9 +44,7 @@ class TexelSamples:
 
     def interpolate(self, values: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Per-vertex ``values`` [V, ...] -> [T, ...] at the texel centres (barycentric)."""
-        corners = values[faces[self.face]]  # [T, 3, ...]
-        weights = self.bary.reshape(self.bary.shape + (1,) * (values.ndim - 1))
-        return (weights * corners).sum(axis=1).astype(values.dtype, copy=False)
+        return barycentric_blend(values, faces, self.face, self.bary)
 
     def image(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """[T, ...] texel values -> a [size, size, ...] image, ``fill`` where no face covers."""
