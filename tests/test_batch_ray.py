@@ -65,7 +65,8 @@ def test_ray_gives_the_local_executors_outcomes_and_results(both):
     workers = {json.loads((folder / "ray" / a / "run.json").read_text())["device"] for a in ("lamp", "mug")}
     assert workers == {"cpu"}
     assert len(executor.round_trips) == 3
-    assert all(trip.seconds >= trip.worker_seconds for trip in executor.round_trips)
+    # the worker's seconds are rounded to the millisecond, the round trip's are not
+    assert all(trip.seconds >= trip.worker_seconds - 0.0005 for trip in executor.round_trips)
 
 
 def test_a_ray_rerun_skips_the_done_assets(both, tmp_path):

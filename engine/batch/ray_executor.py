@@ -50,7 +50,7 @@ class AssetWorker:
 @dataclass
 class RoundTrip:
     """One asset as the driver saw it: ``seconds`` from handing it out to its outcome's arrival,
-    ``worker_seconds`` inside the worker; the difference is Ray's overhead, plus the worker's own
+    ``worker_seconds`` inside the worker (rounded to the millisecond); the difference is Ray's overhead, plus the worker's own
     start (its process, imports) for the ``first`` asset a worker is given."""
 
     asset_id: str
@@ -101,8 +101,9 @@ class RayExecutor:
             def hand_out(slot: int, attempt: int = 1, item=None) -> None:
                 position, planned = item if item is not None else queue.pop(0)
                 on_event(AssetEvent(planned.asset.id, len(self.round_trips), len(jobs)))
+                handed = time.perf_counter()  # before the call: the actor may start before .remote() returns
                 ref = actors[slot].run.remote(planned.asset, out_dir, planned.fingerprint)
-                running[ref] = (slot, position, planned, attempt, time.perf_counter())
+                running[ref] = (slot, position, planned, attempt, handed)
 
             for slot in range(len(actors)):
                 if queue:
