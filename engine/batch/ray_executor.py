@@ -50,8 +50,9 @@ class AssetWorker:
 @dataclass
 class RoundTrip:
     """One asset as the driver saw it: ``seconds`` from handing it out to its outcome's arrival,
-    ``worker_seconds`` inside the worker (rounded to the millisecond); the difference is Ray's overhead, plus the worker's own
-    start (its process, imports) for the ``first`` asset a worker is given."""
+    ``worker_seconds`` inside the worker (rounded to the millisecond); the difference is Ray's
+    overhead, plus the worker's own start (its process, imports) for the ``first`` asset a worker
+    is given."""
 
     asset_id: str
     seconds: float
