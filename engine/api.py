@@ -18,18 +18,19 @@ import torch
 
 from .compose import Composition, compose_parts, whole_object
 from .config import Settings, settings_for
-from .devices import mps_fallback_notice, resolve_device
+from .devices import mps_fallback_notice, resolve_device, use_bfloat16
 from .errors import Cancelled, CheckpointError
-from .events import CancelToken, EventSink, NoticeEvent, StageEvent, ignore_events
+from .events import CancelToken, EventSink, NoticeEvent, PreviewEvent, StageEvent, ignore_events
 from .field import BASE_COLOR
 from .grounding.detector import GroundingDetector
 from .grounding.locate import Localization, detector_boxes, locate, rectangle_masks, segmenter_masks
 from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
-from .memory import check_fits
+from .memory import check_fits, peak_memory_mb
 from .mesh import Mesh, Normalization
 from .models import ModelStore
+from .parts import part_colors
 from .prompt import StylePrompt, check_part_names
 from .references import WHOLE, mix_targets
 from .relief import relief_bounds
@@ -51,6 +52,7 @@ def locate_parts(
     device: str | torch.device = "auto",
     on_event: EventSink = ignore_events,
     cancel: CancelToken | None = None,
+    on_progress=None,
 ) -> Localization:
     """Find the named parts on ``mesh`` with the grounding model (METHOD section 5.1).
 
@@ -59,7 +61,8 @@ def locate_parts(
     settled on the mesh's patches. Returns the per-vertex :class:`PartWeights` (exactly *keep*
     where no part won) with the boxes, masks and views they came from. Raises
     :class:`PartNotFound` when a part has no support in any view, :class:`Cancelled` when
-    ``cancel`` is set while the model runs.
+    ``cancel`` is set while the model runs. ``on_progress(weights, views done, views)`` receives
+    the parts settled from the views seen so far (``grounding.locate.locate``).
     """
     settings = settings or settings_for()
     dev = _run_device(device, on_event)
@@ -68,13 +71,14 @@ def locate_parts(
     loc = settings.localize
     use_masks = loc.evidence == "masks"
     on_event(StageEvent("loading models", f"grounding{' and segmenter' if use_masks else ''} ({store.describe()})"))
-    detector = views_detector(store.grounding(dev), loc.resolution)
-    masks = (segmenter_masks(BoxSegmenter(store.segmenter(dev)), loc.box_threshold, cancel) if use_masks
-             else rectangle_masks(settings))
+    bfloat16 = use_bfloat16(loc.precision, dev)
+    detector = views_detector(store.grounding(dev), loc.resolution, bfloat16=bfloat16)
+    masks = (segmenter_masks(BoxSegmenter(store.segmenter(dev), bfloat16=bfloat16), loc.box_threshold, cancel)
+             if use_masks else rectangle_masks(settings))
     on_event(StageEvent("locating parts", ", ".join(names)))
     vertices = torch.from_numpy(mesh.unit_vertices()).to(dev)
     detect = detector_boxes(detector, loc.box_threshold, cancel)
-    return locate(vertices, torch.from_numpy(mesh.faces).to(dev), names, detect, masks, settings)
+    return locate(vertices, torch.from_numpy(mesh.faces).to(dev), names, detect, masks, settings, on_progress)
 
 
 def stylize(
@@ -108,6 +112,8 @@ def stylize(
     Raises :class:`PromptError` / :class:`InputError` for a request that does not fit the mesh,
     before any model loads.
     """
+    started = time.perf_counter()
+    on_event, first_preview = _timing_first_preview(on_event, started)
     request = request if isinstance(request, StyleRequest) else StyleRequest(request)
     request.check_mesh(mesh.num_vertices)
     settings = settings or settings_for()
@@ -120,7 +126,9 @@ def stylize(
     parsed = request.prompt
     dev = _run_device(device, on_event)
     store = models if isinstance(models, ModelStore) else ModelStore(models)
-    started = time.perf_counter()
+    loading_before = store.seconds_loading
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)  # run.json's peak is this run's
     normalization = Normalization.fit(mesh.vertices)
     copy = working_copy(mesh, normalization, settings)
     work = mesh if copy is None else copy.mesh(mesh.name)
@@ -128,17 +136,27 @@ def stylize(
         on_event(StageEvent(*announce_copy(copy, mesh, settings)))
     check_fits(work.num_vertices, settings, max(1, len(request.styled_pairs)), dev)
     part_weights = work_weights = None
+    seconds_locating = 0.0
     part_confidence: dict[str, float] = {}
     if request.parts is not None:
         part_weights = request.parts.select(parsed.parts)
         work_weights = part_weights if copy is None else copy.reduce_part_weights(part_weights)
     elif not parsed.is_holistic:  # located on the lighter of the mesh and its copy
+        locating = time.perf_counter()
         on_copy = work.num_vertices < mesh.num_vertices
+
+        def show_parts(weights, done: int, count: int) -> None:  # the parts found so far, as a live preview
+            if settings.run.preview_every:
+                shown = copy.expand_part_weights(weights) if on_copy else weights
+                on_event(PreviewEvent(0, settings.optim.iterations, part_colors(shown.weights),
+                                      np.zeros(mesh.num_vertices, np.float32)))
+
         located = locate_parts(work if on_copy else mesh, parsed.parts, settings=settings, models=store,
-                               device=dev, on_event=on_event, cancel=cancel)
+                               device=dev, on_event=on_event, cancel=cancel, on_progress=show_parts)
         part_confidence = located.part_confidence
         part_weights = copy.expand_part_weights(located.weights) if on_copy else located.weights
         work_weights = located.weights if on_copy or copy is None else copy.reduce_part_weights(located.weights)
+        seconds_locating = time.perf_counter() - locating
     outward, inward = _relief_bounds(mesh, request, settings, on_event)
     carry, carry_bounds = (None, lambda bounds: bounds) if copy is None else (copy.carry, copy.carry_bounds)
     composition = _composition(work.num_vertices, request, work_weights, normalization, carry=carry)
@@ -186,13 +204,19 @@ def stylize(
             raise Cancelled("cancelled while baking the maps, after the optimization", checkpoint=saved) from None
     record = {
         "device": str(dev),
+        "precision": {name: "bfloat16" if use_bfloat16(getattr(settings, name).precision, dev) else "float32"
+                      for name in ("field", "guidance", "localize")},
         "models": store.describe(),
         "model_sources": store.record(),  # each model used: hub repo and pinned revision, or tiny / folder
         "reference_images": {part: ref.record() for part, ref in request.images},  # by content hash
         "steps": trained.steps,
         "skipped_steps": trained.skipped,
         "seconds_setup": round(ready - started, 3),
+        "seconds_locating": round(seconds_locating, 3),
         "seconds_optimizing": round(trained.seconds, 3),
+        "seconds_to_first_preview": None if not first_preview else round(first_preview[0], 3),
+        "seconds_loading_models": round(store.seconds_loading - loading_before, 3),
+        "peak_memory_mb": round(peak_memory_mb(dev), 1),
         "normalization": {"center": normalization.center.tolist(), "scale": normalization.scale},
         "optimized_vertices": work.num_vertices,
         "optimized_on": "mesh" if copy is None else copy.kind,
@@ -215,6 +239,19 @@ def stylize(
         references=request.images,
         maps=maps,
     )
+
+
+def _timing_first_preview(on_event: EventSink, started: float) -> tuple[EventSink, list[float]]:
+    """``on_event`` passing every event on, and the list it fills with the seconds from ``started``
+    to the first :class:`PreviewEvent` (what an artist waits for before seeing anything)."""
+    first: list[float] = []
+
+    def forward(event) -> None:
+        if not first and isinstance(event, PreviewEvent):
+            first.append(time.perf_counter() - started)
+        on_event(event)
+
+    return forward, first
 
 
 def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, on_event: EventSink):
@@ -249,18 +286,20 @@ def _composition(num_vertices: int, request: StyleRequest, part_weights, normali
     )
 
 
-def views_detector(bundle, resolution: int) -> GroundingDetector:
+def views_detector(bundle, resolution: int, *, bfloat16: bool = False) -> GroundingDetector:
     """A detector for views rendered at ``resolution`` px: they are shown to the model at its own
     input size (the bundle's shortest edge: 800 for Grounding DINO, 256 for the tiny one), or at
-    ``resolution`` where that is smaller - never enlarged, and never larger than the model learned."""
-    return GroundingDetector(bundle, size=min(int(resolution), int(bundle.size)))
+    ``resolution`` where that is smaller - never enlarged, and never larger than the model learned.
+    ``bfloat16``: the model runs under bf16 autocast."""
+    return GroundingDetector(bundle, size=min(int(resolution), int(bundle.size)), bfloat16=bfloat16)
 
 
 def _grounding_loss(store: ModelStore, device: torch.device, styled, settings: Settings):
     """The grounding-space part loss when the schedule uses it, else None (no model is loaded)."""
     if settings.guidance.grounding_every <= 0:
         return None
-    detector = views_detector(store.grounding(device), settings.guidance.grounding_resolution)
+    detector = views_detector(store.grounding(device), settings.guidance.grounding_resolution,
+                              bfloat16=use_bfloat16(settings.guidance.precision, device))
     return GroundingPartLoss(detector, [p.part for p in styled], [p.phrase for p in styled],
                              threshold=settings.guidance.grounding_threshold)
 

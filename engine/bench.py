@@ -32,6 +32,7 @@ from .api import resolve_device
 from .cameras import sample_views
 from .compose import compose_parts, whole_object
 from .config import settings_for
+from .devices import use_bfloat16
 from .geometry.intersections import intersecting_pairs
 from .geometry.patches import segment_patches
 from .geometry.thickness import local_thickness
@@ -40,6 +41,7 @@ from .grounding.locate import detector_boxes, rectangle_masks, render_views, seg
 from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
+from .memory import peak_memory_mb
 from .models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -94,7 +96,8 @@ def run_benchmarks(
 
     models = BenchmarkModels(clip, dev)
     faces = 20_000 if quick else ITERATION_FACES
-    variants = [("fast", ())] if quick else [("text2mesh", ()), ("fast", ()), ("fast", ("field.precision=bfloat16",))]
+    all_float32 = tuple(f"{name}.precision=float32" for name in ("field", "guidance", "localize"))
+    variants = [("fast", ())] if quick else [("text2mesh", ()), ("fast", ()), ("fast", all_float32)]
     figures["iteration"] = {}
     for preset, overrides in variants:
         result = iteration_timing(preset, dev, reps, models=models, faces=faces, overrides=overrides)
@@ -258,7 +261,8 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
     prompt = parse_prompt("pottery base, gold tube, linen shade")
     weights = PartWeights.from_labels(mesh.labels, mesh.label_names).select(prompt.parts)
     composition = with_relief(compose_parts(weights, original_colors=np.full((mesh.num_vertices, 3), 0.5, np.float32)))
-    detector = GroundingDetector(models.grounding, size=settings.guidance.grounding_resolution)
+    detector = GroundingDetector(models.grounding, size=settings.guidance.grounding_resolution,
+                                 bfloat16=use_bfloat16(settings.guidance.precision, device))
     objective = Objective(
         text=guidance.encode_text([prompt.full_text()])[0],
         composition=composition,
@@ -315,8 +319,9 @@ def localization_timing(size: int, device: torch.device, *, models: BenchmarkMod
         "fast", [f"localize.views={LOCATE_VIEWS}", f"localize.resolution={size}", "localize.box_threshold=0"]
     )
     _mesh, surface = lamp_surface(20_000, device)
-    detect = detector_boxes(GroundingDetector(models.grounding, size=size), 0.0)
-    segment = segmenter_masks(BoxSegmenter(models.segmenter), 0.0)
+    bfloat16 = use_bfloat16(settings.localize.precision, device)
+    detect = detector_boxes(GroundingDetector(models.grounding, size=size, bfloat16=bfloat16), 0.0)
+    segment = segmenter_masks(BoxSegmenter(models.segmenter, bfloat16=bfloat16), 0.0)
     vertices, faces = surface.vertices.cpu().numpy(), surface.faces.cpu().numpy()
     parts = ("base", "tube", "shade")
     times: dict[str, float] = {}
@@ -396,12 +401,7 @@ def benchmark_segmenter(name: str, device: torch.device) -> SegmenterBundle:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (MB); NaN where the OS does not report it."""
-    try:
-        import resource  # POSIX only
-    except ImportError:
-        return float("nan")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return peak_memory_mb(torch.device("cpu"))
 
 
 def _now(device: torch.device) -> float:

@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bake", action="store_true", help="instead: the time to bake 1024 and 2048 px maps of 40k faces")
     p.add_argument("--detail", action="store_true",
                    help="instead: a 2k-face lamp's step on its subdivided copy against the mesh itself")
+    p.add_argument("--runs", action="store_true",
+                   help="instead: whole stylize commands of the presets on the 40k-face lamp with the real-size "
+                   "architectures (random weights; a model folder built once)")
+    p.add_argument("--models-folder", default=None,
+                   help="with --runs: where the real-size model folder is kept (default ~/.cache/partstyle)")
+    p.add_argument("--only", action="append", default=None, metavar="RUN",
+                   help="with --runs: only the runs whose name starts with this (repeatable), e.g. 'fast'")
     p.set_defaults(handler=cmd_bench)
     return parser
 
@@ -373,6 +380,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         silence_library_progress()
         run_bake_benchmark(device=args.device)
+        return 0
+    if args.runs:
+        from .bench_runs import RUNS, run_whole_commands
+
+        silence_library_progress()
+        runs = tuple(r for r in RUNS if not args.only or any(r.name.startswith(o) for o in args.only))
+        run_whole_commands(device=args.device, models=args.models_folder, runs=runs, out=sys.stdout)
         return 0
     if args.detail:
         from .bench_detail import run_detail_benchmark

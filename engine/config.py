@@ -72,8 +72,9 @@ class FieldSettings:
     relief_gain: the relief head's output is scaled by this before its tanh: relief develops in
         fewer iterations (its bound is unchanged).
     progressive_steps: iterations over which the Fourier frequencies open, lowest first (0: off).
-    precision: ``float32``, or ``bfloat16`` to run the MLP under autocast: about 2x faster on CPUs
-        with native bf16 (AVX512-BF16, AMX) and on GPUs, slower on CPUs without it.
+    precision: the MLP's arithmetic: ``float32``, ``bfloat16`` (under autocast: about 2x faster on
+        CPUs with native bf16, AVX512-BF16 or AMX, and on GPUs; slower on CPUs without it), or
+        ``auto``: bfloat16 where the device has it natively, else float32.
     max_vertices: a mesh with more vertices is optimized on a simplified copy of about this many
         (vertex clustering), and the field is then evaluated at every original vertex; 0: never.
         Memory and time per iteration follow the copy's size (docs/performance.md).
@@ -95,7 +96,7 @@ class FieldSettings:
     relief_smoothness: float = 1.0
     relief_gain: float = 5.0
     progressive_steps: int = 0
-    precision: str = "float32"
+    precision: str = "auto"
     max_vertices: int = 100_000
     optimize_on: str = "auto"
     subdivide_pixels: float = 3.0
@@ -125,6 +126,11 @@ class GuidanceSettings:
     image_weight: a reference image's share of its part's target beside its words (0: the words
         only, 1: the picture only); engine/references.py.
     image_crops: augmented crops of a reference image averaged into its target.
+    precision: the guidance models' arithmetic on every step (CLIP, and Grounding DINO on
+        grounding steps): ``float32``, ``bfloat16`` (autocast: matrix products in bf16, the losses
+        in float32; 1.6-1.9x faster where the hardware has it, the image gradient's direction
+        within 0.1% of float32's), or ``auto``: bfloat16 where the device has it natively. Text
+        and reference-image targets are always encoded in float32.
     """
 
     global_augmentations: int = 1
@@ -143,6 +149,7 @@ class GuidanceSettings:
     grounding_threshold: float = 0.25
     image_weight: float = 0.5
     image_crops: int = 16
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,9 @@ class LocalizeSettings:
         times ``border_weight``, rising to full inside ``border_falloff`` x the box's smaller side.
     smoothness: the cost of a boundary between labels, per unit of length (discounted along creases).
     band: edges of soft weights on each side of a boundary between two styled parts (0: hard).
+    precision: the grounding model's and the segmenter's arithmetic: ``float32``, ``bfloat16``
+        (autocast; about 1.7x faster where the hardware has it), or ``auto``: bfloat16 where the
+        device has it natively.
     """
 
     views: int = 10
@@ -169,6 +179,7 @@ class LocalizeSettings:
     border_falloff: float = 0.15
     smoothness: float = 1.0
     band: int = 2
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -284,6 +295,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_PRESET = "fast"
+# The choices of every ``*.precision`` setting (engine.devices.use_bfloat16 resolves them).
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def settings_for(preset: str = DEFAULT_PRESET, overrides: dict[str, Any] | list[str] | None = None) -> Settings:
@@ -395,9 +408,8 @@ def _validate(s: Settings) -> None:
         ("field.relief_smoothness", s.field.relief_smoothness >= 0.0, "0 or more"),
         ("field.relief_gain", s.field.relief_gain > 0.0, "greater than 0"),
         ("field.max_vertices", s.field.max_vertices == 0 or s.field.max_vertices >= 1000, "0 (off) or at least 1000"),
-        ("field.precision", s.field.precision in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
-        ("texture.precision", s.texture.precision in ("auto", "float32", "bfloat16"),
-         "'auto', 'float32' or 'bfloat16'"),
+        *((f"{name}.precision", getattr(s, name).precision in PRECISIONS, "'auto', 'float32' or 'bfloat16'")
+          for name in ("field", "guidance", "localize", "texture")),
         ("field.optimize_on", s.field.optimize_on in ("auto", "mesh", "subdivided"), "'auto', 'mesh' or 'subdivided'"),
         ("field.subdivide_pixels", 0.5 <= s.field.subdivide_pixels <= 64, "0.5 to 64"),
         ("field.subdivide_max_vertices", 1000 <= s.field.subdivide_max_vertices <= 2_000_000, "1000 to 2000000"),

@@ -124,3 +124,17 @@ def native_bfloat16(device: torch.device, *, cpu_flags_path: str = "/proc/cpuinf
     with open(cpu_flags_path, encoding="utf-8", errors="replace") as fh:
         flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bfloat16(choice: str, device: torch.device) -> bool:
+    """A ``*.precision`` setting resolved for ``device``: ``bfloat16`` -> True, ``float32`` -> False,
+    ``auto`` -> whether the device has native bf16 (:func:`native_bfloat16`)."""
+    return choice == "bfloat16" or (choice == "auto" and native_bfloat16(device))
+
+
+def bfloat16_autocast(device: torch.device, enabled: bool):
+    """The context that runs matrix products and convolutions on ``device`` in bf16 when ``enabled``
+    (reductions and the rest stay float32; outputs may be bf16: callers cast what they keep)."""
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)

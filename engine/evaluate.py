@@ -24,6 +24,7 @@ import torch
 
 from .api import resolve_device, stylize, views_detector
 from .config import Settings
+from .devices import use_bfloat16
 from .errors import PartNotFound
 from .geometry.patches import segment_patches
 from .grounding.locate import check_support, detector_boxes, render_views, settle_masks
@@ -82,8 +83,10 @@ def _evaluate_sample(mesh: Mesh, settings: Settings, store: ModelStore | None, d
     size = settings.localize.resolution
     detector = segmenter = None
     if store is not None:
-        detector = detector_boxes(views_detector(store.grounding(dev), size), settings.localize.box_threshold)
-        segmenter = BoxSegmenter(store.segmenter(dev))
+        bfloat16 = use_bfloat16(settings.localize.precision, dev)  # as a run's localization
+        detector = detector_boxes(views_detector(store.grounding(dev), size, bfloat16=bfloat16),
+                                  settings.localize.box_threshold)
+        segmenter = BoxSegmenter(store.segmenter(dev), bfloat16=bfloat16)
 
     def sources(names: tuple[str, ...]):
         """(source name, evidence [N, K, H, W] or an error) per source, for the parts ``names``."""

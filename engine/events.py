@@ -47,9 +47,12 @@ class StepEvent:
 
 @dataclass(frozen=True)
 class PreviewEvent:
-    """The current result, every ``run.preview_every`` iterations and at the end.
+    """The current result: after the first iteration, every ``run.preview_every``-th and the last.
+    Step 0 is a part prompt's localization under way: each part found so far in its preview color
+    (``engine.parts.part_colors``), the rest light gray, no displacement.
 
     Attributes:
+        step: iterations done (0: still locating parts); total: iterations of the run.
         colors_srgb: [V, 3] float32 in 0..1 per vertex of the input mesh.
         displacement: [V] float32 along the vertex normal, object units.
         image: [H, W, 3] float32 the front view of this iteration's render.

@@ -31,7 +31,7 @@ from .glb import write_glb
 from .grounding.locate import Localization
 from .images import image_grid, plot_curves, save_png
 from .mesh import Mesh, Normalization, vertex_normals
-from .parts import PartWeights
+from .parts import PART_PALETTE, PartWeights, part_colors
 from .ply import write_ply
 from .render import Renderer
 from .result import StyleResult, SurfaceStyle
@@ -41,23 +41,11 @@ RESULT_FILES = ("stylized.glb", "stylized.ply", "result.npz", "preview.png", "lo
 # The baked maps, beside them when ``texture.size`` asked for maps (engine/texture, docs/textures.md).
 TEXTURE_FILES = ("base_color.png", "displacement.png", "normal.png")
 LOCATE_FILES = ("parts.npz", "parts.ply", "preview.png")
-# Part colors (sRGB 0..1) for previews; rest is light gray.
-PART_PALETTE = np.array(
-    [[0.90, 0.30, 0.20], [0.20, 0.60, 0.90], [0.25, 0.75, 0.30], [0.95, 0.75, 0.15], [0.60, 0.35, 0.80],
-     [0.95, 0.50, 0.70], [0.20, 0.75, 0.75], [0.55, 0.40, 0.25]], dtype=np.float32)
-REST_COLOR = np.array([0.85, 0.85, 0.85], dtype=np.float32)
 PREVIEW_VIEWS = 4
 PREVIEW_SIZE = 256
 # Albedo of the untextured input in the preview's "before" row: the neutral gray that vertices outside
 # every styled part keep, so an untouched part looks the same before and after.
 BEFORE_GRAY = BASE_COLOR
-
-
-def part_colors(weights: np.ndarray) -> np.ndarray:
-    """[V, K + 1] part weights -> [V, 3] sRGB preview colors (palette blend, rest gray)."""
-    k = weights.shape[1] - 1
-    palette = np.concatenate((PART_PALETTE[np.arange(k) % len(PART_PALETTE)], REST_COLOR[None]), 0)
-    return (weights @ palette).astype(np.float32)
 
 
 def _staged(out_dir: str, names: tuple[str, ...], write) -> dict[str, str]:

@@ -11,6 +11,7 @@ add-on can show the estimate before the engine's heavy modules load.
 from __future__ import annotations
 
 import os
+import sys
 
 from .config import Settings
 from .errors import ResourceError
@@ -73,3 +74,19 @@ def check_fits(num_vertices: int, settings: Settings, parts: int, device) -> int
 
 def gigabytes(count: int) -> str:
     return f"{count / 2**30:.1f} GB"
+
+
+def peak_memory_mb(device) -> float:
+    """The peak memory so far, MB: allocated on ``device`` when it is a CUDA GPU (since the last
+    ``torch.cuda.reset_peak_memory_stats``), else this process's peak resident memory; NaN where
+    the system does not report it."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +137,7 @@ class ModelStore:
         self.allow_download = allow_download
         self.cache_dir = cache_dir
         self._loaded: dict[tuple[str, str], ClipBundle | GroundingBundle] = {}
+        self.seconds_loading = 0.0  # spent loading models so far (a run records its own share)
 
     def describe(self) -> str:
         return self.source if self.source in ("tiny", "default") else os.path.abspath(self.source)
@@ -165,9 +167,11 @@ class ModelStore:
         """Load a role's bundle once per device, frozen and moved there."""
         key = (role, str(device))
         if key not in self._loaded:
+            started = time.perf_counter()
             bundle = load()
             bundle.model.requires_grad_(False)
             self._loaded[key] = dataclasses.replace(bundle, model=bundle.model.to(device))
+            self.seconds_loading += time.perf_counter() - started
         return self._loaded[key]
 
     def _load_clip(self) -> ClipBundle:

@@ -110,3 +110,17 @@ class PartWeights:
             union = np.logical_or(truth, pred).sum()
             out[name] = float(np.logical_and(truth, pred).sum() / union) if union else 1.0
         return out
+
+
+# Part colors (sRGB 0..1) for previews; rest is light gray.
+PART_PALETTE = np.array(
+    [[0.90, 0.30, 0.20], [0.20, 0.60, 0.90], [0.25, 0.75, 0.30], [0.95, 0.75, 0.15], [0.60, 0.35, 0.80],
+     [0.95, 0.50, 0.70], [0.20, 0.75, 0.75], [0.55, 0.40, 0.25]], dtype=np.float32)
+REST_COLOR = np.array([0.85, 0.85, 0.85], dtype=np.float32)
+
+
+def part_colors(weights: np.ndarray) -> np.ndarray:
+    """[V, K + 1] part weights -> [V, 3] sRGB preview colors (palette blend, rest gray)."""
+    k = weights.shape[1] - 1
+    palette = np.concatenate((PART_PALETTE[np.arange(k) % len(PART_PALETTE)], REST_COLOR[None]), 0)
+    return (weights @ palette).astype(np.float32)

@@ -22,6 +22,7 @@ import torch
 from .cameras import sample_views
 from .compose import Composition
 from .config import Settings
+from .devices import bfloat16_autocast, use_bfloat16
 from .errors import Cancelled, CheckpointError, NumericalError
 from .events import CancelToken, EventSink, NoticeEvent, PreviewEvent, StageEvent, StepEvent, ignore_events
 from .field import StyleField
@@ -109,6 +110,12 @@ def _edges_of(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[tuple[torch.
     return (pairs[:, 0], pairs[:, 1]), 1.0 / length2.clamp(min=floor)
 
 
+def _all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite, read from the device once."""
+    checks = [torch.isfinite(t).all() for t in tensors]
+    return not checks or bool(torch.stack(checks).all())
+
+
 class StyleTrainer:
     """Optimizes a :class:`StyleField` so that renders of the displaced, colored mesh match a text."""
 
@@ -128,6 +135,7 @@ class StyleTrainer:
         self.settings = settings
         self.fingerprint = fingerprint
         self.device = surface.vertices.device
+        self.field_bfloat16 = use_bfloat16(settings.field.precision, self.device)
         self.renderer = Renderer(settings.render)
         seed = settings.run.seed
         self.field = StyleField(settings.field, seeded_generator(seed, "field"), parts=self.composition.num_styled).to(
@@ -153,8 +161,7 @@ class StyleTrainer:
 
     def outputs(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The current composed ([V, 3] sRGB colors, [V] unit-frame displacement), float32."""
-        bf16 = self._bf16()
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with bfloat16_autocast(self.device, self.field_bfloat16):
             colors, displacement = self.field.decode(self.features, mask)
         return self.composition.apply(colors.float(), displacement.float())
 
@@ -214,9 +221,10 @@ class StyleTrainer:
             geometry=s.guidance.geometry_crops > 0 and self.has_relief,
             attributes=self.composition.weights if part_mode else None,
         )
-        losses = self.guidance.losses(out.color, out.geometry, self.objective.text, self.sampling, local=not part_mode)
-        if part_mode:
-            part_losses = self.guidance.part_losses(out.color, out.attributes, self.objective.part_texts, self.sampling)
+        losses, part_losses = self.guidance.step_losses(
+            out.color, out.geometry, self.objective.text, self.sampling,
+            masks=out.attributes if part_mode else None, part_texts=self.objective.part_texts)
+        if part_losses is not None:
             for name, value in zip(self.objective.part_names, part_losses, strict=True):
                 if value is not None:
                     losses[f"part:{name}"] = value
@@ -228,14 +236,15 @@ class StyleTrainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         losses, image = self.loss()
-        values = {k: float(v.detach()) for k, v in losses.items()}
+        # one device-to-host transfer for all loss values, one per finiteness check (not one per tensor)
+        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist(), strict=True))
         ok = all(math.isfinite(v) for v in values.values())
         if ok:
             losses["total"].backward()
-            ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.field.parameters())
+            ok = _all_finite(p.grad for p in self.field.parameters() if p.grad is not None)
         if ok:
             self.optimizer.step()
-            ok = all(bool(torch.isfinite(p).all()) for p in self.field.parameters())
+            ok = _all_finite(self.field.parameters())
         self.scheduler.step()
         self.step_index += 1
         values["learning_rate"] = lr
@@ -253,7 +262,8 @@ class StyleTrainer:
         to_object_units: float = 1.0,
         preview_index: torch.Tensor | None = None,
     ) -> TrainResult:
-        """Optimize to ``optim.iterations``.
+        """Optimize to ``optim.iterations``. A preview event follows the first iteration of the run,
+        every ``run.preview_every``-th and the last.
 
         Args:
             on_event: receives Stage/Step/Preview/Notice events.
@@ -308,7 +318,7 @@ class StyleTrainer:
                 )
             )
             every = self.settings.run.preview_every
-            if every and (self.step_index % every == 0 or self.step_index == total):
+            if every and (self.step_index % every == 0 or self.step_index in (first_step + 1, total)):
                 on_event(self._preview(total, image, to_object_units))
             if checkpoint_path and self.step_index % self.settings.run.checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_path)
@@ -341,7 +351,7 @@ class StyleTrainer:
         mesh to every original vertex."""
         colors, displacement = [], []
         for start in range(0, vertices.shape[0], chunk):
-            part_colors, part_relief = self._decode(vertices[start:start + chunk], self._bf16())
+            part_colors, part_relief = self._decode(vertices[start:start + chunk], self.field_bfloat16)
             c, d = composition.rows(start, start + chunk).apply(part_colors, part_relief)
             colors.append(c.cpu())
             displacement.append(d.cpu())
@@ -355,9 +365,9 @@ class StyleTrainer:
         """The trained field's per-part outputs at [N, 3] unit-frame points: ([N, P, 3] sRGB colors,
         [N, P] relief in [-1, 1]), float32 on the CPU, ``chunk`` points at a time; the composition
         turns them into colors and displacement (``Composition.apply``). ``bfloat16``: run the
-        network under bf16 autocast (None: as ``field.precision`` says). ``cancel`` is checked
+        network under bf16 autocast (None: as ``field.precision`` resolves on the run's device). ``cancel`` is checked
         before every chunk (:class:`Cancelled`)."""
-        bf16 = self._bf16() if bfloat16 is None else bfloat16
+        bf16 = self.field_bfloat16 if bfloat16 is None else bfloat16
         count, parts = points.shape[0], self.field.parts
         colors, relief = torch.empty(count, parts, 3), torch.empty(count, parts)
         for start in range(0, count, chunk):
@@ -368,12 +378,9 @@ class StyleTrainer:
             relief[start:start + len(part_colors)] = part_relief.cpu()
         return colors, relief
 
-    def _bf16(self) -> bool:
-        return self.settings.field.precision == "bfloat16"
-
     def _decode(self, points: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, 3] unit-frame points -> the field's per-part ([N, P, 3], [N, P]) float32 on the device."""
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with bfloat16_autocast(self.device, bf16):
             part_colors, part_relief = self.field.decode(self.field.encode(points.to(self.device)))
         return part_colors.float(), part_relief.float()
 

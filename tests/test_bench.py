@@ -40,3 +40,26 @@ def test_large_mesh_benchmark_measures_each_size_in_its_own_process():
     assert row["vertices"] > 1000 >= row["optimized_vertices"] and row["peak_gb"] > 0 and row["estimate_gb"] > 0
     assert len(format_large_row(row).split()) == 7 and LARGE_HEADER.split()[0] == "faces"  # one value a column
     assert "failed:" in format_large_row({"faces": 10, "error": "MemoryError"})
+
+
+def test_whole_command_benchmark_times_each_run_and_the_localization():
+    from engine.bench_runs import BY_LABEL, PART_PROMPT, WholeRun, run_whole_commands
+
+    out = io.StringIO()
+    runs = (WholeRun("fast, 3 parts", "fast", PART_PROMPT, BY_LABEL, cut_on_cpu=True),
+            WholeRun("faithful, 3 parts", "faithful", PART_PROMPT, BY_LABEL, cut_on_cpu=True))
+    figures = run_whole_commands(device="cpu", models="tiny", runs=runs, mesh="sample:lamp@2000", cpu_iterations=2,
+                                 out=out)
+    fast, faithful = figures["runs"]
+    assert "# whole commands" in out.getvalue() and "# localization" in out.getvalue()
+    assert faithful["iterations"] == faithful["steps"] == 2 and faithful["full_iterations"] == 1500
+    # the full run is estimated from the seconds per iteration; the whole command covers every phase
+    assert faithful["full_run"] == faithful["wall"] + faithful["per_iteration"] * 1498
+    assert fast["iterations"] == fast["steps"] == 2 and fast["full_iterations"] == 300
+    for row in (fast, faithful):
+        assert row["wall"] > row["seconds_setup"] + row["seconds_optimizing"] > 0
+        assert 0 < row["seconds_to_first_preview"] < row["seconds_setup"] + row["seconds_optimizing"]
+        assert row["peak_memory_mb"] > 0 and row["device"] == "cpu"
+    located = figures["localization"]["auto"]  # fast's 10 views, settled after every second one
+    assert 0 < located["grounding_load"] <= located["load"] < located["first_progress"] < located["total"]
+    assert figures["located"]["auto"] == fast["wall"] + located["total"] - located["grounding_load"]

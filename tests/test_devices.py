@@ -182,3 +182,13 @@ def test_the_door_tells_about_a_missing_fallback(monkeypatch, door):
         else:
             api.locate_parts(sample_mesh("mug", 500), ["body"], on_event=events.append)
     assert events == [NoticeEvent(mps_fallback_notice(torch.device("mps")))]
+
+
+def test_precision_settings_resolve_auto_by_the_hardware(monkeypatch):
+    import engine.devices as devices
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(devices, "native_bfloat16", lambda device, native=native: native)
+        assert devices.use_bfloat16("auto", cpu) is native
+        assert devices.use_bfloat16("bfloat16", cpu) is True and devices.use_bfloat16("float32", cpu) is False

@@ -346,3 +346,44 @@ def test_views_are_shown_at_the_models_own_size_and_never_enlarged(detector):
     assert views_detector(tiny, 128).size == 128
     real = dataclasses.replace(tiny, size=800)  # Grounding DINO's own 800 px
     assert views_detector(real, 512).size == 512
+
+
+def _box_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU of two (x0, y0, x1, y1) boxes."""
+    w = (torch.minimum(a[2], b[2]) - torch.maximum(a[0], b[0])).clamp(min=0)
+    h = (torch.minimum(a[3], b[3]) - torch.maximum(a[1], b[1])).clamp(min=0)
+    inter = float(w * h)
+    area = lambda box: float((box[2] - box[0]) * (box[3] - box[1]))  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def test_bfloat16_detection_finds_the_same_best_box_of_each_part(detector):
+    """localize.precision=bfloat16 runs the model under autocast: each part's best box in each view
+    stays where float32 puts it, with about its score."""
+    images = lamp_views(4)
+    half = GroundingDetector(detector.bundle, bfloat16=True)
+    parts = ["base", "tube", "shade"]
+    pairs = zip(detector.detect(images, parts, box_threshold=0.0), half.detect(images, parts, box_threshold=0.0),
+                strict=True)
+    for full, low in pairs:
+        assert low.scores.dtype == low.boxes.dtype == torch.float32
+        for k in range(len(parts)):
+            a, b = full.scores[:, k].argmax(), low.scores[:, k].argmax()
+            assert _box_iou(full.boxes[a], low.boxes[b]) > 0.9
+            assert abs(float(full.scores[a, k]) - float(low.scores[b, k])) < 0.05
+
+
+def test_bfloat16_grounding_loss_keeps_the_direction_of_the_image_gradient(detector):
+    from engine.guidance.grounding_loss import GroundingPartLoss
+
+    images = lamp_views(2)
+    gradients = []
+    for bfloat16 in (False, True):
+        loss = GroundingPartLoss(GroundingDetector(detector.bundle, bfloat16=bfloat16), ["base", "shade"],
+                                 ["pottery base", "linen shade"], threshold=0.1)
+        image = images.clone().requires_grad_(True)
+        value = loss(image)
+        assert value.dtype == torch.float32 and float(value.detach()) > 0
+        value.backward()
+        gradients.append(image.grad.flatten())
+    assert torch.nn.functional.cosine_similarity(*gradients, dim=0) > 0.98

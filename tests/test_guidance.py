@@ -125,3 +125,70 @@ def test_same_generator_state_gives_the_same_losses(tiny_clip):
     b = guidance.losses(color, color, text, torch.Generator().manual_seed(9))["total"]
     c = guidance.losses(color, color, text, torch.Generator().manual_seed(10))["total"]
     assert float(a) == float(b) and float(a) != float(c)
+
+
+def _lamp_renders(views: int = 3, size: int = 96):
+    """[N, 3, H, W] shaded renders of the sample lamp with smoothly varying colors, and its [N, P, H, W]
+    part masks (base, tube, shade): what the trainer hands the guidance."""
+    from engine.cameras import sample_views
+    from engine.config import settings_for
+    from engine.render import Renderer
+    from engine.samples import sample_mesh
+
+    lamp = sample_mesh("lamp", 2000)
+    settings = settings_for("fast", [f"render.resolution={size}"])
+    vertices = torch.from_numpy(lamp.unit_vertices())
+    colors = (vertices * 0.4 + 0.5).clamp(0, 1)
+    weights = torch.nn.functional.one_hot(torch.from_numpy(lamp.labels), len(lamp.label_names)).float()
+    cameras = sample_views(views, settings.views, settings.render, torch.Generator().manual_seed(3))
+    out = Renderer(settings.render).render(vertices, torch.from_numpy(lamp.faces), cameras, colors=colors,
+                                           attributes=weights)
+    return out.color, out.attributes
+
+
+def test_a_steps_images_go_through_clip_in_one_forward_with_the_same_losses(tiny_clip):
+    guidance = ClipGuidance(tiny_clip, GuidanceSettings(local_crops=1, geometry_crops=1, part_crops=2,
+                                                        part_min_pixels=16, precision="float32"))
+    color, masks = _lamp_renders()
+    text = guidance.encode_text(["a lamp"])[0]
+    part_texts = guidance.encode_text(["red base", "gold tube", "linen shade"])
+    generator = torch.Generator().manual_seed(4)  # one stream, drawn in the same order as step_losses draws
+    separate = guidance.losses(color, color, text, generator, local=False)
+    separate_parts = guidance.part_losses(color, masks, part_texts, generator)
+    forwards = []
+    model = tiny_clip.model
+    original = model.get_image_features
+    model.get_image_features = lambda **kw: forwards.append(kw["pixel_values"].shape[0]) or original(**kw)
+    try:
+        together, parts = guidance.step_losses(color, color, text, torch.Generator().manual_seed(4), masks=masks,
+                                               part_texts=part_texts)
+    finally:
+        del model.get_image_features
+    assert forwards == [3 + 3 + 3 * 2]  # global + geometry + 2 crops of each of 3 parts, in one batch
+    assert together.keys() == separate.keys() == {"global", "geometry", "total"}
+    for name in together:
+        assert_close(together[name].detach(), separate[name].detach(), rel=SAME_MATH, what=name)
+    for mine, theirs in zip(parts, separate_parts, strict=True):
+        assert_close(mine.detach(), theirs.detach(), rel=SAME_MATH, what="part loss")
+
+
+def test_bfloat16_guidance_keeps_the_direction_of_the_image_gradient(tiny_clip):
+    color, masks = _lamp_renders()
+    text_source = ClipGuidance(tiny_clip, GuidanceSettings(precision="float32"))
+    text = text_source.encode_text(["a lamp made of gold"])[0]
+    part_texts = text_source.encode_text(["red base", "gold tube", "linen shade"])
+    gradients, totals = {}, {}
+    for precision in ("float32", "bfloat16"):
+        guidance = ClipGuidance(tiny_clip, GuidanceSettings(local_crops=1, geometry_crops=1, part_crops=2,
+                                                            part_min_pixels=16, precision=precision))
+        assert guidance.bfloat16 == (precision == "bfloat16")
+        image = color.clone().requires_grad_(True)
+        losses, parts = guidance.step_losses(image, image, text, torch.Generator().manual_seed(5), masks=masks,
+                                             part_texts=part_texts)
+        total = losses["total"] + sum(parts)
+        assert total.dtype == torch.float32
+        total.backward()
+        gradients[precision], totals[precision] = image.grad.flatten(), float(total.detach())
+    cosine = torch.nn.functional.cosine_similarity(gradients["float32"], gradients["bfloat16"], dim=0)
+    assert cosine > 0.99, f"bf16 turned the image gradient by {math.degrees(math.acos(min(1.0, cosine))):.1f} deg"
+    assert abs(totals["bfloat16"] - totals["float32"]) < 0.02 * abs(totals["float32"])

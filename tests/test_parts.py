@@ -208,14 +208,27 @@ def test_locate_with_ideal_boxes_and_a_part_nobody_finds(lamp):
     settings = settings_for()
     vertices, faces = unit(lamp)
 
+    views = localization_views(settings.localize, settings.views, settings.render)
+    seen = visibility(vertices, faces, views, settings.localize.resolution)
+    shown = []  # views handed to the detector so far (locate hands them over a few at a time)
+
     def ideal(images, phrases):
-        views = localization_views(settings.localize, settings.views, settings.render)
-        seen = visibility(vertices, faces, views, images.shape[-1])
+        if len(shown) == settings.localize.views:
+            shown.clear()  # the next localization
         names = [lamp.label_names[i] for i in lamp.labels]
         labels = np.array([phrases.index(name) if name in phrases else -1 for name in names])
-        return boxes_from_labels(seen, labels, len(phrases))
+        boxes = boxes_from_labels(seen, labels, len(phrases))[len(shown):len(shown) + len(images)]
+        shown.extend(range(len(images)))
+        return boxes
 
-    found = locate(vertices, faces, ["base", "shade"], ideal, rectangle_masks(settings), settings)
+    progress = []
+    found = locate(vertices, faces, ["base", "shade"], ideal, rectangle_masks(settings), settings,
+                   on_progress=lambda weights, done, count: progress.append((weights, done, count)))
+    # the parts settled after the first view, then after every second one: what a live preview shows meanwhile
+    assert [(done, count) for _, done, count in progress] == [(1, 10), (3, 10), (5, 10), (7, 10), (9, 10)]
+    assert all(w.names == ("base", "shade") and w.weights.shape == found.weights.weights.shape for w, _, _ in progress)
+    quiet = locate(vertices, faces, ["base", "shade"], ideal, rectangle_masks(settings), settings)
+    assert np.array_equal(quiet.weights.weights, found.weights.weights)  # watching changes nothing
     assert found.images.shape == (settings.localize.views, 512, 512, 3) and len(found.boxes) == settings.localize.views
     assert found.masks.shape == (settings.localize.views, 2, 512, 512)
     assert found.weights.names == ("base", "shade") and set(found.part_confidence) == {"base", "shade"}
@@ -349,3 +362,18 @@ def test_locating_parts_can_be_cancelled(lamp):
     with pytest.raises(Cancelled):
         locate_parts(lamp, ["base", "shade"], models=STORE, device="cpu", cancel=token,
                      settings=settings_for("fast", ["localize.views=2", "localize.resolution=128"]))
+
+
+def test_a_located_run_previews_the_parts_while_locating_them(lamp):
+    from engine.events import PreviewEvent
+    from engine.parts import PART_PALETTE
+
+    events = []
+    settings = small("localize.views=4", "localize.resolution=256", "run.preview_every=2")
+    stylize(lamp, "red base, blue shade", settings=settings, models=STORE, device="cpu", on_event=events.append)
+    previews = [e for e in events if isinstance(e, PreviewEvent)]
+    assert [e.step for e in previews][:3] == [0, 0, 1]  # 1 and 3 of 4 views settled, then the first iteration
+    located = previews[0]
+    assert located.colors_srgb.shape == (lamp.num_vertices, 3) and not located.displacement.any()
+    base = np.all(np.isclose(located.colors_srgb, PART_PALETTE[0]), axis=1)
+    assert base.any()  # the base found so far, in the first part's color

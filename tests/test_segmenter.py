@@ -145,3 +145,18 @@ def test_the_training_command_writes_the_model_and_its_record(tmp_path, capsys):
 
 # The shipped model's held-out mean mask IoU (engine/assets/tiny/segmenter/training.json), as trained.
 SHIPPED_MIOU = 0.82
+
+
+def test_bfloat16_masks_cover_what_float32_masks_cover():
+    """localize.precision=bfloat16 runs the segmenter under autocast: the same pixels, nearly."""
+    from test_grounding_detector import lamp_views
+
+    bundle = ModelStore("tiny").segmenter("cpu")
+    images = lamp_views(2)
+    boxes = [torch.tensor([[60.0, 150.0, 200.0, 250.0], [80.0, 10.0, 180.0, 120.0]])] * 2
+    full = BoxSegmenter(bundle).masks(images, boxes)
+    half = BoxSegmenter(bundle, bfloat16=True).masks(images, boxes)
+    for a, b in zip(full, half, strict=True):
+        assert b.dtype == torch.float32
+        inside_a, inside_b = a > 0.5, b > 0.5
+        assert inside_a.any() and (inside_a & inside_b).sum() / (inside_a | inside_b).sum() > 0.95

@@ -197,7 +197,8 @@ def test_the_bake_precision_changes_the_maps_by_at_most_an_8_bit_step(atlas_lamp
     runs = {}
     for precision, native in (("float32", True), ("bfloat16", False), ("auto", True), ("auto", False)):
         monkeypatch.setattr(engine.texture.bake, "native_bfloat16", lambda device, native=native: native)
-        settings = settings_for("preview", [*QUICK, "texture.size=128", f"texture.precision={precision}"])
+        settings = settings_for("preview", [*QUICK, "texture.size=128", f"texture.precision={precision}",
+                                            "field.precision=float32", "guidance.precision=float32"])
         runs[precision, native] = stylize(atlas_lamp, request, settings=settings, models="tiny", device="cpu")
     used = {key: result.record["texture"]["precision"] for key, result in runs.items()}
     assert used == {("float32", True): "float32", ("bfloat16", False): "bfloat16", ("auto", True): "bfloat16",

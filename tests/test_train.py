@@ -127,7 +127,7 @@ def test_events_report_progress_and_previews(blob):
     previews = [e for e in events if isinstance(e, PreviewEvent)]
     assert [e.step for e in steps] == list(range(1, 8)) and all(e.total == 7 for e in steps)
     assert all(e.eta >= 0 for e in steps) and steps[-1].eta == 0
-    assert [p.step for p in previews] == [3, 6, 7]
+    assert [p.step for p in previews] == [1, 3, 6, 7]  # the first at once, then every 3rd and the last
     last = previews[-1]
     assert last.colors_srgb.shape == (blob.num_vertices, 3) and last.image.shape == (64, 64, 3)
     assert_close(last.colors_srgb, result.colors_srgb, rel=SAME_MATH, what="last preview colors")
@@ -142,12 +142,12 @@ class FlakyGuidance(ClipGuidance):
         self.bad_calls = set(bad_calls)
         self.calls = 0
 
-    def losses(self, *args, **kwargs):
+    def step_losses(self, *args, **kwargs):
         self.calls += 1
-        out = super().losses(*args, **kwargs)
+        out, parts = super().step_losses(*args, **kwargs)
         if self.calls in self.bad_calls:
             out["total"] = out["total"] * float("nan")
-        return out
+        return out, parts
 
 
 def trainer_with(blob, bad_calls, *extra):
@@ -199,8 +199,21 @@ def test_a_holistic_prompt_styles_every_vertex(blob):
 
 
 def test_bfloat16_field_runs_and_stays_close_to_float32(blob):
-    full = run(blob, small_settings(iterations=3))
+    full = run(blob, small_settings("field.precision=float32", iterations=3))
     half = run(blob, small_settings("field.precision=bfloat16", iterations=3))
     assert half.colors_srgb.dtype == np.float32 and np.isfinite(half.colors_srgb).all()
     assert not np.array_equal(half.colors_srgb, full.colors_srgb)  # the setting took effect
     assert np.abs(half.colors_srgb - full.colors_srgb).max() < 0.05
+
+
+def test_the_record_says_each_stages_arithmetic_and_timings(blob):
+    settings = small_settings("guidance.precision=bfloat16", "field.precision=float32", "localize.precision=bfloat16",
+                              iterations=2)
+    store = ModelStore("tiny")
+    first, second = (stylize(blob, "a red blob", settings=settings, models=store, device="cpu").record
+                     for _ in range(2))
+    assert first["precision"] == {"field": "float32", "guidance": "bfloat16", "localize": "bfloat16"}
+    assert first["seconds_locating"] == 0  # a holistic prompt locates nothing
+    assert 0 < first["seconds_to_first_preview"] < first["seconds_setup"] + first["seconds_optimizing"]
+    assert first["seconds_loading_models"] > 0 == second["seconds_loading_models"]  # the store keeps its CLIP
+    assert first["peak_memory_mb"] > 0

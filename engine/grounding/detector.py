@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..devices import bfloat16_autocast
 from ..errors import PromptError
 from ..models import GroundingBundle
 
@@ -164,11 +165,14 @@ class GroundingDetector:
     """Grounds phrases in images with a frozen Grounding DINO.
 
     ``size`` / ``max_size`` override the bundle's resize rule (shortest edge / longest-edge cap);
-    a smaller ``size`` is faster and coarser.
+    a smaller ``size`` is faster and coarser. ``bfloat16`` runs the model under bf16 autocast
+    (its outputs are returned as float32).
     """
 
-    def __init__(self, bundle: GroundingBundle, *, size: int | None = None, max_size: int | None = None):
+    def __init__(self, bundle: GroundingBundle, *, size: int | None = None, max_size: int | None = None,
+                 bfloat16: bool = False):
         self.bundle = bundle
+        self.bfloat16 = bfloat16
         self.model = bundle.model
         self.tokenizer = bundle.tokenizer
         self.size = int(size if size is not None else bundle.size)
@@ -214,22 +218,23 @@ class GroundingDetector:
         pixel_values, pixel_mask = self.preprocess(images)
         dtype = next(self.model.parameters()).dtype
         n = images.shape[0]
-        outputs = self.model(
-            pixel_values=pixel_values.to(dtype),
-            pixel_mask=pixel_mask,
-            input_ids=caption.input_ids.to(self.device).expand(n, -1),
-            attention_mask=caption.attention_mask.to(self.device).expand(n, -1),
-            return_dict=True,
-        )
+        with bfloat16_autocast(self.device, self.bfloat16):
+            outputs = self.model(
+                pixel_values=pixel_values.to(dtype),
+                pixel_mask=pixel_mask,
+                input_ids=caption.input_ids.to(self.device).expand(n, -1),
+                attention_mask=caption.attention_mask.to(self.device).expand(n, -1),
+                return_dict=True,
+            )
         if not proposals:
-            boxes = outputs.pred_boxes
-            return boxes, outputs.logits, torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+            boxes = outputs.pred_boxes.float()
+            return boxes, outputs.logits.float(), torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
         if outputs.enc_outputs_class is None:
             raise ValueError("this Grounding DINO has two_stage=False: it gives no dense proposals.")
-        coord_logits = outputs.enc_outputs_coord_logits
+        coord_logits = outputs.enc_outputs_coord_logits.float()
         valid = torch.isfinite(coord_logits).all(-1)
         boxes = torch.where(valid[..., None], coord_logits.sigmoid(), 0.0)
-        return boxes, outputs.enc_outputs_class, valid
+        return boxes, outputs.enc_outputs_class.float(), valid
 
     def phrase_logits(
         self, images: torch.Tensor, caption: Caption, *, proposals: bool = True

@@ -3,6 +3,7 @@ votes on the mesh's patches -> settled part weights."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -114,9 +115,10 @@ def render_views(vertices: torch.Tensor, faces: torch.Tensor, settings: Settings
 def settle_masks(views: LocalizationViews, masks: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
                  parts: tuple[str, ...], settings: Settings, patches: Patches | None = None, *,
                  source: str = "grounding"):
-    """Settle part labels on the mesh from per-view evidence ``masks`` [N, K, H, W] (see ``settle.py``)."""
+    """Settle part labels on the mesh from per-view evidence ``masks`` [N, K, H, W] of the first N
+    views (see ``settle.py``)."""
     patches = patches if patches is not None else segment_patches(vertices, faces)
-    votes = face_votes(views.seen.face_id.cpu().numpy(), masks, len(faces))
+    votes = face_votes(views.seen.face_id[: len(masks)].cpu().numpy(), masks, len(faces))
     return settle_labels(votes, patches, vertices, faces, parts, smoothness=settings.localize.smoothness,
                          band=settings.localize.band, source=source)
 
@@ -128,16 +130,34 @@ def locate(
     detect: BoxDetector,
     masks: MaskSource,
     settings: Settings,
+    on_progress: Callable[[PartWeights, int, int], None] | None = None,
 ) -> Localization:
     """Find ``parts`` on a unit-frame mesh ([V, 3] vertices, [F, 3] faces): boxes from ``detect``,
     evidence from ``masks``, labels settled on the mesh's patches.
 
+    The views go through the models the first alone, then ``DETECT_BATCH`` at a time; after each
+    batch but the last, ``on_progress(weights, views done, views)`` receives the labels settled from
+    the views so far (a live preview of where the parts are; it costs one settling per batch).
+
     Raises :class:`PartNotFound` when a part has no support in any view, naming the parts found.
     """
     views = render_views(vertices, faces, settings)
-    boxes = detect(views.images, list(parts))
-    evidence = masks(views.images, boxes)
-    settled = settle_masks(views, evidence, vertices.cpu().numpy(), faces.cpu().numpy(), tuple(parts), settings)
+    unit, face_array = vertices.cpu().numpy(), faces.cpu().numpy()
+    patches = segment_patches(unit, face_array)
+    count = views.images.shape[0]
+    boxes: list[list[PartBoxes]] = []
+    evidence: list[np.ndarray] = []
+    bounds = [0, *range(1, count, DETECT_BATCH), count]  # the first view alone: the first preview comes soonest
+    for start, done in itertools.pairwise(bounds):
+        batch = views.images[start:done]
+        found = detect(batch, list(parts))
+        boxes += found
+        evidence.append(masks(batch, found))
+        if on_progress is not None and done < count:
+            so_far = settle_masks(views, np.concatenate(evidence), unit, face_array, tuple(parts), settings, patches)
+            on_progress(so_far.weights, done, count)
+    evidence = np.concatenate(evidence)
+    settled = settle_masks(views, evidence, unit, face_array, tuple(parts), settings, patches)
     check_support(settled.weights, boxes)
     return Localization(settled.weights, boxes, evidence, views.images.permute(0, 2, 3, 1).cpu().numpy(),
                         views.cameras.to("cpu"), settled.part_confidence, settled.face_labels)

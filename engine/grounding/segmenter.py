@@ -12,14 +12,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..devices import bfloat16_autocast
 from ..models import SegmenterBundle
 
 
 class BoxSegmenter:
     """Pixel masks from box prompts with a frozen SAM 2 / EdgeTAM."""
 
-    def __init__(self, bundle: SegmenterBundle):
+    def __init__(self, bundle: SegmenterBundle, *, bfloat16: bool = False):
         self.bundle = bundle
+        self.bfloat16 = bfloat16  # run the model under bf16 autocast
         self.model = bundle.model
         self.size = int(bundle.size)
 
@@ -51,8 +53,9 @@ class BoxSegmenter:
         height, width = images.shape[-2:]
         scale = torch.tensor([self.size / width, self.size / height] * 2, dtype=boxes.dtype, device=boxes.device)
         dtype = next(self.model.parameters()).dtype
-        outputs = self.model(pixel_values=self.preprocess(images).to(dtype), input_boxes=boxes * scale,
-                             multimask_output=False)
+        with bfloat16_autocast(self.device, self.bfloat16):
+            outputs = self.model(pixel_values=self.preprocess(images).to(dtype), input_boxes=boxes * scale,
+                                 multimask_output=False)
         return outputs.pred_masks[:, :, 0].float()
 
     @torch.no_grad()

@@ -7,12 +7,14 @@ a group's loss is ``1 - cosine similarity`` (0 when the renders match the text p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..config import GuidanceSettings
+from ..devices import bfloat16_autocast, use_bfloat16
 from ..models import ClipBundle
 from .augment import crop_boxes, perspective_grid, resample
 from .preprocess import center_crop, normalize, resize_shortest_side
@@ -41,6 +43,11 @@ class ClipGuidance:
     @property
     def device(self) -> torch.device:
         return next(self.bundle.model.parameters()).device
+
+    @functools.cached_property
+    def bfloat16(self) -> bool:
+        """Whether the steps' CLIP forwards run under bf16 autocast (``guidance.precision`` on the model's device)."""
+        return use_bfloat16(self.settings.precision, self.device)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
@@ -116,14 +123,7 @@ class ClipGuidance:
             local: include the local crops.
         """
         batch = self.augment(color, geometry, generator, local=local)
-        embeddings = self.encode_images(batch.images)
-        out: dict[str, torch.Tensor] = {}
-        for name, rows in batch.groups.items():
-            mean = F.normalize(embeddings[rows].mean(0), dim=-1)
-            out[name] = 1.0 - (mean * text).sum()
-        total = sum(v * (self.settings.geometry_weight if k == "geometry" else 1.0) for k, v in out.items())
-        out["total"] = total
-        return out
+        return self._group_losses(self._step_embeddings(batch.images), batch.groups, text)
 
     def part_losses(
         self, color: torch.Tensor, masks: torch.Tensor, texts: torch.Tensor, generator: torch.Generator
@@ -137,13 +137,55 @@ class ClipGuidance:
         Returns:
             per part, ``1 - cos(mean crop embedding, text)``, or None where no view shows the part.
         """
-        batch = self.part_crops(color, masks, generator)
-        if batch is None:
+        crops = self.part_crops(color, masks, generator)
+        if crops is None:
             return [None] * masks.shape[1]
-        images, owner = batch
-        embeddings = self.encode_images(images)
+        return self._per_part_losses(self._step_embeddings(crops[0]), crops[1], texts)
+
+    def step_losses(
+        self,
+        color: torch.Tensor,
+        geometry: torch.Tensor | None,
+        text: torch.Tensor,
+        generator: torch.Generator,
+        *,
+        masks: torch.Tensor | None = None,
+        part_texts: torch.Tensor | None = None,
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor | None] | None]:
+        """An optimization step's CLIP losses with every image in one forward: :meth:`losses` (with
+        local crops when no ``masks`` are given) and, for a part prompt (``masks`` [N, P, H, W] and
+        ``part_texts`` [P, D]), :meth:`part_losses`, drawing from ``generator`` in that order.
+        Returns (group losses with ``total``, per-part losses or None without a part prompt)."""
+        batch = self.augment(color, geometry, generator, local=masks is None)
+        crops = None if masks is None else self.part_crops(color, masks, generator)
+        embeddings = self._step_embeddings(batch.images if crops is None else torch.cat((batch.images, crops[0])))
+        count = batch.images.shape[0]
+        losses = self._group_losses(embeddings[:count], batch.groups, text)
+        if masks is None:
+            return losses, None
+        if crops is None:
+            return losses, [None] * masks.shape[1]
+        return losses, self._per_part_losses(embeddings[count:], crops[1], part_texts)
+
+    def _step_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_images` in the arithmetic ``guidance.precision`` gives, as float32 [B, D]."""
+        with bfloat16_autocast(self.device, self.bfloat16):
+            return self.encode_images(images).float()
+
+    def _group_losses(self, embeddings: torch.Tensor, groups: dict[str, slice], text: torch.Tensor):
+        """Per group ``1 - cos(mean embedding, text)``, plus their weighted ``total``."""
+        out: dict[str, torch.Tensor] = {}
+        for name, rows in groups.items():
+            mean = F.normalize(embeddings[rows].mean(0), dim=-1)
+            out[name] = 1.0 - (mean * text).sum()
+        total = sum(v * (self.settings.geometry_weight if k == "geometry" else 1.0) for k, v in out.items())
+        out["total"] = total
+        return out
+
+    def _per_part_losses(self, embeddings: torch.Tensor, owner: torch.Tensor, texts: torch.Tensor):
+        """[B, D] part-crop embeddings with their [B] part index -> per part a loss, or None."""
         losses: list[torch.Tensor | None] = []
-        for part in range(masks.shape[1]):
+        for part in range(texts.shape[0]):
             rows = (owner == part).nonzero().squeeze(1).to(embeddings.device)
             if rows.numel() == 0:
                 losses.append(None)

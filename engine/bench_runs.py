@@ -1,0 +1,225 @@
+"""``python -m engine bench --runs``: whole commands as a user types them, with the real-size
+architectures.
+
+A model folder with the real-size CLIP ViT-B/32, Grounding DINO tiny and SAM 2 hiera-tiny
+architectures and random weights (cost does not depend on the weights; the tiny models'
+tokenizers, whose ids fit the real vocabularies) is built once and kept. Each run is
+``python -m engine stylize`` in a child process on the 40k-face sample lamp; its wall time covers
+process start, imports, model loading, optimization and export, and the child's run.json gives the
+phases (model loading, setup, optimization, first preview, peak memory).
+
+Random weights cannot locate parts: their boxes and masks carry no information, so settling finds
+no part and a located run stops at "could not find". The stylize runs therefore take their parts
+from the sample's labels, and localization is timed on its own in this process, on the same mesh
+with the same settings, models loaded fresh, to its end (every view detected, segmented and
+settled; the verdict that follows is ignored). A located run costs the labelled run plus that
+localization, less the grounding model's load, which the labelled run already paid for its
+grounding steps. Random weights also score nothing above the usual thresholds, so every run sets
+``localize.box_threshold`` and ``guidance.grounding_threshold`` to 0 (every box and proposal counts:
+the cost of a real run's worst case).
+
+Runs whose full schedule would take hours on a CPU (``faithful``, ``text2mesh``) are cut at
+``CPU_ITERATIONS`` there, and the full run is estimated from their seconds per iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from .bench_batch import report_line
+from .config import settings_for
+
+RUN_MESH = "sample:lamp@40000"
+PART_PROMPT = "red base, yellow tube, blue shade"
+HOLISTIC_PROMPT = "a lamp made of gold"
+ZERO_THRESHOLDS = ("localize.box_threshold=0", "guidance.grounding_threshold=0")
+# Iterations of the GPU presets' runs on a CPU (their full schedule there takes hours).
+CPU_ITERATIONS = 20
+FOLDER_VERSION = "real-size random weights, seed 0, v1"
+
+
+@dataclass(frozen=True)
+class WholeRun:
+    """One benchmarked command: a name, its preset, prompt and extra arguments; ``cut_on_cpu``:
+    run at most ``cpu_iterations`` of the preset's schedule on a CPU, and estimate the rest."""
+
+    name: str
+    preset: str
+    prompt: str
+    extra: tuple[str, ...] = ()
+    cut_on_cpu: bool = False
+
+    def full_iterations(self) -> int:
+        return settings_for(self.preset).optim.iterations
+
+
+FLOAT32 = tuple(f"{name}.precision=float32" for name in ("field", "guidance", "localize"))
+BY_LABEL = ("--parts-from", "labels")
+
+RUNS = (
+    WholeRun("fast, 3 parts", "fast", PART_PROMPT, BY_LABEL),
+    WholeRun("fast, 3 parts, float32", "fast", PART_PROMPT, (*BY_LABEL, *(a for o in FLOAT32 for a in ("--set", o)))),
+    WholeRun("faithful, 3 parts", "faithful", PART_PROMPT, BY_LABEL, cut_on_cpu=True),
+    WholeRun("text2mesh, holistic", "text2mesh", HOLISTIC_PROMPT, cut_on_cpu=True),
+)
+
+
+def real_size_model_folder(root: str) -> str:
+    """``root`` holding ``clip/``, ``grounding/`` and ``segmenter/`` with the real-size
+    architectures and random weights (seeded), built unless an earlier call left it complete."""
+    marker = os.path.join(root, "partstyle-bench.json")
+    if os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as fh:
+            if json.load(fh).get("version") == FOLDER_VERSION:
+                return root
+    import torch
+    from transformers import CLIPConfig, CLIPModel, GroundingDinoForObjectDetection, Sam2Model
+
+    from .tiny_models import build_tiny_clip, build_tiny_grounding_dino, real_size_grounding_config, segmenter_config
+
+    os.makedirs(root, exist_ok=True)
+    builds = (
+        ("clip", lambda: CLIPModel(CLIPConfig()), build_tiny_clip()[1]),  # CLIPConfig's defaults are ViT-B/32
+        ("grounding", lambda: GroundingDinoForObjectDetection(real_size_grounding_config()),
+         build_tiny_grounding_dino()[1]),
+        ("segmenter", lambda: Sam2Model(segmenter_config()), None),
+    )
+    for role, build, tokenizer in builds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build().eval()
+        folder = os.path.join(root, role)
+        model.save_pretrained(folder, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    with open(marker, "w", encoding="utf-8") as fh:
+        json.dump({"version": FOLDER_VERSION}, fh)
+    return root
+
+
+def default_folder() -> str:
+    """Where the benchmark keeps its model folder between runs."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "partstyle", "bench-real-size")
+
+
+def run_whole_commands(
+    *, device: str = "cpu", models: str | None = None, runs: tuple[WholeRun, ...] = RUNS, mesh: str = RUN_MESH,
+    cpu_iterations: int = CPU_ITERATIONS, out: TextIO = sys.stdout,
+) -> dict:
+    """Time each of ``runs`` on ``mesh`` as a child process on ``device``, and the localization of
+    its 3 parts (``fast``'s settings, each precision of the runs); print tables to ``out`` and return
+    ``{"runs": [one dict per run], "localization": {precision: phases}, "located": {precision:
+    estimated seconds of a located fast run}}``. ``models``: the real-size folder's place (None:
+    the default cache), or ``tiny`` for the project's own models (a smoke run)."""
+    source = models if models == "tiny" else real_size_model_folder(models or default_folder())
+    on_cpu = device == "cpu" or (device == "auto" and not _cuda_visible())
+    kind = "the project's tiny models" if source == "tiny" else f"{source} (real-size, random weights)"
+    report_line(out, f"# whole commands: {mesh}, models {kind}, device {device}; parts from the labels")
+    report_line(out, f"{'run':<24} {'it.':>5} {'wall s':>8} {'load s':>7} {'setup s':>8} {'optim s':>8} "
+                     f"{'s/it.':>7} {'preview s':>9} {'peak MB':>8} {'full run s':>10}")
+    rows = []
+    for run in runs:
+        full = run.full_iterations()
+        iterations = min(full, cpu_iterations) if on_cpu and run.cut_on_cpu else full
+        row = _time_run(run, iterations, source, mesh, device)
+        per_iteration = row["seconds_optimizing"] / max(row["steps"], 1)
+        row.update(name=run.name, iterations=iterations, full_iterations=full, per_iteration=per_iteration,
+                   full_run=row["wall"] + per_iteration * (full - row["steps"]))
+        rows.append(row)
+        estimate = "" if iterations == full else " (est.)"
+        report_line(out, f"{run.name:<24} {iterations:>5} {row['wall']:>8.1f} {row['seconds_loading_models']:>7.1f} "
+                         f"{row['seconds_setup']:>8.1f} {row['seconds_optimizing']:>8.1f} {per_iteration:>7.3f} "
+                         f"{_or_dash(row['seconds_to_first_preview']):>9} {row['peak_memory_mb']:>8.0f} "
+                         f"{row['full_run']:>10.1f}{estimate}")
+    figures = {"runs": rows, "localization": {}, "located": {}}
+    fast = {("float32" if "float32" in r.name else "auto"): row for r, row in zip(runs, rows, strict=True)
+            if r.preset == "fast" and r.prompt == PART_PROMPT}
+    if fast:
+        report_line(out, f"# localization of '{PART_PROMPT}' on {mesh} (fast's settings), in this process, models "
+                         "loaded fresh: seconds")
+        report_line(out, f"  {'precision':<9} {'load':>6} {'grounding':>9} {'first parts preview':>19} {'total':>7} "
+                         f"{'located fast run (est.)':>23}")
+    for precision, row in fast.items():
+        phases = time_localization(source, mesh, device, () if precision == "auto" else FLOAT32)
+        located = row["wall"] + phases["total"] - phases["grounding_load"]
+        figures["localization"][precision], figures["located"][precision] = phases, located
+        report_line(out, f"  {precision:<9} {phases['load']:>6.1f} {phases['grounding_load']:>9.1f} "
+                         f"{phases['first_progress']:>19.1f} {phases['total']:>7.1f} {located:>23.1f}")
+    return figures
+
+
+def time_localization(models: str, mesh: str, device: str, overrides: tuple[str, ...] = ()) -> dict[str, float]:
+    """Seconds to locate the 3 parts of :data:`PART_PROMPT` on ``mesh`` with ``fast``'s settings
+    (plus ``overrides``) and a fresh model store: ``total`` (loading included), ``load`` (both
+    models), ``grounding_load`` (the grounding model alone), ``first_progress`` (to the first parts
+    settled from the views so far: the first live preview of a located run)."""
+    import torch
+
+    from .api import locate_parts, resolve_device
+    from .errors import PartNotFound
+    from .inputs import load_input_mesh
+    from .models import ModelStore
+    from .prompt import parse_prompt
+
+    settings = settings_for("fast", [*ZERO_THRESHOLDS, *overrides])
+    target = load_input_mesh(mesh)
+    dev = resolve_device(device)
+    store = ModelStore(models)
+    progress: list[float] = []
+    started = time.perf_counter()
+    with contextlib.suppress(PartNotFound):  # random weights locate nothing, found once every view is settled
+        locate_parts(target, parse_prompt(PART_PROMPT).parts, settings=settings, models=store, device=dev,
+                     on_progress=lambda *_: progress.append(time.perf_counter() - started))
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    total = time.perf_counter() - started
+    grounding = ModelStore(models)
+    grounding.grounding(dev)
+    return {"total": total, "load": store.seconds_loading, "grounding_load": grounding.seconds_loading,
+            "first_progress": progress[0] if progress else float("nan")}
+
+
+def _time_run(run: WholeRun, iterations: int, models: str, mesh: str, device: str) -> dict:
+    """Wall seconds of one ``stylize`` command in a child process, with its run.json's figures."""
+    with tempfile.TemporaryDirectory(prefix="partstyle-bench-") as scratch:
+        out_dir = os.path.join(scratch, "out")
+        command = [sys.executable, "-m", "engine", "stylize", mesh, "--prompt", run.prompt, "--preset", run.preset,
+                   "--iterations", str(iterations), "--models", models, "--device", device, "--out", out_dir,
+                   "--quiet", *run.extra]
+        for override in ZERO_THRESHOLDS:
+            command += ["--set", override]
+        path = os.pathsep.join(filter(None, [_engine_root(), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"'{' '.join(command)}' failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        with open(os.path.join(out_dir, "run.json"), encoding="utf-8") as fh:
+            record = json.load(fh)
+    keys = ("steps", "seconds_setup", "seconds_locating", "seconds_optimizing", "seconds_to_first_preview",
+            "seconds_loading_models", "peak_memory_mb", "precision", "device")
+    return {"wall": wall, **{key: record.get(key) for key in keys}}
+
+
+def _engine_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _or_dash(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
