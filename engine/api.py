@@ -146,13 +146,13 @@ def stylize(
         on_copy = work.num_vertices < mesh.num_vertices
 
         def show_parts(weights, done: int, count: int) -> None:  # the parts found so far, as a live preview
-            if settings.run.preview_every:
-                shown = copy.expand_part_weights(weights) if on_copy else weights
-                on_event(PreviewEvent(0, settings.optim.iterations, part_colors(shown.weights),
-                                      np.zeros(mesh.num_vertices, np.float32)))
+            shown = copy.expand_part_weights(weights) if on_copy else weights
+            on_event(PreviewEvent(0, settings.optim.iterations, part_colors(shown.weights),
+                                  np.zeros(mesh.num_vertices, np.float32)))
 
         located = locate_parts(work if on_copy else mesh, parsed.parts, settings=settings, models=store,
-                               device=dev, on_event=on_event, cancel=cancel, on_progress=show_parts)
+                               device=dev, on_event=on_event, cancel=cancel,
+                               on_progress=show_parts if settings.run.preview_every else None)  # no settling unseen
         part_confidence = located.part_confidence
         part_weights = copy.expand_part_weights(located.weights) if on_copy else located.weights
         work_weights = located.weights if on_copy or copy is None else copy.reduce_part_weights(located.weights)

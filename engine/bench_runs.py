@@ -182,9 +182,7 @@ def time_localization(models: str, mesh: str, device: str, overrides: tuple[str,
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     total = time.perf_counter() - started
-    grounding = ModelStore(models)
-    grounding.grounding(dev)
-    return {"total": total, "load": store.seconds_loading, "grounding_load": grounding.seconds_loading,
+    return {"total": total, "load": store.seconds_loading, "grounding_load": store.load_seconds["grounding"],
             "first_progress": progress[0] if progress else float("nan")}
 
 

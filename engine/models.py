@@ -137,7 +137,7 @@ class ModelStore:
         self.allow_download = allow_download
         self.cache_dir = cache_dir
         self._loaded: dict[tuple[str, str], ClipBundle | GroundingBundle] = {}
-        self.seconds_loading = 0.0  # spent loading models so far (a run records its own share)
+        self.load_seconds: dict[str, float] = {}  # role -> seconds spent loading it (a run records its share)
 
     def describe(self) -> str:
         return self.source if self.source in ("tiny", "default") else os.path.abspath(self.source)
@@ -171,8 +171,13 @@ class ModelStore:
             bundle = load()
             bundle.model.requires_grad_(False)
             self._loaded[key] = dataclasses.replace(bundle, model=bundle.model.to(device))
-            self.seconds_loading += time.perf_counter() - started
+            self.load_seconds[role] = self.load_seconds.get(role, 0.0) + time.perf_counter() - started
         return self._loaded[key]
+
+    @property
+    def seconds_loading(self) -> float:
+        """Seconds spent loading models so far, every role and device."""
+        return sum(self.load_seconds.values())
 
     def _load_clip(self) -> ClipBundle:
         if self.source == "tiny":

@@ -61,6 +61,6 @@ def test_whole_command_benchmark_times_each_run_and_the_localization():
         assert 0 < row["seconds_to_first_preview"] < row["seconds_setup"] + row["seconds_optimizing"]
         assert row["peak_memory_mb"] > 0 and row["device"] == "cpu"
     located = figures["localization"]["auto"]  # fast's 10 views, settled after every second one
-    # the models load inside the localization, before its first view; the grounding model's load is timed apart
-    assert 0 < located["load"] < located["first_progress"] < located["total"] and located["grounding_load"] > 0
+    # the models load inside the localization, before its first view; the grounding model's load is a share of it
+    assert 0 < located["grounding_load"] <= located["load"] < located["first_progress"] < located["total"]
     assert figures["located"]["auto"] == fast["wall"] + located["total"] - located["grounding_load"]
