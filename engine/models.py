@@ -31,6 +31,7 @@ import torch
 from .compat import GROUNDING_DELIMITER_IDS, grounding_delimiter_ids, require_grounding_support
 from .downloads import HUB_PATTERNS, MODEL_SOURCES, ROLES, download_models, format_size, local_snapshot, source_for
 from .errors import ModelFormatError, ModelNotFound
+from .model_kernels import adapt_clip_to_device
 
 _HUB_IDS = {source.role: source.repo_id for source in MODEL_SOURCES}
 DEFAULT_CLIP = _HUB_IDS["clip"]
@@ -153,7 +154,7 @@ class ModelStore:
 
     def clip(self, device: torch.device | str = "cpu") -> ClipBundle:
         """The CLIP model of this source, frozen, on ``device``."""
-        return self._cached("clip", device, self._load_clip)
+        return self._cached("clip", device, self._load_clip, adapt=adapt_clip_to_device)
 
     def grounding(self, device: torch.device | str = "cpu") -> GroundingBundle:
         """The Grounding DINO model of this source, frozen, on ``device``."""
@@ -163,14 +164,18 @@ class ModelStore:
         """The box-prompted segmenter of this source, frozen, on ``device``."""
         return self._cached("segmenter", device, self._load_segmenter)
 
-    def _cached(self, role: str, device: torch.device | str, load):
-        """Load a role's bundle once per device, frozen and moved there."""
+    def _cached(self, role: str, device: torch.device | str, load, adapt=None):
+        """Load a role's bundle once per device, frozen and moved there (then ``adapt(model, device)``:
+        faster kernels for that device, engine/model_kernels.py)."""
         key = (role, str(device))
         if key not in self._loaded:
             started = time.perf_counter()
             bundle = load()
             bundle.model.requires_grad_(False)
-            self._loaded[key] = dataclasses.replace(bundle, model=bundle.model.to(device))
+            model = bundle.model.to(device)
+            if adapt is not None:
+                adapt(model, device)
+            self._loaded[key] = dataclasses.replace(bundle, model=model)
             self.load_seconds[role] = self.load_seconds.get(role, 0.0) + time.perf_counter() - started
         return self._loaded[key]
 
