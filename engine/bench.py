@@ -42,6 +42,7 @@ from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .memory import peak_memory_mb
+from .model_kernels import adapt_clip_to_device
 from .models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -364,7 +365,9 @@ def benchmark_clip(name: str, device: torch.device) -> ClipBundle:
     else:
         raise ValueError(f"unknown benchmark CLIP '{name}'; use vit-b-32 or tiny")
     model.requires_grad_(False)
-    return ClipBundle(model.to(device), tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, name)
+    model = model.to(device)
+    adapt_clip_to_device(model, device)  # the kernels a run uses there (engine/model_kernels.py)
+    return ClipBundle(model, tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, name)
 
 
 def benchmark_grounding(name: str, device: torch.device) -> GroundingBundle:

@@ -83,3 +83,10 @@ def test_other_devices_keep_the_librarys_kernels():
 def test_the_store_adapts_clip_on_a_cpu():
     bundle = ModelStore("tiny").clip("cpu")
     assert isinstance(bundle.model.vision_model.embeddings.patch_embedding, PatchMatmul)
+
+
+def test_the_benchmark_times_the_kernels_a_run_uses():
+    from engine.bench import benchmark_clip
+
+    bundle = benchmark_clip("tiny", torch.device("cpu"))
+    assert isinstance(bundle.model.vision_model.embeddings.patch_embedding, PatchMatmul)
