@@ -61,8 +61,9 @@ def is_patch_embedding(module: nn.Module) -> bool:
 
 
 def adapt_clip_to_device(model: nn.Module, device: torch.device | str) -> None:
-    """Switch a ``CLIPModel``'s vision tower to the faster kernels above when ``device`` is a CPU
-    (in place); on other devices the model is left as it is."""
+    """Switch a ``CLIPModel`` to the faster kernels above when ``device`` is a CPU (in place): the
+    vision tower's patch embedding, and both towers' attention (the text tower's runs a few times a
+    run, without gradient; the vision tower's every step). On other devices the model is left as it is."""
     if torch.device(device).type != "cpu":
         return
     embeddings = model.vision_model.embeddings
