@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .compose import Composition, compose_parts, whole_object
-from .config import Settings, settings_for
+from .config import PRECISION_STAGES, Settings, settings_for
 from .devices import mps_fallback_notice, resolve_device, use_bfloat16
 from .errors import Cancelled, CheckpointError
 from .events import CancelToken, EventSink, NoticeEvent, PreviewEvent, StageEvent, ignore_events
@@ -205,7 +205,7 @@ def stylize(
     record = {
         "device": str(dev),
         "precision": {name: "bfloat16" if use_bfloat16(getattr(settings, name).precision, dev) else "float32"
-                      for name in ("field", "guidance", "localize")},
+                      for name in PRECISION_STAGES},
         "models": store.describe(),
         "model_sources": store.record(),  # each model used: hub repo and pinned revision, or tiny / folder
         "reference_images": {part: ref.record() for part, ref in request.images},  # by content hash

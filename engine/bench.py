@@ -31,7 +31,7 @@ import torch
 from .api import resolve_device
 from .cameras import sample_views
 from .compose import compose_parts, whole_object
-from .config import settings_for
+from .config import ALL_FLOAT32, settings_for
 from .devices import use_bfloat16
 from .geometry.intersections import intersecting_pairs
 from .geometry.patches import segment_patches
@@ -92,13 +92,12 @@ def run_benchmarks(
             fwd, bwd = render_timing(faces, size, dev, reps)
             figures["render"].append({"faces": faces, "size": size, "forward_ms": fwd, "backward_ms": bwd})
             say(f"{faces:>8} {size:>5} {fwd:>9.1f} {bwd:>9.1f} {fwd + bwd:>9.1f}")
-    figures["peak_rss_mb_after_render"] = peak_rss_mb()
+    figures["peak_rss_mb_after_render"] = peak_memory_mb(torch.device("cpu"))
     say(f"peak process memory so far: {figures['peak_rss_mb_after_render']:.0f} MB")
 
     models = BenchmarkModels(clip, dev)
     faces = 20_000 if quick else ITERATION_FACES
-    all_float32 = tuple(f"{name}.precision=float32" for name in ("field", "guidance", "localize"))
-    variants = [("fast", ())] if quick else [("text2mesh", ()), ("fast", ()), ("fast", all_float32)]
+    variants = [("fast", ())] if quick else [("text2mesh", ()), ("fast", ()), ("fast", ALL_FLOAT32)]
     figures["iteration"] = {}
     for preset, overrides in variants:
         result = iteration_timing(preset, dev, reps, models=models, faces=faces, overrides=overrides)
@@ -147,7 +146,7 @@ def run_benchmarks(
         figures["geometry"][count] = {"thickness_s": thickness, "intersections_s": check}
         say(f"  lamp {count:>7} faces  thickness {thickness:>6.2f}  self-intersections {check:>6.2f}")
 
-    figures["peak_rss_mb"] = peak_rss_mb()
+    figures["peak_rss_mb"] = peak_memory_mb(torch.device("cpu"))
     say(f"\npeak process memory: {figures['peak_rss_mb']:.0f} MB")
     if dev.type == "cuda":
         figures["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -400,11 +399,6 @@ def benchmark_segmenter(name: str, device: torch.device) -> SegmenterBundle:
         size = SEGMENTER_SIZE
     model.requires_grad_(False)
     return SegmenterBundle(model.to(device), size, GROUNDING_MEAN, GROUNDING_STD, name)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB); NaN where the OS does not report it."""
-    return peak_memory_mb(torch.device("cpu"))
 
 
 def _now(device: torch.device) -> float:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from .bench_batch import report_line
-from .config import settings_for
+from .config import ALL_FLOAT32, settings_for
 
 RUN_MESH = "sample:lamp@40000"
 PART_PROMPT = "red base, yellow tube, blue shade"
@@ -61,12 +61,12 @@ class WholeRun:
         return settings_for(self.preset).optim.iterations
 
 
-FLOAT32 = tuple(f"{name}.precision=float32" for name in ("field", "guidance", "localize"))
 BY_LABEL = ("--parts-from", "labels")
+SET_FLOAT32 = tuple(arg for override in ALL_FLOAT32 for arg in ("--set", override))
 
 RUNS = (
     WholeRun("fast, 3 parts", "fast", PART_PROMPT, BY_LABEL),
-    WholeRun("fast, 3 parts, float32", "fast", PART_PROMPT, (*BY_LABEL, *(a for o in FLOAT32 for a in ("--set", o)))),
+    WholeRun("fast, 3 parts, float32", "fast", PART_PROMPT, (*BY_LABEL, *SET_FLOAT32)),
     WholeRun("faithful, 3 parts", "faithful", PART_PROMPT, BY_LABEL, cut_on_cpu=True),
     WholeRun("text2mesh, holistic", "text2mesh", HOLISTIC_PROMPT, cut_on_cpu=True),
 )
@@ -149,7 +149,7 @@ def run_whole_commands(
         report_line(out, f"  {'precision':<9} {'load':>6} {'grounding':>9} {'first parts preview':>19} {'total':>7} "
                          f"{'located fast run (est.)':>23}")
     for precision, row in fast.items():
-        phases = time_localization(source, mesh, device, () if precision == "auto" else FLOAT32)
+        phases = time_localization(source, mesh, device, () if precision == "auto" else ALL_FLOAT32)
         located = row["wall"] + phases["total"] - phases["grounding_load"]
         figures["localization"][precision], figures["located"][precision] = phases, located
         report_line(out, f"  {precision:<9} {phases['load']:>6.1f} {phases['grounding_load']:>9.1f} "

@@ -297,6 +297,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "fast"
 # The choices of every ``*.precision`` setting (engine.devices.use_bfloat16 resolves them).
 PRECISIONS = ("auto", "float32", "bfloat16")
+# The stages of a run that each run their models in the arithmetic their ``precision`` says
+# (``texture.precision`` follows ``field``'s where it is ``auto``), and the overrides that put them all in float32.
+PRECISION_STAGES = ("field", "guidance", "localize")
+ALL_FLOAT32 = tuple(f"{stage}.precision=float32" for stage in PRECISION_STAGES)
 
 
 def settings_for(preset: str = DEFAULT_PRESET, overrides: dict[str, Any] | list[str] | None = None) -> Settings:
@@ -409,7 +413,7 @@ def _validate(s: Settings) -> None:
         ("field.relief_gain", s.field.relief_gain > 0.0, "greater than 0"),
         ("field.max_vertices", s.field.max_vertices == 0 or s.field.max_vertices >= 1000, "0 (off) or at least 1000"),
         *((f"{name}.precision", getattr(s, name).precision in PRECISIONS, "'auto', 'float32' or 'bfloat16'")
-          for name in ("field", "guidance", "localize", "texture")),
+          for name in (*PRECISION_STAGES, "texture")),
         ("field.optimize_on", s.field.optimize_on in ("auto", "mesh", "subdivided"), "'auto', 'mesh' or 'subdivided'"),
         ("field.subdivide_pixels", 0.5 <= s.field.subdivide_pixels <= 64, "0.5 to 64"),
         ("field.subdivide_max_vertices", 1000 <= s.field.subdivide_max_vertices <= 2_000_000, "1000 to 2000000"),

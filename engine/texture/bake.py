@@ -25,7 +25,7 @@ import torch
 
 from ..compose import Composition
 from ..config import Settings, TextureSettings
-from ..devices import native_bfloat16, use_bfloat16
+from ..devices import native_bfloat16
 from ..events import CancelToken
 from ..mesh import Mesh, Normalization
 from .maps import pad_islands, padding_sources, tangent_normals
@@ -123,7 +123,7 @@ def bake_precision(settings: Settings, device: torch.device) -> str:
     """``texture.precision`` resolved for ``device``: ``float32`` or ``bfloat16``."""
     chosen = settings.texture.precision
     if chosen == "auto":
-        native = use_bfloat16(settings.field.precision, device) or native_bfloat16(device)
+        native = settings.field.precision == "bfloat16" or native_bfloat16(device)  # auto: what the field's auto gives
         chosen = "bfloat16" if native else "float32"
     return chosen
 
