@@ -206,6 +206,54 @@ def test_proposals_the_library_marks_invalid_are_never_scored(detector):
     assert bool((logits[~invalid] > INVALID_PROPOSAL_LOGIT).all()) and bool(torch.isfinite(boxes).all())
 
 
+def count_calls(module: torch.nn.Module) -> list[int]:
+    """A one-element list counting ``module``'s forward calls from now on."""
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_proposals_give_the_library_image_gradient_without_running_its_decoder():
+    """The dense proposals stop before the decoder (``proposals.py``), yet give the library's whole
+    forward's values and image gradient."""
+    detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))  # its own model: hooks stay here
+    decoder_calls = count_calls(detector.model.model.decoder)
+    caption = detector.caption(["base", "lamp shade"])
+    weights = torch.linspace(-1.0, 1.0, 2)  # a loss that weighs the phrases differently
+
+    theirs = random_images(2, 160, 192, seed=4).requires_grad_(True)
+    pixel_values, pixel_mask = detector.preprocess(theirs)
+    out = detector.model(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=caption.input_ids.expand(2, -1))
+    assert decoder_calls == [1]
+    valid = torch.isfinite(out.enc_outputs_coord_logits).all(-1)  # the rest score INVALID_PROPOSAL_LOGIT
+    library = span_mean(out.enc_outputs_class, caption.token_spans)[valid]
+    (library * weights).sum().backward()
+
+    ours = theirs.detach().clone().requires_grad_(True)
+    _, logits = detector.phrase_logits(ours, caption)
+    assert decoder_calls == [1]
+    assert_close(logits[valid], library, rel=SAME_MATH, what="proposal logits")
+    (logits[valid] * weights).sum().backward()
+    assert_close(ours.grad, theirs.grad, rel=SAME_MATH, what="image gradient")
+
+
+def test_one_image_encoding_serves_several_captions():
+    detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))
+    backbone_calls = count_calls(detector.model.model.backbone)
+    images = random_images(2, 128, 128, seed=5)
+    captions = [detector.caption(["base", "shade"]), detector.caption(["pottery base", "linen shade"])]
+    with torch.no_grad():
+        separately = [detector.phrase_scores(images, caption) for caption in captions]
+        assert backbone_calls == [2]
+        encoding = detector.encode_images(images)
+        shared = [detector.phrase_scores(encoding, caption) for caption in captions]
+    assert backbone_calls == [3]
+    for (boxes, scores), (shared_boxes, shared_scores) in zip(separately, shared, strict=True):
+        assert torch.equal(boxes, shared_boxes) and torch.equal(scores, shared_scores)
+    with pytest.raises(ValueError, match="decoder's queries need the images"):
+        detector.phrase_scores(encoding, captions[0], proposals=False)
+
+
 # --- detection ------------------------------------------------------------------------------------
 
 

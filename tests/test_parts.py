@@ -335,7 +335,7 @@ def test_grounding_steps_follow_the_schedule(lamp):
 
 
 def test_grounding_part_loss_sends_gradient_to_the_render():
-    from engine.grounding.detector import GroundingDetector
+    from engine.grounding.detector import GroundingDetector, span_mean
     from engine.guidance.grounding_loss import GroundingPartLoss
 
     detector = GroundingDetector(STORE.grounding("cpu"), size=128)
@@ -347,6 +347,18 @@ def test_grounding_part_loss_sends_gradient_to_the_render():
     assert 0.0 < float(loss.detach()) < 1.0
     loss.backward()
     assert images.grad is not None and float(images.grad.abs().sum()) > 0
+    # The same loss from two whole forwards of the library's model, one per caption.
+    expected_images = images.detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        _, parts = detector.phrase_scores(expected_images, loss_fn.part_caption)
+    pixel_values, pixel_mask = detector.preprocess(expected_images)
+    out = detector.model(pixel_values=pixel_values, pixel_mask=pixel_mask,
+                         input_ids=loss_fn.style_caption.input_ids.expand(2, -1))
+    style = span_mean(out.enc_outputs_class.sigmoid(), loss_fn.style_caption.token_spans)
+    expected = ((1.0 - style[parts > loss_fn.threshold]) ** 2).mean()
+    assert_close(loss.detach(), expected.detach(), rel=SAME_MATH, what="grounding loss")
+    expected.backward()
+    assert_close(images.grad, expected_images.grad, rel=SAME_MATH, what="its image gradient")
     strict = GroundingPartLoss(detector, ["base"], ["pottery base"], threshold=1.5)  # above any score
     nothing = strict(images.detach().requires_grad_(True))
     assert float(nothing.detach()) == 0.0  # no region shows the part: no signal, no error

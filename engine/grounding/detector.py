@@ -7,7 +7,8 @@ tokens, whose positions (token spans) come from the tokenizer's offset mapping.
 Two kinds of regions:
 - the encoder's dense proposals (two-stage): one per feature-map position over all levels, at fixed
   image positions (GLIP's anchors in all but name); used with gradient for the part-level style
-  loss.
+  loss. They are computed without the decoder, and one image pass can serve several captions
+  (:meth:`GroundingDetector.encode_images`, ``proposals.py``).
 - the decoder's queries: the ``num_queries`` best proposals refined by the decoder; they depend on
   the caption; used without gradient for detection (localization of the parts).
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from ..devices import bfloat16_autocast
 from ..errors import PromptError
 from ..models import GroundingBundle
+from .proposals import ImageEncoding, encode_images, encoder_proposals
 
 # Logit given to dense proposals the library itself marks invalid (on padding, or centred within 1 %
 # of the image border: their coordinate logits are +inf). Finite, so sums and products stay finite;
@@ -205,8 +207,17 @@ class GroundingDetector:
         pixel_mask = torch.ones(n, h, w, dtype=torch.int64, device=images.device)
         return pixel_values, pixel_mask
 
+    def encode_images(self, images: torch.Tensor) -> ImageEncoding:
+        """The caption-independent half of a forward over ``images`` [N, 3, H, W] (RGB in 0..1, on the
+        model's device), differentiable; pass it to :meth:`phrase_logits` / :meth:`phrase_scores` in
+        place of the images to score them under several captions with one backbone pass."""
+        pixel_values, pixel_mask = self.preprocess(images)
+        dtype = next(self.model.parameters()).dtype
+        with bfloat16_autocast(self.device, self.bfloat16):
+            return encode_images(self.model.model, pixel_values.to(dtype), pixel_mask)
+
     def _run(
-        self, images: torch.Tensor, caption: Caption, proposals: bool
+        self, source: torch.Tensor | ImageEncoding, caption: Caption, proposals: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Boxes [N, Q, 4] (cx, cy, w, h in 0..1), token logits [N, Q, L], valid regions [N, Q] bool."""
         length = caption.input_ids.shape[-1]
@@ -215,9 +226,13 @@ class GroundingDetector:
                 f"the caption has {length} tokens but the grounding model reads at most {self.max_text_len}; "
                 "use fewer or shorter part names."
             )
-        pixel_values, pixel_mask = self.preprocess(images)
+        if proposals:
+            return self._proposals(source, caption)
+        if isinstance(source, ImageEncoding):
+            raise ValueError("the decoder's queries need the images, not an ImageEncoding (proposals=True reads one)")
+        pixel_values, pixel_mask = self.preprocess(source)
         dtype = next(self.model.parameters()).dtype
-        n = images.shape[0]
+        n = source.shape[0]
         with bfloat16_autocast(self.device, self.bfloat16):
             outputs = self.model(
                 pixel_values=pixel_values.to(dtype),
@@ -226,26 +241,39 @@ class GroundingDetector:
                 attention_mask=caption.attention_mask.to(self.device).expand(n, -1),
                 return_dict=True,
             )
-        if not proposals:
-            boxes = outputs.pred_boxes.float()
-            return boxes, outputs.logits.float(), torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
-        if outputs.enc_outputs_class is None:
+        boxes = outputs.pred_boxes.float()
+        return boxes, outputs.logits.float(), torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+
+    def _proposals(
+        self, source: torch.Tensor | ImageEncoding, caption: Caption
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_run` for the encoder's dense proposals: the library's forward up to them, no decoder."""
+        if not self.model.config.two_stage:
             raise ValueError("this Grounding DINO has two_stage=False: it gives no dense proposals.")
-        coord_logits = outputs.enc_outputs_coord_logits.float()
+        encoding = source if isinstance(source, ImageEncoding) else self.encode_images(source)
+        n = encoding.features.shape[0]
+        with bfloat16_autocast(self.device, self.bfloat16):
+            coord_logits, token_logits = encoder_proposals(
+                self.model.model, encoding,
+                caption.input_ids.to(self.device).expand(n, -1), caption.attention_mask.to(self.device).expand(n, -1),
+            )
+        coord_logits = coord_logits.float()
         valid = torch.isfinite(coord_logits).all(-1)
         boxes = torch.where(valid[..., None], coord_logits.sigmoid(), 0.0)
-        return boxes, outputs.enc_outputs_class.float(), valid
+        return boxes, token_logits.float(), valid
 
     def phrase_logits(
-        self, images: torch.Tensor, caption: Caption, *, proposals: bool = True
+        self, images: torch.Tensor | ImageEncoding, caption: Caption, *, proposals: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes and per-phrase raw logits of every region, differentiable w.r.t. ``images``.
 
         Args:
-            images: [N, 3, H, W] RGB in 0..1, on the model's device.
+            images: [N, 3, H, W] RGB in 0..1, on the model's device; or, for proposals, their
+                :meth:`encode_images` (several captions, one backbone pass).
             caption: from :meth:`caption` / :func:`build_caption`.
             proposals: True: the encoder's dense proposals (``enc_outputs_class`` /
-                ``enc_outputs_coord_logits``; Q = sum over the 4 feature levels of h_l * w_l).
+                ``enc_outputs_coord_logits``; Q = sum over the 4 feature levels of h_l * w_l),
+                computed without the decoder (``proposals.py``).
                 False: the decoder's queries (``logits`` / ``pred_boxes``; Q = ``num_queries``).
 
         Returns:
@@ -259,7 +287,7 @@ class GroundingDetector:
         return boxes, logits
 
     def phrase_scores(
-        self, images: torch.Tensor, caption: Caption, *, proposals: bool = True
+        self, images: torch.Tensor | ImageEncoding, caption: Caption, *, proposals: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`phrase_logits`, with scores [N, Q, P] = mean sigmoid over each phrase's tokens (0..1).
 

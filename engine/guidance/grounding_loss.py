@@ -1,11 +1,11 @@
 """The grounding-space part-level style loss (METHOD section 5.2, 3DStyleGLIP).
 
-On a stylized render, the grounding model runs twice over its dense encoder proposals, which sit
-at fixed image positions: once with the part caption (``base . tube .``, no gradient) to select
-the regions that show part k (score above a threshold), once with the style caption
-(``pottery base . gold tube .``) with gradient to the image. The loss is the mean over views and
-selected (region, part) pairs of (1 - style score)^2: wherever the model sees "tube", it should
-also see "gold tube".
+On a stylized render, the grounding model scores its dense encoder proposals, which sit at fixed
+image positions, under two captions: the part caption (``base . tube .``, no gradient) selects the
+regions that show part k (score above a threshold), the style caption (``pottery base . gold tube
+.``) scores them with gradient to the image. The loss is the mean over views and selected (region,
+part) pairs of (1 - style score)^2: wherever the model sees "tube", it should also see "gold tube".
+Both captions read one pass of the image backbone, which does not depend on the caption.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..grounding.detector import GroundingDetector
+from ..grounding.proposals import ImageEncoding
 
 
 class GroundingPartLoss:
@@ -26,15 +27,17 @@ class GroundingPartLoss:
         self.style_caption = detector.caption(phrases)
         self.threshold = threshold
 
-    def selection(self, images: torch.Tensor) -> torch.Tensor:
-        """[N, Q, P] bool: proposals that show each part (part caption, no gradient)."""
+    def selection(self, images: torch.Tensor | ImageEncoding) -> torch.Tensor:
+        """[N, Q, P] bool: proposals that show each part (part caption, no gradient); ``images`` [N, 3,
+        H, W] in 0..1 or their :meth:`GroundingDetector.encode_images`."""
         with torch.no_grad():
-            _, scores = self.detector.phrase_scores(images.detach(), self.part_caption, proposals=True)
+            _, scores = self.detector.phrase_scores(images, self.part_caption, proposals=True)
         return scores > self.threshold
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        selected = self.selection(images)
-        _, style = self.detector.phrase_scores(images, self.style_caption, proposals=True)
+        encoding = self.detector.encode_images(images)
+        selected = self.selection(encoding)
+        _, style = self.detector.phrase_scores(encoding, self.style_caption, proposals=True)
         if not bool(selected.any()):
             return style.sum() * 0.0  # nothing shows a part: no signal, but a well-formed graph
         return ((1.0 - style[selected]) ** 2).mean()
