@@ -347,7 +347,8 @@ def test_grounding_part_loss_sends_gradient_to_the_render():
     assert 0.0 < float(loss.detach()) < 1.0
     loss.backward()
     assert images.grad is not None and float(images.grad.abs().sum()) > 0
-    # The same loss from two whole forwards of the library's model, one per caption.
+    # The same loss with the style caption's scores from the library's whole forward (the selection,
+    # at threshold 0, is every proposal: checked above).
     expected_images = images.detach().clone().requires_grad_(True)
     with torch.no_grad():
         _, parts = detector.phrase_scores(expected_images, loss_fn.part_caption)
