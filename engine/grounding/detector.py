@@ -211,10 +211,18 @@ class GroundingDetector:
         """The caption-independent half of a forward over ``images`` [N, 3, H, W] (RGB in 0..1, on the
         model's device), differentiable; pass it to :meth:`phrase_logits` / :meth:`phrase_scores` in
         place of the images to score them under several captions with one backbone pass."""
-        pixel_values, pixel_mask = self.preprocess(images)
-        dtype = next(self.model.parameters()).dtype
+        pixel_values, pixel_mask = self._model_inputs(images)
         with bfloat16_autocast(self.device, self.bfloat16):
-            return encode_images(self.model.model, pixel_values.to(dtype), pixel_mask)
+            return encode_images(self.model.model, pixel_values, pixel_mask)
+
+    def _model_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`preprocess`, with the pixel values in the model's parameter dtype."""
+        pixel_values, pixel_mask = self.preprocess(images)
+        return pixel_values.to(next(self.model.parameters()).dtype), pixel_mask
+
+    def _caption_inputs(self, caption: Caption, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The caption's ``input_ids`` and ``attention_mask`` [n, T], on the model's device."""
+        return caption.input_ids.to(self.device).expand(n, -1), caption.attention_mask.to(self.device).expand(n, -1)
 
     def _run(
         self, source: torch.Tensor | ImageEncoding, caption: Caption, proposals: bool
@@ -230,17 +238,11 @@ class GroundingDetector:
             return self._proposals(source, caption)
         if isinstance(source, ImageEncoding):
             raise ValueError("the decoder's queries need the images, not an ImageEncoding (proposals=True reads one)")
-        pixel_values, pixel_mask = self.preprocess(source)
-        dtype = next(self.model.parameters()).dtype
-        n = source.shape[0]
+        pixel_values, pixel_mask = self._model_inputs(source)
+        input_ids, attention_mask = self._caption_inputs(caption, source.shape[0])
         with bfloat16_autocast(self.device, self.bfloat16):
-            outputs = self.model(
-                pixel_values=pixel_values.to(dtype),
-                pixel_mask=pixel_mask,
-                input_ids=caption.input_ids.to(self.device).expand(n, -1),
-                attention_mask=caption.attention_mask.to(self.device).expand(n, -1),
-                return_dict=True,
-            )
+            outputs = self.model(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=input_ids,
+                                 attention_mask=attention_mask, return_dict=True)
         boxes = outputs.pred_boxes.float()
         return boxes, outputs.logits.float(), torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
 
@@ -251,12 +253,9 @@ class GroundingDetector:
         if not self.model.config.two_stage:
             raise ValueError("this Grounding DINO has two_stage=False: it gives no dense proposals.")
         encoding = source if isinstance(source, ImageEncoding) else self.encode_images(source)
-        n = encoding.features.shape[0]
+        input_ids, attention_mask = self._caption_inputs(caption, encoding.features.shape[0])
         with bfloat16_autocast(self.device, self.bfloat16):
-            coord_logits, token_logits = encoder_proposals(
-                self.model.model, encoding,
-                caption.input_ids.to(self.device).expand(n, -1), caption.attention_mask.to(self.device).expand(n, -1),
-            )
+            coord_logits, token_logits = encoder_proposals(self.model.model, encoding, input_ids, attention_mask)
         coord_logits = coord_logits.float()
         valid = torch.isfinite(coord_logits).all(-1)
         boxes = torch.where(valid[..., None], coord_logits.sigmoid(), 0.0)
