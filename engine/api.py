@@ -262,7 +262,8 @@ def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, on_eve
         zeros = np.zeros((mesh.num_vertices, len(fractions)), np.float32)
         return zeros, zeros
     on_event(StageEvent("measuring thickness", f"{mesh.num_vertices} vertices, for relief bounds"))
-    return relief_bounds(mesh.local_thickness, fractions, settings.field.max_displacement)
+    thickness = mesh.local_thickness(workers=torch.get_num_threads())  # the run's CPU threads share the rays
+    return relief_bounds(thickness, fractions, settings.field.max_displacement)
 
 
 def _composition(num_vertices: int, request: StyleRequest, part_weights, normalization: Normalization, *,

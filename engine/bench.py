@@ -139,12 +139,16 @@ def run_benchmarks(
         say(f"  {size:>4} " + " ".join(f"{phases[p]:>8.2f}" for p in LOCATE_PHASES)
             + f" {phases['masks']:>8.2f} {phases['boxes']:>8.2f}")
 
-    say("\n# relief's mesh analysis (CPU, numpy): local thickness and the self-intersection check (s)")
+    say("\n# relief's mesh analysis (CPU, numpy): local thickness and the self-intersection check (s), on one "
+        "thread and on the run's")
     figures["geometry"] = {}
     for count in (20_000,) if quick else (20_000, 100_000):
-        thickness, check = geometry_timing(count)
-        figures["geometry"][count] = {"thickness_s": thickness, "intersections_s": check}
-        say(f"  lamp {count:>7} faces  thickness {thickness:>6.2f}  self-intersections {check:>6.2f}")
+        figures["geometry"][count] = {}
+        for workers in sorted({1, torch.get_num_threads()}):
+            thickness, check = geometry_timing(count, workers)
+            figures["geometry"][count][workers] = {"thickness_s": thickness, "intersections_s": check}
+            say(f"  lamp {count:>7} faces  {workers:>2} threads  thickness {thickness:>6.2f}  "
+                f"self-intersections {check:>6.2f}")
 
     figures["peak_rss_mb"] = peak_memory_mb(torch.device("cpu"))
     say(f"\npeak process memory: {figures['peak_rss_mb']:.0f} MB")
@@ -299,15 +303,15 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
     }
 
 
-def geometry_timing(faces: int) -> tuple[float, float]:
+def geometry_timing(faces: int, workers: int) -> tuple[float, float]:
     """Seconds for the lamp's local thickness (what a run with relief measures once per mesh) and for
-    its self-intersection check (what eval-relief runs twice per case)."""
+    its self-intersection check (what eval-relief runs twice per case), on ``workers`` threads."""
     mesh = sample_mesh("lamp", faces)
     vertices = mesh.unit_vertices()
     started = time.perf_counter()
-    local_thickness(vertices, mesh.faces, mesh.vertex_normals)
+    local_thickness(vertices, mesh.faces, mesh.vertex_normals, workers=workers)
     middle = time.perf_counter()
-    intersecting_pairs(vertices, mesh.faces)
+    intersecting_pairs(vertices, mesh.faces, workers=workers)
     return middle - started, time.perf_counter() - middle
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from .api import stylize
 from .config import settings_for
@@ -96,22 +97,26 @@ def evaluate_relief(
         started = time.perf_counter()
         result = stylize(mesh, StyleRequest(case.prompt, holistic=case.holistic, relief=case.relief),
                          settings=settings_for(case.preset, overrides), models=models, device=device)
-        yield score_relief(case, mesh, result.displaced_vertices(), time.perf_counter() - started)
+        yield score_relief(case, mesh, result.displaced_vertices(), time.perf_counter() - started,
+                           workers=torch.get_num_threads())
 
 
-def score_relief(case: ReliefCase, mesh, displaced: np.ndarray, seconds: float = 0.0) -> ReliefScore:
-    """The figures of ``case`` for ``mesh`` moved to ``displaced`` [V, 3] (object frame)."""
+def score_relief(
+    case: ReliefCase, mesh, displaced: np.ndarray, seconds: float = 0.0, *, workers: int = 1
+) -> ReliefScore:
+    """The figures of ``case`` for ``mesh`` moved to ``displaced`` [V, 3] (object frame); ``workers``
+    threads share the ray and box queries (the figures do not depend on it)."""
     normalization = Normalization.fit(mesh.vertices)
     before = normalization.to_unit(mesh.vertices)
     after = normalization.to_unit(displaced)
     moved = np.linalg.norm(after - before, axis=1)
-    ratio = wall_change(before, after, mesh.faces, mesh.vertex_normals)
+    ratio = wall_change(before, after, mesh.faces, mesh.vertex_normals, workers=workers)
     changes = {}
     for k, name in enumerate(mesh.label_names):
         part = ratio[(mesh.labels == k) & np.isfinite(ratio)]
         changes[name] = (float(np.median(part)), float(np.percentile(part, 95))) if part.size else (0.0, 0.0)
     tube = _tube_radius_change(mesh, displaced) if mesh.name == "lamp" else None
-    fresh = new_intersections(before, after, mesh.faces)
+    fresh = new_intersections(before, after, mesh.faces, workers=workers)
     score = ReliefScore(
         case, changes, len(fresh), flipped_faces(before, after, mesh.faces), float(moved.mean()),
         float(np.abs(displaced - mesh.vertices).max()), seconds, tube,
@@ -119,18 +124,20 @@ def score_relief(case: ReliefCase, mesh, displaced: np.ndarray, seconds: float =
     return replace(score, failures=tuple(_misses(score)))
 
 
-def wall_change(before: np.ndarray, after: np.ndarray, faces: np.ndarray, normals: np.ndarray) -> np.ndarray:
+def wall_change(before: np.ndarray, after: np.ndarray, faces: np.ndarray, normals: np.ndarray, *,
+                workers: int = 1) -> np.ndarray:
     """[V] how much the wall behind each vertex changed, as a share of its thickness.
 
     The wall is measured along the vertex's inverted normal [V, 3] on the input ``before`` [V, 3]
     (unit frame): from the vertex to the first surface the ray meets. It gets thicker by the vertex's
     own displacement along its normal plus the displacement of the point it meets (interpolated
     over that face), both counted outward; the result is ``|sum| / thickness``, nan where the ray
-    meets nothing."""
+    meets nothing. ``workers``: threads tracing the rays."""
     faces = np.asarray(faces, np.int64)
     normals = np.asarray(normals, np.float64)
     along = np.einsum("ij,ij->i", after - before, normals)
-    distance, face = TriangleTree.build(before, faces).nearest_faces(before, -normals, MAX_DISTANCE, 1e-6)
+    tree = TriangleTree.build(before, faces)
+    distance, face = tree.nearest_faces(before, -normals, MAX_DISTANCE, 1e-6, workers=workers)
     hit = face >= 0
     corners = faces[face[hit]]
     weights = _barycentric(before[hit] - distance[hit, None] * normals[hit], before[corners])

@@ -70,13 +70,16 @@ class Mesh:
         """
         return vertex_normals(self.vertices, self.faces)
 
-    @cached_property
-    def local_thickness(self):
+    def local_thickness(self, workers: int = 1):
         """The shape's :class:`~engine.geometry.thickness.LocalThickness` at each vertex, unit frame:
-        computed on first use (a few seconds at 100k faces on a CPU), then kept with the mesh."""
+        measured on first use (a few seconds at 100k faces on one CPU core; ``workers`` threads
+        share its rays, with the same result), then kept with the mesh."""
         from .geometry.thickness import local_thickness
 
-        return local_thickness(self.unit_vertices(), self.faces, self.vertex_normals)
+        if (measured := self.__dict__.get("_local_thickness")) is None:  # the frozen dataclass's own cache
+            measured = local_thickness(self.unit_vertices(), self.faces, self.vertex_normals, workers=workers)
+            self.__dict__["_local_thickness"] = measured
+        return measured
 
 
 def mesh_from_arrays(

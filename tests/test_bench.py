@@ -64,3 +64,35 @@ def test_whole_command_benchmark_times_each_run_and_the_localization():
     # the models load inside the localization, before its first view; the grounding model's load is a share of it
     assert 0 < located["grounding_load"] <= located["load"] < located["first_progress"] < located["total"]
     assert figures["located"]["auto"] == fast["wall"] + located["total"] - located["grounding_load"]
+
+
+def test_float32_runs_are_not_repeated_where_auto_already_is_float32(monkeypatch):
+    from engine import bench_runs
+    from engine.bench_runs import BY_LABEL, PART_PROMPT, SET_FLOAT32, WholeRun, run_whole_commands
+
+    timed, located = [], []
+
+    def fake_run(run, iterations, models, mesh, device):
+        timed.append(run.name)
+        return {"wall": 10.0 + len(timed), "steps": iterations, "seconds_setup": 1.0, "seconds_optimizing": 2.0,
+                "seconds_to_first_preview": 0.5, "seconds_loading_models": 0.1, "peak_memory_mb": 0.0}
+
+    def fake_localization(models, mesh, device, overrides=()):
+        located.append(overrides)
+        return {"total": 5.0 + len(located), "load": 1.0, "grounding_load": 0.5, "first_progress": 2.0}
+
+    monkeypatch.setattr(bench_runs, "_time_run", fake_run)
+    monkeypatch.setattr(bench_runs, "time_localization", fake_localization)
+    runs = (WholeRun("fast, 3 parts", "fast", PART_PROMPT, BY_LABEL, cut_on_cpu=True),
+            WholeRun("fast, 3 parts, float32", "fast", PART_PROMPT, (*BY_LABEL, *SET_FLOAT32), cut_on_cpu=True))
+    for native, expected in ((False, ["fast, 3 parts"]), (True, ["fast, 3 parts", "fast, 3 parts, float32"])):
+        timed.clear()
+        located.clear()
+        monkeypatch.setattr(bench_runs, "native_bfloat16", lambda device, native=native: native)
+        out = io.StringIO()
+        figures = run_whole_commands(device="cpu", models="tiny", runs=runs, cpu_iterations=2, out=out)
+        assert timed == expected and len(located) == len(expected)
+        auto, float32 = figures["runs"]
+        assert float32["repeated"] is not native and (float32["wall"] == auto["wall"]) is not native
+        assert (figures["localization"]["float32"] is figures["localization"]["auto"]) is not native
+        assert ("not run again" in out.getvalue()) is not native

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import pytest
@@ -60,6 +61,31 @@ def test_overlapping_pairs_match_brute_force():
     assert got == set(zip(*np.nonzero(overlap), strict=True))
 
 
+def test_threads_share_the_queries_with_the_same_results_bit_for_bit(monkeypatch):
+    from engine.geometry import triangle_tree
+
+    mesh = _mesh("lamp", 6000)
+    vertices = _unit(mesh)
+    assert 3 * mesh.num_vertices > 2 * triangle_tree.CHUNK  # several chunks of rays and of boxes
+    threads = set()
+    trace = TriangleTree._trace
+
+    def recording(self, *args):
+        threads.add(threading.get_ident())
+        return trace(self, *args)
+
+    monkeypatch.setattr(TriangleTree, "_trace", recording)
+    alone = local_thickness(vertices, mesh.faces, mesh.vertex_normals, max_origins=mesh.num_vertices)
+    assert len(threads) == 1
+    shared = local_thickness(vertices, mesh.faces, mesh.vertex_normals, max_origins=mesh.num_vertices, workers=3)
+    assert len(threads) > 2, "the rays were traced on the calling thread only"
+    for field in ("inside", "outside", "bend"):
+        np.testing.assert_array_equal(getattr(shared, field), getattr(alone, field))
+    pairs = intersecting_pairs(vertices, mesh.faces)
+    assert len(pairs) > 0 and mesh.num_faces > triangle_tree.CHUNK  # the tube passes into the base
+    np.testing.assert_array_equal(intersecting_pairs(vertices, mesh.faces, workers=3), pairs)
+
+
 def _part_median(mesh, values, part):
     return float(np.median(values[mesh.labels == mesh.label_names.index(part)]))
 
@@ -68,19 +94,19 @@ def test_thickness_reads_walls_and_tubes():
     """The lamp's shade is a 3 mm wall, its tube 18 mm across; the cup's wall 1.5 mm."""
     lamp = _mesh("lamp", 8000)
     scale = Normalization.fit(lamp.vertices).scale
-    inside = lamp.local_thickness.inside * scale  # object units (metres)
+    inside = lamp.local_thickness().inside * scale  # object units (metres)
     assert _part_median(lamp, inside, "shade") == pytest.approx(0.003, rel=0.1)
     assert 0.009 <= _part_median(lamp, inside, "tube") <= 0.018  # between the radius and the diameter
     assert _part_median(lamp, inside, "base") > 2 * _part_median(lamp, inside, "tube")  # 35 mm tall
     cup = _mesh("cup", 8000)
-    cup_inside = cup.local_thickness.inside * Normalization.fit(cup.vertices).scale
+    cup_inside = cup.local_thickness().inside * Normalization.fit(cup.vertices).scale
     assert float(np.median(cup_inside)) == pytest.approx(0.0015, rel=0.15)
 
 
 def test_outside_room_sees_the_gap_between_handle_and_body():
     mug = _mesh("mug", 6000)
     scale = Normalization.fit(mug.vertices).scale
-    outside = mug.local_thickness.outside * scale
+    outside = mug.local_thickness().outside * scale
     handle = mug.labels == mug.label_names.index("handle")
     facing_body = handle & (mug.vertices[:, 0] < 0.055) & (np.abs(mug.vertices[:, 2]) < 0.002)
     assert facing_body.any()
@@ -93,7 +119,7 @@ def test_outside_room_sees_the_gap_between_handle_and_body():
 @pytest.mark.parametrize("name", ["lamp", "chair", "figure"])
 def test_thickness_changes_no_faster_than_the_surface(name):
     mesh = _mesh(name)
-    thickness = mesh.local_thickness
+    thickness = mesh.local_thickness()
     vertices = _unit(mesh)
     f = mesh.faces
     for a, b in ((0, 1), (1, 2), (2, 0)):

@@ -78,7 +78,7 @@ def test_composition_scales_relief_by_its_bounds():
 
 def test_bounds_follow_thickness_level_and_cap():
     lamp = _mesh("lamp")
-    thickness = lamp.local_thickness
+    thickness = lamp.local_thickness()
     outward, inward = relief_bounds(thickness, [0.0, 0.1, 0.25], max_displacement=0.1)
     assert outward.shape == inward.shape == (lamp.num_vertices, 3)
     assert not outward[:, 0].any() and not inward[:, 0].any()  # none: exact zeros
@@ -94,7 +94,7 @@ def test_bounds_follow_thickness_level_and_cap():
 def _worst_case(mesh, fraction: float, pattern: str) -> np.ndarray:
     """Displaced positions (object frame) with the field at its bound everywhere: all out, all in,
     or in bands that alternate across the object."""
-    outward, inward = relief_bounds(mesh.local_thickness, [fraction], 0.1)
+    outward, inward = relief_bounds(mesh.local_thickness(), [fraction], 0.1)
     unit = mesh.unit_vertices()
     if pattern == "out":
         d = outward[:, 0]
@@ -153,7 +153,7 @@ def test_trained_displacement_stays_within_each_parts_bound():
                            part_relief={"tube": "none"})
     result = stylize(lamp, request, settings=settings, models="tiny", device="cpu")
     unit = result.displacement / Normalization.fit(lamp.vertices).scale
-    outward, inward = relief_bounds(lamp.local_thickness, request.relief_fractions, 0.1)
+    outward, inward = relief_bounds(lamp.local_thickness(), request.relief_fractions, 0.1)
     tube = lamp.labels == lamp.label_names.index("tube")
     assert result.record["relief"] == {"base": 0.25, "tube": 0.0, "shade": 0.25}  # run.json says what was asked
     assert not unit[tube].any()  # tube=none: exact zeros on the tube's own vertices

@@ -16,13 +16,14 @@ import numpy as np
 from .triangle_tree import TriangleTree, ray_triangle_distances
 
 
-def intersecting_pairs(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """[N, 2] int64 face index pairs (i < j) of ``faces`` [F, 3] that intersect at ``vertices`` [V, 3]."""
+def intersecting_pairs(vertices: np.ndarray, faces: np.ndarray, *, workers: int = 1) -> np.ndarray:
+    """[N, 2] int64 face index pairs (i < j) of ``faces`` [F, 3] that intersect at ``vertices`` [V, 3].
+    ``workers``: threads sharing the candidate search (the result does not depend on it)."""
     vertices = np.asarray(vertices, np.float64)
     faces = np.asarray(faces, np.int64)
     tree = TriangleTree.build(vertices, faces)
     corners = vertices[faces]  # [F, 3, 3]
-    first, second = tree.overlapping_pairs(corners.min(1), corners.max(1))
+    first, second = tree.overlapping_pairs(corners.min(1), corners.max(1), workers=workers)
     keep = first < second
     first, second = first[keep], second[keep]
     shared = (faces[first][:, :, None] == faces[second][:, None, :]).any(axis=(1, 2))
@@ -31,13 +32,13 @@ def intersecting_pairs(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.stack((first[crossing], second[crossing]), axis=1)
 
 
-def new_intersections(before: np.ndarray, after: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def new_intersections(before: np.ndarray, after: np.ndarray, faces: np.ndarray, *, workers: int = 1) -> np.ndarray:
     """Face pairs that intersect at ``after`` [V, 3] but not at ``before`` [V, 3] (same ``faces``),
     less those between two connected pieces that already intersected each other ``before``.
-    Returns [N, 2] int64."""
+    Returns [N, 2] int64. ``workers``: as for :func:`intersecting_pairs`."""
     faces = np.asarray(faces, np.int64)
-    old = intersecting_pairs(before, faces)
-    new = intersecting_pairs(after, faces)
+    old = intersecting_pairs(before, faces, workers=workers)
+    new = intersecting_pairs(after, faces, workers=workers)
     count = len(faces)
     fresh = new[~np.isin(new[:, 0] * count + new[:, 1], old[:, 0] * count + old[:, 1])]
     piece = face_components(faces)

@@ -63,12 +63,14 @@ def local_thickness(
     *,
     tree: TriangleTree | None = None,
     max_origins: int = MAX_ORIGINS,
+    workers: int = 1,
 ) -> LocalThickness:
     """The local thickness at ``vertices`` [V, 3] (unit frame) of the mesh (``faces`` [F, 3]) with
     unit vertex ``normals`` [V, 3].
 
     Rays leave at most ``max_origins`` vertices, evenly spread along a Morton curve through the
     vertices; the others take the value of the nearest sampled vertex along the vertex graph.
+    ``workers`` threads trace the rays (the result does not depend on it).
     """
     vertices = np.asarray(vertices, np.float64)
     tree = tree or TriangleTree.build(vertices, faces)
@@ -82,7 +84,7 @@ def local_thickness(
     sides = []
     for sign, pool in ((-1.0, np.median), (1.0, np.min)):
         rays = (sign * directions).reshape(-1, 3)
-        hits = tree.nearest_hits(start, rays, MAX_DISTANCE, min_distance).reshape(len(chosen), -1)
+        hits = tree.nearest_hits(start, rays, MAX_DISTANCE, min_distance, workers=workers).reshape(len(chosen), -1)
         sides.append(pool(np.minimum(hits * cosines, MAX_DISTANCE), axis=1))
     graph = VertexGraph(np.asarray(faces, np.int64), len(vertices))
     lengths = np.linalg.norm(vertices[graph.source] - vertices[graph.target], axis=1)

@@ -5,20 +5,28 @@ curve of their centroids, cut into leaves of ``LEAF_SIZE`` consecutive triangles
 paired level by level up to one root. Queries run breadth first over *all* queries at once: each
 level keeps the (query, node) pairs whose boxes meet and hands their children to the next level,
 so the work is a handful of vectorized numpy operations per level instead of a Python loop per
-ray. Queries are processed in chunks, so memory stays bounded whatever their number.
+ray. Queries are processed in chunks, so memory stays bounded whatever their number; with
+``workers`` > 1 the chunks run on that many threads (numpy releases the interpreter lock in its
+array loops, and chunks share nothing but the read-only tree), with the same results bit for bit.
 
 Any frame works (positions are float64 internally); the callers use the unit frame.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 LEAF_SIZE = 4
-#: Rays (or boxes) traced together: bounds the size of the per-level pair arrays.
-CHUNK = 32_768
+#: Rays (or boxes) traced together: bounds the size of the per-level pair arrays, which at this
+#: size stay in the CPU's caches (32,768 was about 1.1x slower on one thread) and give threads work to share.
+CHUNK = 4_096
+
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,8 @@ class TriangleTree:
         return int(self.corners.shape[0])
 
     def nearest_hits(
-        self, origins: np.ndarray, directions: np.ndarray, max_distance: float, min_distance: float = 0.0
+        self, origins: np.ndarray, directions: np.ndarray, max_distance: float, min_distance: float = 0.0, *,
+        workers: int = 1,
     ) -> np.ndarray:
         """Distance along each ray to the nearest triangle it hits, from either side.
 
@@ -71,13 +80,15 @@ class TriangleTree:
             origins, directions: [R, 3] rays; directions must be unit length.
             max_distance: rays are traced only this far.
             min_distance: hits closer than this are ignored (the triangles at a ray's own origin).
+            workers: threads that trace chunks of rays at once (the result does not depend on it).
 
         Returns [R] float64 distances; ``inf`` where a ray hits nothing within ``max_distance``.
         """
-        return self.nearest_faces(origins, directions, max_distance, min_distance)[0]
+        return self.nearest_faces(origins, directions, max_distance, min_distance, workers=workers)[0]
 
     def nearest_faces(
-        self, origins: np.ndarray, directions: np.ndarray, max_distance: float, min_distance: float = 0.0
+        self, origins: np.ndarray, directions: np.ndarray, max_distance: float, min_distance: float = 0.0, *,
+        workers: int = 1,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`nearest_hits`, and the input face index each ray hits first ([R] int64, -1: none)."""
         origins = np.asarray(origins, np.float64)
@@ -87,30 +98,37 @@ class TriangleTree:
         pending = np.arange(len(origins))
         near = min_distance
         for far in _stages(min_distance, max_distance):  # short segments first: most rays stop early
-            for start in range(0, len(pending), CHUNK):
-                rays = pending[start:start + CHUNK]
-                distance[rays], face[rays] = self._trace(origins[rays], directions[rays], near, far)
+            chunks = [pending[start:start + CHUNK] for start in range(0, len(pending), CHUNK)]
+
+            def trace(rays: np.ndarray, near: float = near, far: float = far) -> tuple[np.ndarray, np.ndarray]:
+                return self._trace(origins[rays], directions[rays], near, far)
+
+            for rays, (hits, faces) in zip(chunks, _map(trace, chunks, workers), strict=True):
+                distance[rays], face[rays] = hits, faces
             pending = pending[np.isinf(distance[pending])]
             near = far
         return distance, face
 
-    def overlapping_pairs(self, lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def overlapping_pairs(
+        self, lows: np.ndarray, highs: np.ndarray, *, workers: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Every (query box, triangle) whose boxes overlap: [Q, 3] query boxes -> (query indices,
-        input face indices), two [N] int64 arrays."""
-        queries, triangles = [], []
-        for start in range(0, len(lows), CHUNK):
+        input face indices), two [N] int64 arrays. ``workers``: threads sharing the queries."""
+
+        def overlapping(start: int) -> tuple[np.ndarray, np.ndarray]:
             lo, hi = lows[start:start + CHUNK], highs[start:start + CHUNK]
 
-            def meets(q, level, node, lo=lo, hi=hi):
+            def meets(q, level, node):
                 return np.all((lo[q] <= self.highs[level][node]) & (hi[q] >= self.lows[level][node]), axis=1)
 
             q, leaf = self._descend(meets, len(lo))
             q, tri = self._leaf_triangles(q, leaf)
             box_lo, box_hi = self.corners[tri].min(1), self.corners[tri].max(1)
             keep = np.all((lo[q] <= box_hi) & (hi[q] >= box_lo), axis=1)
-            queries.append(q[keep] + start)
-            triangles.append(self.order[tri[keep]])
-        return np.concatenate(queries), np.concatenate(triangles)
+            return q[keep] + start, self.order[tri[keep]]
+
+        found = _map(overlapping, range(0, len(lows), CHUNK), workers)
+        return np.concatenate([q for q, _ in found]), np.concatenate([tri for _, tri in found])
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -164,6 +182,14 @@ class TriangleTree:
         best[ray[keep]] = t[keep]
         face[ray[keep]] = self.order[triangle[keep]]
         return best, face
+
+
+def _map(work: Callable[..., _Result], items: Sequence, workers: int) -> list[_Result]:
+    """``[work(item) for item in items]``, on up to ``workers`` threads when there is more than one item."""
+    if workers <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(work, items))
 
 
 def _stages(first: float, last: float) -> list[float]:
