@@ -148,8 +148,13 @@ class StyleTrainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=opt.lr_decay_every, gamma=opt.lr_decay
         )
+        # The field runs only where some styled part has weight: elsewhere the composition keeps the
+        # vertex as it was whatever the field says (a part the prompt leaves out, a locked part).
+        styled = (self.composition.weights > 0).any(1)
+        self.styled_rows = None if bool(styled.all()) else styled.nonzero().squeeze(1)
         with torch.no_grad():
-            self.features = self.field.encode(surface.vertices)
+            self.features = self.field.encode(
+                surface.vertices if self.styled_rows is None else surface.vertices.index_select(0, self.styled_rows))
         self.edges, self.edge_weights = _edges_of(surface.vertices, surface.faces)
         self.has_relief = self.composition.has_relief  # checked every step: computed once
         self.step_index = 0
@@ -162,8 +167,13 @@ class StyleTrainer:
     def outputs(self, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The current composed ([V, 3] sRGB colors, [V] unit-frame displacement), float32."""
         with bfloat16_autocast(self.device, self.field_bfloat16):
-            colors, displacement = self.field.decode(self.features, mask)
-        return self.composition.apply(colors.float(), displacement.float())
+            colors, relief = self.field.decode(self.features, mask)
+        colors, relief = colors.float(), relief.float()
+        if self.styled_rows is not None:  # zeros where nothing is styled: the composition ignores them there
+            count = self.surface.vertices.shape[0]
+            colors = colors.new_zeros(count, *colors.shape[1:]).index_copy(0, self.styled_rows, colors)
+            relief = relief.new_zeros(count, relief.shape[1]).index_copy(0, self.styled_rows, relief)
+        return self.composition.apply(colors, relief)
 
     def is_grounding_step(self) -> bool:
         """Whether the coming iteration takes the grounding-space step (METHOD 5.2 / 6)."""

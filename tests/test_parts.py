@@ -334,6 +334,44 @@ def test_grounding_steps_follow_the_schedule(lamp):
     assert math.isnan(grounding[0]) and not math.isnan(grounding[1]) and len(grounding) == 5
 
 
+def test_the_field_runs_only_where_a_styled_part_has_weight(lamp):
+    from engine.compose import compose_parts
+    from engine.train import Objective, StyleTrainer, SurfaceInputs
+
+    settings = small("field.precision=float32")
+    parts = PartWeights.from_labels(lamp.labels, lamp.label_names).select(["base", "shade"])  # the tube: rest
+    original = np.random.default_rng(0).uniform(0.2, 0.8, (lamp.num_vertices, 3)).astype(np.float32)
+    composition = compose_parts(parts, original_colors=original).with_relief(
+        np.full((lamp.num_vertices, 2), 0.01), np.full((lamp.num_vertices, 2), 0.01))
+    guidance = ClipGuidance(STORE.clip("cpu"), settings.guidance)
+    vertices, faces = unit(lamp)
+    surface = SurfaceInputs(vertices, torch.from_numpy(lamp.vertex_normals), faces)
+    objective = Objective(text=guidance.encode_text(["lamp"])[0], composition=composition)
+    trainer = StyleTrainer(surface, objective, guidance, settings)
+    unstyled = (composition.weights == 0).all(1)
+    assert 0 < int(unstyled.sum()) < lamp.num_vertices
+    assert trainer.features.shape[0] == lamp.num_vertices - int(unstyled.sum())  # no rows for the tube
+
+    colors, displacement = trainer.outputs()
+    everywhere = composition.apply(*trainer.field(vertices))  # the same field at every vertex
+    assert_close(colors, everywhere[0], rel=SAME_MATH, what="colors")
+    assert_close(displacement, everywhere[1], rel=SAME_MATH, scale=0.01, what="displacement")
+    assert torch.equal(colors[unstyled], composition.fixed_colors[unstyled])  # kept exactly
+    assert not torch.any(displacement[unstyled])
+    assert relative_difference(colors[~unstyled], composition.fixed_colors[~unstyled]) > CHANGED
+
+    weights = torch.rand(lamp.num_vertices, 3, generator=torch.Generator().manual_seed(1))
+    parameters = list(trainer.field.parameters())
+    for p in parameters:  # the heads start at zero: give them something to pass gradient through
+        torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+    gradients = []
+    for colors, displacement in (trainer.outputs(), composition.apply(*trainer.field(vertices))):
+        gradients.append(torch.autograd.grad((colors * weights).sum() + displacement.sum(), parameters))
+    for got, expected in zip(*gradients, strict=True):
+        assert_close(got, expected, rel=SAME_MATH, what="field gradient")
+    assert sum(float(g.abs().sum()) for g in gradients[0]) > 0
+
+
 def test_grounding_part_loss_sends_gradient_to_the_render():
     from engine.grounding.detector import GroundingDetector, span_mean
     from engine.guidance.grounding_loss import GroundingPartLoss
