@@ -135,8 +135,9 @@ def run_whole_commands(
         iterations = min(full, cpu_iterations) if on_cpu and run.cut_on_cpu else full
         twin = (run.preset, run.prompt, iterations, _without_float32(run.extra) if auto_is_float32 else run.extra)
         repeated = twin in measured
-        row = dict(measured[twin]) if repeated else _time_run(run, iterations, source, mesh, device)
-        measured.setdefault(twin, row)
+        if not repeated:
+            measured[twin] = _time_run(run, iterations, source, mesh, device)
+        row = dict(measured[twin])
         per_iteration = row["seconds_optimizing"] / max(row["steps"], 1)
         row.update(name=run.name, iterations=iterations, full_iterations=full, per_iteration=per_iteration,
                    full_run=row["wall"] + per_iteration * (full - row["steps"]), repeated=repeated)
