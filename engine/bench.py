@@ -42,7 +42,7 @@ from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .memory import peak_memory_mb
-from .model_kernels import adapt_clip_to_device
+from .model_kernels import adapt_clip_to_device, adapt_grounding_to_device
 from .models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -386,7 +386,9 @@ def benchmark_grounding(name: str, device: torch.device) -> GroundingBundle:
             model = GroundingDinoForObjectDetection(real_size_grounding_config()).eval()
         size, max_size = 800, 1333
     model.requires_grad_(False)
-    return GroundingBundle(model.to(device), tokenizer, size, max_size, GROUNDING_MEAN, GROUNDING_STD, name)
+    model = model.to(device)
+    adapt_grounding_to_device(model, device)  # the kernels a run uses there (engine/model_kernels.py)
+    return GroundingBundle(model, tokenizer, size, max_size, GROUNDING_MEAN, GROUNDING_STD, name)
 
 
 def benchmark_segmenter(name: str, device: torch.device) -> SegmenterBundle:

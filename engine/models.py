@@ -31,7 +31,7 @@ import torch
 from .compat import GROUNDING_DELIMITER_IDS, grounding_delimiter_ids, require_grounding_support
 from .downloads import HUB_PATTERNS, MODEL_SOURCES, ROLES, download_models, format_size, local_snapshot, source_for
 from .errors import ModelFormatError, ModelNotFound
-from .model_kernels import adapt_clip_to_device
+from .model_kernels import adapt_clip_to_device, adapt_grounding_to_device
 
 _HUB_IDS = {source.role: source.repo_id for source in MODEL_SOURCES}
 DEFAULT_CLIP = _HUB_IDS["clip"]
@@ -158,7 +158,7 @@ class ModelStore:
 
     def grounding(self, device: torch.device | str = "cpu") -> GroundingBundle:
         """The Grounding DINO model of this source, frozen, on ``device``."""
-        return self._cached("grounding", device, self._load_grounding)
+        return self._cached("grounding", device, self._load_grounding, adapt=adapt_grounding_to_device)
 
     def segmenter(self, device: torch.device | str = "cpu") -> SegmenterBundle:
         """The box-prompted segmenter of this source, frozen, on ``device``."""

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
-from tolerances import SAME_MATH, assert_close
+from tolerances import MODEL_REORDERED, SAME_MATH, assert_close
 
-from engine.model_kernels import PatchMatmul, adapt_clip_to_device, is_patch_embedding
+from engine.grounding import INVALID_PROPOSAL_LOGIT, GroundingDetector
+from engine.model_kernels import (
+    DeformableBags,
+    PatchMatmul,
+    adapt_clip_to_device,
+    adapt_grounding_to_device,
+    is_patch_embedding,
+)
 from engine.models import ModelStore
-from engine.tiny_models import build_tiny_clip
+from engine.tiny_models import build_tiny_clip, build_tiny_grounding_dino
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -90,3 +98,120 @@ def test_the_benchmark_times_the_kernels_a_run_uses():
 
     bundle = benchmark_clip("tiny", torch.device("cpu"))
     assert isinstance(bundle.model.vision_model.embeddings.patch_embedding, PatchMatmul)
+
+
+# --- Grounding DINO's multi-scale deformable attention ----------------------------------------------
+
+LEVELS = [(12, 10), (6, 5), (3, 3)]  # (h, w) of 3 levels: not square, odd sizes
+
+
+def _deformable_inputs(seed: int, batch: int = 2, queries: int = 40, heads: int = 4, channels: int = 8,
+                       points: int = 3):
+    generator = torch.Generator().manual_seed(seed)
+    rows = sum(h * w for h, w in LEVELS)
+    value = torch.randn(batch, rows, heads, channels, generator=generator)
+    # Locations from -0.2 to 1.2: corners outside every border, and whole points outside a level.
+    locations = torch.rand(batch, queries, heads, len(LEVELS), points, 2, generator=generator) * 1.4 - 0.2
+    attention = torch.randn(batch, queries, heads, len(LEVELS) * points, generator=generator).softmax(-1)
+    upstream = torch.randn(batch, queries, heads * channels, generator=generator)
+    return value, locations, attention.view(batch, queries, heads, len(LEVELS), points), upstream
+
+
+def _sampled(module, value, locations, attention, upstream):
+    inputs = [t.clone().requires_grad_(True) for t in (value, locations, attention)]
+    out = module(inputs[0], torch.tensor(LEVELS), LEVELS, None, inputs[1], inputs[2], 64)
+    (out * upstream).sum().backward()
+    return [out.detach()] + [t.grad for t in inputs]
+
+
+def test_deformable_bags_give_the_librarys_sampling_and_gradients():
+    from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
+
+    value, locations, attention, upstream = _deformable_inputs(seed=2)
+    expected = _sampled(MultiScaleDeformableAttention(), value, locations, attention, upstream)
+    actual = _sampled(DeformableBags(), value, locations, attention, upstream)
+    assert actual[0].shape == expected[0].shape == (2, 40, 32)
+    for name, got, want in zip(("output", "value gradient", "location gradient", "attention gradient"),
+                               actual, expected, strict=True):
+        assert_close(got, want, rel=SAME_MATH, what=name)
+    # A point whose 4 corners all fall outside its map (half a pixel past the border, 1/6 of the
+    # 3-pixel level) reads nothing: its attention weight gets no gradient.
+    outside = (locations < -1 / 6 - 0.01).any(-1) | (locations > 1 + 1 / 6 + 0.01).any(-1)
+    assert outside.any() and (actual[3][outside] == 0).all() and (actual[3][~outside] != 0).any()
+
+
+def test_deformable_bags_are_deterministic():
+    """Same inputs, same bits: the table's gradient is a fixed-order sum, not a scatter in thread order."""
+    inputs = _deformable_inputs(seed=3, queries=300)
+    first, second = (_sampled(DeformableBags(), *inputs) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_deformable_bags_return_float32_under_cpu_autocast_as_the_library_does():
+    from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
+
+    value, locations, attention, _ = _deformable_inputs(seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = MultiScaleDeformableAttention()(value.bfloat16(), None, LEVELS, None, locations, attention, 64)
+        actual = DeformableBags()(value.bfloat16(), None, LEVELS, None, locations, attention, 64)
+    assert actual.dtype == expected.dtype == torch.float32
+    assert_close(actual, expected, rel=SAME_MATH)
+
+
+def _with_the_librarys_kernel(model):
+    """A copy of an adapted Grounding DINO with the library's deformable attention back in place."""
+    from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
+
+    restored = copy.deepcopy(model)
+    for module in restored.modules():
+        if isinstance(getattr(module, "attn", None), DeformableBags):
+            module.attn = MultiScaleDeformableAttention()
+    return restored
+
+
+def _scores_and_gradient(detector, images, caption, weights):
+    """Proposal logits and their image gradient (what a grounding step uses), and the decoder's
+    boxes and scores (what detection uses)."""
+    x = images.clone().requires_grad_(True)
+    _, logits = detector.phrase_logits(x, caption)
+    valid = logits > INVALID_PROPOSAL_LOGIT
+    (logits[valid] * weights[valid.nonzero()[:, -1]]).sum().backward()
+    with torch.no_grad():
+        boxes, scores = detector.phrase_scores(images, caption, proposals=False)
+    return logits.detach(), x.grad, boxes, scores
+
+
+def test_an_adapted_grounding_dino_gives_the_same_detections_and_image_gradients():
+    """The store's Grounding DINO (the shipped tiny model, adapted on a CPU) against the same weights
+    with the library's kernel: the proposals a grounding step scores, their image gradient, and the
+    decoder's boxes and scores."""
+    adapted = ModelStore("tiny").grounding("cpu")
+    replaced = [m for m in adapted.model.modules() if isinstance(m, DeformableBags)]
+    config = adapted.model.config
+    assert len(replaced) == config.encoder_layers + config.decoder_layers
+    library = dataclasses.replace(adapted, model=_with_the_librarys_kernel(adapted.model))
+    assert list(library.model.state_dict()) == list(adapted.model.state_dict())  # saved models keep their keys
+    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(5))
+    weights = torch.tensor([1.0, -0.5])  # a loss that weighs the phrases differently
+    results = []
+    for bundle in (library, adapted):
+        detector = GroundingDetector(bundle)
+        results.append(_scores_and_gradient(detector, images, detector.caption(["base", "lamp shade"]), weights))
+    expected, actual = results
+    assert expected[1].abs().max() > 0  # the gradient reaches the image through the encoder
+    for name, got, want in zip(("proposal logits", "image gradient", "boxes", "scores"), actual, expected,
+                               strict=True):
+        assert_close(got, want, rel=MODEL_REORDERED, what=name)
+
+
+def test_grounding_dino_on_other_devices_keeps_the_librarys_kernel():
+    model, _ = build_tiny_grounding_dino()
+    adapt_grounding_to_device(model, "cuda")  # only the device's type is read: no GPU needed
+    assert not any(isinstance(m, DeformableBags) for m in model.modules())
+
+
+def test_the_store_and_the_benchmark_adapt_grounding_dino_on_a_cpu():
+    from engine.bench import benchmark_grounding
+
+    for bundle in (ModelStore("tiny").grounding("cpu"), benchmark_grounding("tiny", torch.device("cpu"))):
+        assert any(isinstance(m, DeformableBags) for m in bundle.model.modules())
