@@ -171,8 +171,8 @@ class StyleTrainer:
         colors, relief = colors.float(), relief.float()
         if self.styled_rows is not None:  # zeros where nothing is styled: the composition ignores them there
             count = self.surface.vertices.shape[0]
-            colors = colors.new_zeros(count, *colors.shape[1:]).index_copy(0, self.styled_rows, colors)
-            relief = relief.new_zeros(count, relief.shape[1]).index_copy(0, self.styled_rows, relief)
+            colors, relief = (rows.new_zeros(count, *rows.shape[1:]).index_copy(0, self.styled_rows, rows)
+                              for rows in (colors, relief))
         return self.composition.apply(colors, relief)
 
     def is_grounding_step(self) -> bool:
