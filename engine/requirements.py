@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 #: Distribution -> (lowest supported version, first unsupported version or None), as pyproject.toml.
 REQUIREMENTS: dict[str, tuple[str, str | None]] = {
-    "torch": ("2.2", None),
+    "torch": ("2.13", None),
     "numpy": ("1.24", None),
     "transformers": ("5.23", "6"),
     "safetensors": ("0.8", None),

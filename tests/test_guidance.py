@@ -155,15 +155,14 @@ def test_a_steps_images_go_through_clip_in_one_forward_with_the_same_losses(tiny
     generator = torch.Generator().manual_seed(4)  # one stream, drawn in the same order as step_losses draws
     separate = guidance.losses(color, color, text, generator, local=False)
     separate_parts = guidance.part_losses(color, masks, part_texts, generator)
-    forwards = []
-    model = tiny_clip.model
-    original = model.get_image_features
-    model.get_image_features = lambda **kw: forwards.append(kw["pixel_values"].shape[0]) or original(**kw)
+    forwards = []  # the batch of each pass through the vision tower
+    embeddings = tiny_clip.model.vision_model.embeddings
+    hook = embeddings.register_forward_hook(lambda _module, inputs, _output: forwards.append(inputs[0].shape[0]))
     try:
         together, parts = guidance.step_losses(color, color, text, torch.Generator().manual_seed(4), masks=masks,
                                                part_texts=part_texts)
     finally:
-        del model.get_image_features
+        hook.remove()
     assert forwards == [3 + 3 + 3 * 2]  # global + geometry + 2 crops of each of 3 parts, in one batch
     assert together.keys() == separate.keys() == {"global", "geometry", "total"}
     for name in together:

@@ -26,10 +26,10 @@ def test_versions_inside_the_ranges_are_fine():
 
 def test_too_old_and_too_new_are_named_with_the_range():
     problems = {p.name: p.describe() for p in version_problems(
-        {"transformers": "5.22.1", "torch": "2.1.2", "numpy": "2.3.0", "safetensors": "1.0"})}
+        {"transformers": "5.22.1", "torch": "2.11.0+cu130", "numpy": "2.3.0", "safetensors": "1.0"})}
     assert set(problems) == {"transformers", "torch"}
     assert problems["transformers"] == "transformers 5.22.1 is older than 5.23, the lowest the engine supports"
-    assert "torch 2.1.2 is older than 2.2" in problems["torch"]
+    assert "torch 2.11.0+cu130 is older than 2.13" in problems["torch"]
     newer = version_problems({"transformers": "6.0.0"})
     assert [p.describe() for p in newer] == ["transformers 6.0.0 is newer than the engine supports "
                                              "(it needs transformers < 6)"]
@@ -52,3 +52,10 @@ def test_the_tested_torch_is_the_one_build_py_installs():
     with open(os.path.join(ROOT, "build.py"), encoding="utf-8") as fh:
         pinned = re.search(r'"PARTSTYLE_TORCH", "torch==([^"]+)"', fh.read())
     assert pinned and pinned.group(1) == TESTED_TORCH
+
+
+def test_the_lowest_torch_declared_is_the_tested_one():
+    """Only TESTED_TORCH runs the suite (both stages of `build.py test` install it), so the range starts there:
+    a lower bound below it would claim releases no test has run."""
+    lowest, _below = REQUIREMENTS["torch"]
+    assert version_key(lowest) == version_key(TESTED_TORCH)[:len(version_key(lowest))]

@@ -17,6 +17,7 @@ from ..config import GuidanceSettings
 from ..devices import bfloat16_autocast, use_bfloat16
 from ..models import ClipBundle
 from .augment import crop_boxes, perspective_grid, resample
+from .clip_image import image_embeddings
 from .preprocess import center_crop, normalize, resize_shortest_side
 
 
@@ -68,7 +69,7 @@ class ClipGuidance:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] RGB in 0..1 at the model size -> [B, D] unit-norm embeddings (differentiable)."""
         pixels = normalize(images, self.bundle.mean, self.bundle.std)
-        return F.normalize(_pooled(self.bundle.model.get_image_features(pixel_values=pixels)), dim=-1)
+        return F.normalize(image_embeddings(self.bundle.model, pixels), dim=-1)
 
     def augment(
         self, color: torch.Tensor, geometry: torch.Tensor | None, generator: torch.Generator, *, local: bool = True
