@@ -13,10 +13,11 @@ no part and a located run stops at "could not find". The stylize runs therefore 
 from the sample's labels, and localization is timed on its own in this process, on the same mesh
 with the same settings, models loaded fresh, to its end (every view detected, segmented and
 settled; the verdict that follows is ignored). A located run costs the labelled run plus that
-localization, less the grounding model's load, which the labelled run already paid for its
-grounding steps. Random weights also score nothing above the usual thresholds, so every run sets
-``localize.box_threshold`` and ``guidance.grounding_threshold`` to 0 (every box and proposal counts:
-the cost of a real run's worst case).
+localization, less the grounding model's load where the labelled run already paid it for its
+grounding steps (every preset locates with the same ``localize`` settings). Random weights also
+score nothing above the usual thresholds, so every run sets ``localize.box_threshold`` and
+``guidance.grounding_threshold`` to 0 (every box and proposal counts: the cost of a real run's worst
+case).
 
 Runs whose full schedule would take hours on a CPU (``faithful``, ``text2mesh``) are cut at
 ``CPU_ITERATIONS`` there, and the full run is estimated from their seconds per iteration.
@@ -68,6 +69,7 @@ SET_FLOAT32 = tuple(arg for override in ALL_FLOAT32 for arg in ("--set", overrid
 RUNS = (
     WholeRun("fast, 3 parts", "fast", PART_PROMPT, BY_LABEL),
     WholeRun("fast, 3 parts, float32", "fast", PART_PROMPT, (*BY_LABEL, *SET_FLOAT32)),
+    WholeRun("preview, 3 parts", "preview", PART_PROMPT, BY_LABEL),
     WholeRun("faithful, 3 parts", "faithful", PART_PROMPT, BY_LABEL, cut_on_cpu=True),
     WholeRun("text2mesh, holistic", "text2mesh", HOLISTIC_PROMPT, cut_on_cpu=True),
 )
@@ -117,9 +119,9 @@ def run_whole_commands(
     cpu_iterations: int = CPU_ITERATIONS, out: TextIO = sys.stdout,
 ) -> dict:
     """Time each of ``runs`` on ``mesh`` as a child process on ``device``, and the localization of
-    its 3 parts (``fast``'s settings, each precision of the runs); print tables to ``out`` and return
-    ``{"runs": [one dict per run], "localization": {precision: phases}, "located": {precision:
-    estimated seconds of a located fast run}}``. ``models``: the real-size folder's place (None:
+    its 3 parts (once per precision of the part runs); print tables to ``out`` and return
+    ``{"runs": [one dict per run], "localization": {precision: phases}, "located": {run name: estimated
+    seconds of the run with its parts located}}`` (part runs only). ``models``: the real-size folder's place (None:
     the default cache), or ``tiny`` for the project's own models (a smoke run)."""
     source = models if models == "tiny" else real_size_model_folder(models or default_folder())
     on_cpu = device == "cpu" or (device == "auto" and not _cuda_visible())
@@ -149,23 +151,34 @@ def run_whole_commands(
                          f"{_or_dash(row['seconds_to_first_preview']):>9} {row['peak_memory_mb']:>8.0f} "
                          f"{row['full_run']:>10.1f}{note}")
     figures = {"runs": rows, "localization": {}, "located": {}}
-    fast = {("float32" if "float32" in r.name else "auto"): row for r, row in zip(runs, rows, strict=True)
-            if r.preset == "fast" and r.prompt == PART_PROMPT}
-    if fast:
-        report_line(out, f"# localization of '{PART_PROMPT}' on {mesh} (fast's settings), in this process, models "
-                         "loaded fresh: seconds")
-        report_line(out, f"  {'precision':<9} {'load':>6} {'grounding':>9} {'first parts preview':>19} {'total':>7} "
-                         f"{'located fast run (est.)':>23}")
-    for precision, row in fast.items():
-        repeated = row["repeated"] and "auto" in figures["localization"]
+    part_runs = [(run, row) for run, row in zip(runs, rows, strict=True) if run.prompt == PART_PROMPT]
+    if part_runs:
+        report_line(out, f"# localization of '{PART_PROMPT}' on {mesh} (the localize settings, every preset's), in "
+                         "this process, models loaded fresh: seconds")
+        report_line(out, f"  {'precision':<9} {'load':>6} {'grounding':>9} {'first parts preview':>19} {'total':>7}")
+    for precision in dict.fromkeys(_precision(run) for run, _row in part_runs):
+        repeated = precision == "float32" and auto_is_float32 and "auto" in figures["localization"]
         phases = (figures["localization"]["auto"] if repeated
                   else time_localization(source, mesh, device, () if precision == "auto" else ALL_FLOAT32))
-        located = row["wall"] + phases["total"] - phases["grounding_load"]
-        figures["localization"][precision], figures["located"][precision] = phases, located
+        figures["localization"][precision] = phases
         report_line(out, f"  {precision:<9} {phases['load']:>6.1f} {phases['grounding_load']:>9.1f} "
-                         f"{phases['first_progress']:>19.1f} {phases['total']:>7.1f} {located:>23.1f}"
+                         f"{phases['first_progress']:>19.1f} {phases['total']:>7.1f}"
                          + (" (= auto)" if repeated else ""))
+    if part_runs:
+        report_line(out, "# the same runs with their parts located (est.: the run by label plus the localization, "
+                         "less the grounding model's load where the run by label paid it): seconds")
+    for run, row in part_runs:
+        phases = figures["localization"][_precision(run)]
+        paid = phases["grounding_load"] if settings_for(run.preset).guidance.grounding_every > 0 else 0.0
+        located = row["full_run"] - paid + phases["total"]
+        figures["located"][run.name] = located
+        report_line(out, f"  {run.name:<24} {located:>10.1f}")
     return figures
+
+
+def _precision(run: WholeRun) -> str:
+    """``float32`` for a run whose extra arguments force every stage to float32, else ``auto``."""
+    return "float32" if _without_float32(run.extra) != run.extra else "auto"
 
 
 def _without_float32(extra: tuple[str, ...]) -> tuple[str, ...]:

@@ -47,23 +47,27 @@ def test_whole_command_benchmark_times_each_run_and_the_localization():
 
     out = io.StringIO()
     runs = (WholeRun("fast, 3 parts", "fast", PART_PROMPT, BY_LABEL, cut_on_cpu=True),
-            WholeRun("faithful, 3 parts", "faithful", PART_PROMPT, BY_LABEL, cut_on_cpu=True))
+            WholeRun("faithful, 3 parts", "faithful", PART_PROMPT, BY_LABEL, cut_on_cpu=True),
+            WholeRun("preview, 3 parts", "preview", PART_PROMPT, BY_LABEL, cut_on_cpu=True))
     figures = run_whole_commands(device="cpu", models="tiny", runs=runs, mesh="sample:lamp@2000", cpu_iterations=2,
                                  out=out)
-    fast, faithful = figures["runs"]
+    fast, faithful, preview = figures["runs"]
     assert "# whole commands" in out.getvalue() and "# localization" in out.getvalue()
     assert faithful["iterations"] == faithful["steps"] == 2 and faithful["full_iterations"] == 1500
     # the full run is estimated from the seconds per iteration; the whole command covers every phase
     assert faithful["full_run"] == faithful["wall"] + faithful["per_iteration"] * 1498
     assert fast["iterations"] == fast["steps"] == 2 and fast["full_iterations"] == 300
-    for row in (fast, faithful):
+    for row in (fast, faithful, preview):
         assert row["wall"] > row["seconds_setup"] + row["seconds_optimizing"] > 0
         assert 0 < row["seconds_to_first_preview"] < row["seconds_setup"] + row["seconds_optimizing"]
         assert row["peak_memory_mb"] > 0 and row["device"] == "cpu"
     located = figures["localization"]["auto"]  # fast's 10 views, settled after every second one
     # the models load inside the localization, before its first view; the grounding model's load is a share of it
     assert 0 < located["grounding_load"] <= located["load"] < located["first_progress"] < located["total"]
-    assert figures["located"]["auto"] == fast["wall"] + located["total"] - located["grounding_load"]
+    # located: plus the localization; fast and faithful load the grounding model anyway, preview does not
+    for name, row in (("fast, 3 parts", fast), ("faithful, 3 parts", faithful)):
+        assert figures["located"][name] == row["full_run"] + located["total"] - located["grounding_load"]
+    assert figures["located"]["preview, 3 parts"] == preview["full_run"] + located["total"]
 
 
 def test_float32_runs_are_not_repeated_where_auto_already_is_float32(monkeypatch):

@@ -50,7 +50,7 @@ def class_token_of_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor
         [B, C] what the layer's output holds at token 0.
     """
     attention = layer.self_attn
-    batch, _tokens, channels = hidden.shape
+    batch, channels = hidden.shape[0], hidden.shape[-1]
     heads = attention.num_heads
     normed = layer.layer_norm1(hidden)
 
