@@ -42,7 +42,6 @@ from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .memory import peak_memory_mb
-from .model_kernels import adapt_clip_to_device, adapt_grounding_to_device
 from .models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -53,6 +52,7 @@ from .models import (
     ClipBundle,
     GroundingBundle,
     SegmenterBundle,
+    frozen_on_device,
 )
 from .parts import PartWeights
 from .prompt import parse_prompt
@@ -367,9 +367,7 @@ def benchmark_clip(name: str, device: torch.device) -> ClipBundle:
             model = CLIPModel(CLIPConfig()).eval()  # the defaults are ViT-B/32's architecture
     else:
         raise ValueError(f"unknown benchmark CLIP '{name}'; use vit-b-32 or tiny")
-    model.requires_grad_(False)
-    model = model.to(device)
-    adapt_clip_to_device(model, device)  # the kernels a run uses there (engine/model_kernels.py)
+    model = frozen_on_device(model, device, "clip")  # as a run prepares it (kernels included)
     return ClipBundle(model, tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, name)
 
 
@@ -385,9 +383,7 @@ def benchmark_grounding(name: str, device: torch.device) -> GroundingBundle:
             torch.manual_seed(0)
             model = GroundingDinoForObjectDetection(real_size_grounding_config()).eval()
         size, max_size = 800, 1333
-    model.requires_grad_(False)
-    model = model.to(device)
-    adapt_grounding_to_device(model, device)  # the kernels a run uses there (engine/model_kernels.py)
+    model = frozen_on_device(model, device, "grounding")  # as a run prepares it (kernels included)
     return GroundingBundle(model, tokenizer, size, max_size, GROUNDING_MEAN, GROUNDING_STD, name)
 
 
@@ -403,8 +399,7 @@ def benchmark_segmenter(name: str, device: torch.device) -> SegmenterBundle:
             torch.manual_seed(0)
             model = Sam2Model(segmenter_config()).eval()
         size = SEGMENTER_SIZE
-    model.requires_grad_(False)
-    return SegmenterBundle(model.to(device), size, GROUNDING_MEAN, GROUNDING_STD, name)
+    return SegmenterBundle(frozen_on_device(model, device, "segmenter"), size, GROUNDING_MEAN, GROUNDING_STD, name)
 
 
 def _now(device: torch.device) -> float:

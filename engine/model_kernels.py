@@ -153,11 +153,7 @@ class DeformableBags(nn.Module):
         y = ((grid[..., 1] + 1) * heights - 1) / 2
         left, top = x.floor(), y.floor()
         across, down = x - left, y - top
-        # Each point reads 2 columns and 2 rows; one outside the map weighs 0 (grid_sample's zero padding).
-        columns = torch.stack(((1 - across) * ((left >= 0) & (left < widths)),
-                               across * ((left >= -1) & (left < widths - 1))), -1)  # [B, Q, H, L, P, 2]
-        rows = torch.stack(((1 - down) * ((top >= 0) & (top < heights)),
-                            down * ((top >= -1) & (top < heights - 1))), -1)
+        columns, rows = _neighbour_weights(left, across, widths), _neighbour_weights(top, down, heights)
         corners = rows[..., :, None] * columns[..., None, :] * attention_weights.float()[..., None, None]
         weight = corners.reshape(b * q * h, -1)  # [B * Q * H, L * P * 4]: (top-left, top-right, bottom-left, ...)
         # Rows of value viewed as [B * S * H, C]: (batch * S + position) * H + head, bags ordered (batch,
@@ -173,6 +169,13 @@ class DeformableBags(nn.Module):
         dtype = torch.float32 if torch.is_autocast_enabled(device.type) else torch.promote_types(
             value.dtype, attention_weights.dtype)
         return out.view(b, q, h * c).to(dtype)
+
+
+def _neighbour_weights(low: torch.Tensor, fraction: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """A bilinear sample's weights along one axis: [..., 2] for the pixels ``low`` and ``low + 1`` (``1 -
+    fraction`` and ``fraction``), 0 for a pixel outside ``0 .. size - 1`` (grid_sample's zero padding)."""
+    return torch.stack(((1 - fraction) * ((low >= 0) & (low < size)),
+                        fraction * ((low >= -1) & (low < size - 1))), -1)
 
 
 def adapt_grounding_to_device(model: nn.Module, device: torch.device | str) -> None:
