@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from batch_fixtures import ROWS, quick_assets, result_arrays, summary
+from page_faults import BLOCK_PAGES, GLIBC, NOT_GLIBC
 
 from engine.batch.ray_executor import AssetWorker, RayExecutor
 from engine.batch.run import AssetEvent, LocalExecutor, run_batch
@@ -135,3 +136,23 @@ def test_an_asset_whose_worker_dies_twice_fails_alone(tmp_path, local_ray):
     assert statuses(report) == {"lamp": "failed", "mug": "done"}
     assert "died twice" in summary(tmp_path / "out")["lamp"]["error"]
     assert "died twice" in json.loads((tmp_path / "out" / "lamp" / "failure.json").read_text())["error"]
+
+
+def test_a_worker_keeps_freed_memory(local_ray):
+    """A Ray worker's process keeps freed memory for reuse, as `python -m engine` does (test_allocator.py)."""
+    if not GLIBC:
+        pytest.skip(NOT_GLIBC)
+    tests = os.path.dirname(os.path.abspath(__file__))
+
+    class CountingFaults(AssetWorker):
+        def faults(self) -> int:
+            import sys
+
+            sys.path.insert(0, tests)
+            from page_faults import steady_step_faults
+
+            return steady_step_faults()
+
+    actor = ray.remote(CountingFaults).remote("tiny", "cpu", False, 1)
+    assert ray.get(actor.faults.remote()) < BLOCK_PAGES // 10
+    ray.kill(actor)

@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from ..allocator import keep_freed_memory
 from ..errors import DependencyError
 from .runner import AssetRunner
 from .state import AssetOutcome, write_failure
@@ -35,11 +36,13 @@ def import_ray():
 
 
 class AssetWorker:
-    """The actor's class: an :class:`AssetRunner` in the actor's own process, with its thread count."""
+    """The actor's class: an :class:`AssetRunner` in the actor's own process, with its thread count;
+    the process keeps freed memory for reuse, as ``python -m engine`` does (:mod:`engine.allocator`)."""
 
     def __init__(self, models: str, device: str, allow_download: bool, threads: int):
         import torch
 
+        keep_freed_memory()
         torch.set_num_threads(threads)
         self.runner = AssetRunner(models, device=device, allow_download=allow_download)
 
