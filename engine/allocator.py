@@ -4,14 +4,16 @@ glibc serves every block above its mmap threshold (at most 32 MB) with a fresh `
 unmaps it on ``free``, so the next block of that size is mapped again and each of its pages
 faults, and is zeroed by the kernel, on first touch. A run allocates and frees such blocks
 hundreds of times: a Grounding DINO encoder layer at 512 px holds [5440, 2048] floats (44 MB) in
-its feed-forward layer, SAM 2 at 1024 px larger ones. On a 2-core CPU that cost 12% of a grounding
-step and 8% of a localization, all of it in the kernel (docs/performance.md, "Freed memory kept").
+its feed-forward layer, SAM 2 at 1024 px larger ones. On a 2-core CPU that cost about a tenth of a
+grounding step and a sixth of a localization, all of it in the kernel (docs/performance.md, "Freed
+memory kept").
 
 :func:`keep_freed_memory` makes malloc serve those blocks from its heap and keep what is freed
 there for the next block: the same arithmetic, no page faults after the first. It changes the
-whole process, so only ``python -m engine`` calls it (a process the engine owns and ends);
-library callers such as Blender keep their process's allocator as it is. The process's resident
-memory then stays near its peak until it exits, which the peak already required.
+whole process, so only the engine's own processes call it (``python -m engine`` and the Ray workers
+of ``batch --ray``, which the engine starts and ends); library callers such as Blender keep their
+process's allocator as it is. The process's resident memory then stays near its peak until it
+exits, which the peak already required.
 """
 
 from __future__ import annotations
