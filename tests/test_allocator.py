@@ -1,5 +1,5 @@
 """``python -m engine`` keeps freed memory for reuse (glibc's malloc): once a few steps have run, a
-step's large blocks (tests/page_faults.py: a Grounding DINO feed-forward layer's 44 MB activations)
+typical step's large blocks (tests/page_faults.py: a Grounding DINO feed-forward layer's 44 MB activations)
 cost no page faults, where a process left as it is maps and faults each of them afresh every step.
 Ray's workers do the same (tests/test_batch_ray.py)."""
 
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 pytestmark = pytest.mark.skipif(not GLIBC, reason=NOT_GLIBC)
 
-# Writes (to stderr, last line) the steady workload's page faults after: "plain" nothing, "keep"
+# Writes (to stderr, last line) the steady workload's page faults a step (median) after: "plain" nothing, "keep"
 # keep_freed_memory(), "cli" a whole `python -m engine settings`.
 _FAULTS = """
 import json, runpy, sys
@@ -39,7 +39,7 @@ sys.stderr.write(json.dumps(steady_step_faults()))
 """
 
 
-def steady_faults(mode: str, **env: str) -> int:
+def steady_faults(mode: str, **env: str) -> float:
     environment = {k: v for k, v in os.environ.items() if k != KEEP_FREED_MEMORY_VARIABLE} | env
     done = subprocess.run([sys.executable, "-c", _FAULTS, mode, TESTS], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=120)
