@@ -19,15 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 pytestmark = pytest.mark.skipif(not GLIBC, reason=NOT_GLIBC)
 
-# Writes (to stderr, last line) the steady workload's page faults a step (median) after: "plain" nothing, "keep"
-# keep_freed_memory(), "cli" a whole `python -m engine settings`.
+# Writes (to stderr, last line) the steady workload's page faults a step (median) after: "plain"
+# nothing, "cli" a whole `python -m engine settings`.
 _FAULTS = """
 import json, runpy, sys
 mode, tests = sys.argv[1:]
-if mode == "keep":
-    from engine.allocator import keep_freed_memory
-    assert keep_freed_memory()
-elif mode == "cli":
+if mode == "cli":
     sys.argv = ["engine", "settings"]
     try:
         runpy.run_module("engine", run_name="__main__", alter_sys=True)
@@ -52,11 +49,8 @@ def test_a_plain_process_faults_the_large_blocks_every_step():
     assert steady_faults("plain") > BLOCK_PAGES
 
 
-def test_kept_memory_serves_the_blocks_again_without_faults():
-    assert steady_faults("keep") < BLOCK_PAGES // 10
-
-
 def test_the_command_line_keeps_freed_memory():
+    """`python -m engine` calls keep_freed_memory first thing: the blocks are served again without faults."""
     assert steady_faults("cli") < BLOCK_PAGES // 10
 
 
