@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
-import sys
 
 #: set to 0 to leave malloc as it is in ``python -m engine``
 KEEP_FREED_MEMORY_VARIABLE = "PARTSTYLE_KEEP_FREED_MEMORY"
@@ -30,6 +28,14 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 # Free memory at the top of the heap kept from the system: mallopt takes an int (2 GiB - 1 at most).
 _KEPT_BYTES = 2**31 - 1
+
+
+def uses_glibc() -> bool:
+    """Whether this process's C library is glibc (whose malloc :func:`keep_freed_memory` sets)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # the name is glibc's: other systems and C libraries do not know it
+        return False
 
 
 def keep_freed_memory() -> bool:
@@ -41,7 +47,7 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get(KEEP_FREED_MEMORY_VARIABLE, "1").strip() == "0":
         return False
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not uses_glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's own C library

@@ -6,15 +6,15 @@ activations (44 MB each) lie above glibc's largest mmap threshold (32 MB), as a 
 
 from __future__ import annotations
 
-import platform
 import resource
 import statistics
-import sys
+
+from engine.allocator import uses_glibc
 
 #: minor page faults of one [5440, 2048] float block
 BLOCK_PAGES = 5440 * 2048 * 4 // 4096
 #: whether the C library is glibc, whose malloc engine.allocator sets (other C libraries are left as they are)
-GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+GLIBC = uses_glibc()
 NOT_GLIBC = "the setting is glibc's malloc's; other C libraries are left as they are"
 
 
