@@ -7,7 +7,6 @@ events. Everything random draws from generators seeded by ``run.seed``.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import os
@@ -28,6 +27,7 @@ from .events import CancelToken, EventSink, NoticeEvent, PreviewEvent, StageEven
 from .field import StyleField
 from .geometry.graph import VertexGraph
 from .guidance import ClipGuidance
+from .last_good import LastGoodState
 from .render import Renderer
 
 CHECKPOINT_VERSION = 1
@@ -290,7 +290,7 @@ class StyleTrainer:
         if resume:
             self.load_checkpoint(checkpoint_path)
         on_event(StageEvent("optimizing", f"{total} iterations"))
-        good_state = self._snapshot()
+        last_good = LastGoodState(self.field, self.optimizer)
         bad_in_a_row = 0
         started = time.perf_counter()
         first_step = self.step_index
@@ -300,13 +300,13 @@ class StyleTrainer:
                 raise Cancelled(f"cancelled at iteration {self.step_index} of {total}", checkpoint=saved)
             values, image, ok = self.step()
             if ok:
-                good_state = self._snapshot()
+                last_good.keep()
                 bad_in_a_row = 0
                 self._record(values)
             else:
                 self.skipped += 1
                 bad_in_a_row += 1
-                self._restore(good_state)
+                last_good.restore()
                 on_event(NoticeEvent(f"iteration {self.step_index}: non-finite loss or gradient, step skipped"))
                 if bad_in_a_row >= self.settings.run.nan_patience:
                     raise NumericalError(
@@ -406,17 +406,7 @@ class StyleTrainer:
             image=None if image is None else image.permute(1, 2, 0).float().cpu().numpy(),
         )
 
-    # -- state: non-finite guard and checkpoints -------------------------------------------------
-
-    def _snapshot(self) -> dict:
-        return {
-            "field": {k: v.detach().clone() for k, v in self.field.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-        }
-
-    def _restore(self, state: dict) -> None:
-        self.field.load_state_dict(state["field"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    # -- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self, path: str) -> str:
         """Write the resumable state atomically to ``path``; returns ``path``."""

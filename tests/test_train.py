@@ -176,6 +176,47 @@ def test_persistent_non_finite_steps_stop_the_run(blob):
         trainer.run()
 
 
+def _corrupt_after_update(trainer, at_step: int) -> None:
+    """Make the optimizer's update of iteration ``at_step`` (1-based) leave a parameter NaN: a bad
+    step that the loss and gradient checks cannot see, only the check after the update."""
+    def corrupt(optimizer, *_):
+        if trainer.step_index + 1 == at_step:
+            with torch.no_grad():
+                next(trainer.field.parameters()).view(-1)[0] = float("nan")
+    trainer.optimizer.register_step_post_hook(corrupt)
+
+
+def test_an_update_that_leaves_a_parameter_non_finite_is_undone(blob):
+    """The state after the bad update goes back to the last good one, exactly: the run ends as one
+    whose iteration 3 failed before any update (a NaN loss)."""
+    undone = trainer_with(blob, set())
+    _corrupt_after_update(undone, at_step=3)
+    result = undone.run()
+    reference = trainer_with(blob, {3}).run()
+    assert result.skipped == 1 and reference.skipped == 1
+    assert torch.equal(result.colors, reference.colors) and torch.equal(result.displacement, reference.displacement)
+    assert result.history == reference.history
+
+
+def test_an_update_that_fails_at_the_first_step_leaves_no_optimizer_state(blob):
+    trainer = trainer_with(blob, set(), "optim.iterations=1")
+    before = [p.detach().clone() for p in trainer.field.parameters()]
+    _corrupt_after_update(trainer, at_step=1)
+    assert trainer.run().skipped == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.field.parameters(), strict=True))
+    assert not any(trainer.optimizer.state.values())  # as before the optimizer's first step
+
+
+def test_a_skipped_step_still_counts_in_the_learning_rate_schedule(blob):
+    """A step skipped where the schedule decays the rate keeps the decay (it was once undone with
+    the optimizer's state, leaving the rest of the run at the rate before it)."""
+    decay = ("optim.lr_decay_every=2", "optim.lr_decay=0.5")
+    clean, skipped_at_decay = trainer_with(blob, set(), *decay), trainer_with(blob, {2}, *decay)
+    clean.run()
+    assert skipped_at_decay.run().skipped == 1
+    assert skipped_at_decay.optimizer.param_groups[0]["lr"] == clean.optimizer.param_groups[0]["lr"]
+
+
 def test_optimization_lowers_the_loss(blob):
     """On a fixed view with no augmentation the objective is deterministic: it must go down."""
     settings = settings_for("preview", [
