@@ -1,7 +1,7 @@
 """Partstyle's task runner: one command per job, each doing its own set-up.
 
     python build.py demo    # stylize the parts of the bundled sample lamp offline -> out/demo/
-    python build.py test    # lint, the test suite, and the suite again with the lowest declared versions
+    python build.py test    # lint, then the test suite at the newest and the lowest declared versions, side by side
     python build.py bench   # print performance figures (docs/performance.md)
     python build.py extension [--platform linux-x64|windows-x64|macos-arm64|all|none]
                               [--python 3.11|3.13|all] [--variant cpu|cuda] [--offline]
@@ -61,6 +61,7 @@ DEMO_ARGS = [
 # The lowest-versions environment: every runtime dependency of pyproject.toml (torch aside) at the
 # lowest version it declares, so that "supported" means tested at both ends of each range.
 LOWEST_VENV = os.environ.get("PARTSTYLE_VENV_LOWEST", os.path.join(ROOT, ".venv-lowest"))
+LOWEST_LOG = os.path.join(ROOT, ".cache", "test-lowest.log")  # the lowest-versions suite's output (test command)
 # Test extras that the lowest-versions run leaves out: Blender's module pins its own numpy (its
 # tests run in the main environment), and uv only builds the extension.
 LOWEST_SKIPS = ("bpy", "uv")
@@ -175,7 +176,9 @@ def task_demo(args: list[str]) -> None:
 def task_test(args: list[str]) -> None:
     """The test command: lint, the suite with the newest versions, the suite with the lowest ones.
 
-    ``test``: all three stages, stopping at the first that fails. ``test --lowest [PYTEST ARGS]``:
+    ``test``: lint, stopping there if it fails; then the two suites side by side (each on half of
+    the CPUs: most of a suite is single-threaded Python, process start-up and small tensors, so one
+    alone leaves a core idle much of the time); fails when either fails. ``test --lowest [PYTEST ARGS]``:
     only the lowest-versions run. ``test --lint``: only ruff. ``test PYTEST ARGS``: only the main
     suite, with those arguments (e.g. one file).
     """
@@ -191,28 +194,73 @@ def task_test(args: list[str]) -> None:
         return
     log("1/3: ruff (the lint rules of pyproject.toml)")
     lint(python)
-    log("2/3: the test suite, newest versions")
-    pytest(python, [], prepare_extension_wheels(python))
-    log("3/3: the test suite with the lowest declared versions (docs/installation.md, 'Tested versions')")
-    test_lowest([])
+    newest_env = prepare_extension_wheels(python)
+    lowest = lowest_venv()
+    threads = suite_threads()
+    log(f"2/3 and 3/3: the test suite with the newest versions and, side by side, with the lowest declared "
+        f"versions (docs/installation.md, 'Tested versions'), {threads} CPU thread(s) each; the lowest "
+        f"versions' output follows the newest's and is kept in {os.path.relpath(LOWEST_LOG, ROOT)}")
+    threads_env = {"OMP_NUM_THREADS": str(threads)}
+    os.makedirs(os.path.dirname(LOWEST_LOG), exist_ok=True)
+    with open(LOWEST_LOG, "w", encoding="utf-8") as lowest_out:
+        beside = subprocess.Popen(pytest_command(lowest, []), cwd=ROOT, env=pytest_env(threads_env),
+                                  stdout=lowest_out, stderr=subprocess.STDOUT)
+        try:
+            newest_code = subprocess.call(pytest_command(python, []), cwd=ROOT,
+                                          env=pytest_env({**newest_env, **threads_env}))
+            lowest_code = beside.wait()
+        finally:
+            if beside.poll() is None:  # interrupted: the suite beside stops too
+                beside.terminate()
+                beside.wait()
+    log(f"3/3: the lowest versions' run ({os.path.relpath(LOWEST_LOG, ROOT)}):")
+    with open(LOWEST_LOG, encoding="utf-8", errors="replace") as fh:
+        sys.stdout.write(fh.read())
+    sys.stdout.flush()
+    for stage, code in (("2/3 (newest versions)", newest_code), ("3/3 (lowest versions)", lowest_code)):
+        if code:
+            log(f"stage {stage} failed")
+    if newest_code or lowest_code:
+        sys.exit(newest_code or lowest_code)
+
+
+def suite_threads() -> int:
+    """CPU threads for each of the two suites that run side by side: half of this process's CPUs
+    (the two would otherwise contend for every core), at least one; OMP_NUM_THREADS, where set, wins."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cpus // 2)
 
 
 def lint(python: str) -> None:
     run([python, "-m", "ruff", "check", "--no-cache", "."])
 
 
+def pytest_command(python: str, args: list[str]) -> list[str]:
+    return [python, "-m", "pytest", "-p", "no:cacheprovider", *args]
+
+
+def pytest_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(extra_env or {})}
+
+
 def pytest(python: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(extra_env or {})}
-    run([python, "-m", "pytest", "-p", "no:cacheprovider", *args], env=env)
+    run(pytest_command(python, args), env=pytest_env(extra_env))
 
 
-def test_lowest(args: list[str]) -> None:
+def lowest_venv() -> str:
+    """The lowest-versions environment, created or refreshed, with its versions printed."""
     python = ensure_venv(LOWEST_VENV, lowest_requirements())
     run([python, "-c", "import importlib.metadata as md; "
                        "print('[build] lowest versions: ' + ', '.join(f'{n} {md.version(n)}' for n in "
                        "('torch', 'transformers', 'huggingface_hub', 'safetensors', 'numpy', 'trimesh', 'pillow', "
                        "'tqdm', 'ray', 'xatlas')))"])
-    pytest(python, args)
+    return python
+
+
+def test_lowest(args: list[str]) -> None:
+    pytest(lowest_venv(), args)
 
 
 def task_bench(args: list[str]) -> None:
