@@ -208,6 +208,8 @@ def task_test(args: list[str]) -> None:
         try:
             newest_code = subprocess.call(pytest_command(python, []), cwd=ROOT,
                                           env=pytest_env({**newest_env, **threads_env}))
+            if beside.poll() is None:
+                log("2/3 done; waiting for 3/3, the lowest versions' run")
             lowest_code = beside.wait()
         finally:
             if beside.poll() is None:  # interrupted: the suite beside stops too

@@ -1,11 +1,11 @@
 """The optimization's state as of its last good iteration, kept for the non-finite guard.
 
-An iteration whose update leaves a parameter non-finite is undone: the field's parameters and
-buffers and the optimizer's per-parameter state (Adam's moments and step count) go back to what
-they were after the last good iteration. They are kept in copies allocated once and overwritten
-after every good iteration, on the tensors' own devices, with one fused copy per device and dtype
-(``torch._foreach_copy_``): no allocation per iteration, where a ``state_dict`` deep copy allocated
-and copied each of the field's tensors and each optimizer state one by one.
+An iteration with a non-finite loss, gradient or updated parameter is undone: the field's
+parameters and buffers and the optimizer's per-parameter state (Adam's moments and step count) go
+back to what they were after the last good iteration. They are kept in copies allocated once
+and overwritten after every good iteration, on the tensors' own devices, with one fused copy per
+device and dtype (``torch._foreach_copy_``): no allocation per iteration, where a ``state_dict``
+deep copy allocated and copied each of the field's tensors and each optimizer state one by one.
 
 The learning-rate schedule is not part of the kept state: a skipped iteration still counts in the
 schedule, which ``StyleTrainer.step`` advances whatever the iteration's outcome.

@@ -110,10 +110,11 @@ def _edges_of(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[tuple[torch.
     return (pairs[:, 0], pairs[:, 1]), 1.0 / length2.clamp(min=floor)
 
 
-def _all_finite(tensors) -> bool:
-    """Whether every element of every tensor is finite, read from the device once."""
+def _all_finite(tensors) -> torch.Tensor:
+    """A 0-d float tensor on the tensors' device: 1 where every element of every tensor is finite,
+    else 0 (computed there, not read)."""
     checks = [torch.isfinite(t).all() for t in tensors]
-    return not checks or bool(torch.stack(checks).all())
+    return torch.stack(checks).all().float() if checks else torch.ones(())
 
 
 class StyleTrainer:
@@ -148,6 +149,7 @@ class StyleTrainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=opt.lr_decay_every, gamma=opt.lr_decay
         )
+        self.last_good = LastGoodState(self.field, self.optimizer)  # what a non-finite step goes back to
         # The field runs only where some styled part has weight: elsewhere the composition keeps the
         # vertex as it was whatever the field says (a part the prompt leaves out, a locked part).
         styled = (self.composition.weights > 0).any(1)
@@ -242,19 +244,27 @@ class StyleTrainer:
         return losses, out.color[0].detach()
 
     def step(self) -> tuple[dict[str, float], torch.Tensor | None, bool]:
-        """One iteration with the non-finite guard. Returns (loss values, front image, ok)."""
+        """One iteration with the non-finite guard. Returns (loss values, front image, ok).
+
+        The loss, its backward and the update run without waiting for the device; then one read
+        brings back the loss values and whether the gradients and the updated parameters are all
+        finite (on a GPU, one synchronization a step). A step that is not all finite is undone:
+        the field and the optimizer go back to the last good state, exactly (:class:`LastGoodState`).
+        """
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         losses, image = self.loss()
-        # one device-to-host transfer for all loss values, one per finiteness check (not one per tensor)
-        values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist(), strict=True))
-        ok = all(math.isfinite(v) for v in values.values())
+        losses["total"].backward()
+        grads_finite = _all_finite([p.grad for p in self.field.parameters() if p.grad is not None])
+        self.optimizer.step()
+        read = torch.stack([*(v.detach().float() for v in losses.values()), grads_finite.to(self.device),
+                            _all_finite(list(self.field.parameters())).to(self.device)]).tolist()
+        values = dict(zip(losses, read[:len(losses)], strict=True))
+        ok = all(math.isfinite(v) for v in values.values()) and read[-2] == 1.0 and read[-1] == 1.0
         if ok:
-            losses["total"].backward()
-            ok = _all_finite(p.grad for p in self.field.parameters() if p.grad is not None)
-        if ok:
-            self.optimizer.step()
-            ok = _all_finite(self.field.parameters())
+            self.last_good.keep()
+        else:
+            self.last_good.restore()
         self.scheduler.step()
         self.step_index += 1
         values["learning_rate"] = lr
@@ -290,7 +300,6 @@ class StyleTrainer:
         if resume:
             self.load_checkpoint(checkpoint_path)
         on_event(StageEvent("optimizing", f"{total} iterations"))
-        last_good = LastGoodState(self.field, self.optimizer)
         bad_in_a_row = 0
         started = time.perf_counter()
         first_step = self.step_index
@@ -300,13 +309,11 @@ class StyleTrainer:
                 raise Cancelled(f"cancelled at iteration {self.step_index} of {total}", checkpoint=saved)
             values, image, ok = self.step()
             if ok:
-                last_good.keep()
                 bad_in_a_row = 0
                 self._record(values)
             else:
                 self.skipped += 1
                 bad_in_a_row += 1
-                last_good.restore()
                 on_event(NoticeEvent(f"iteration {self.step_index}: non-finite loss or gradient, step skipped"))
                 if bad_in_a_row >= self.settings.run.nan_patience:
                     raise NumericalError(
@@ -446,6 +453,7 @@ class StyleTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampling.set_state(state["sampling"].cpu())
+        self.last_good.keep()
         self.step_index = int(state["step"])
         self.skipped = int(state["skipped"])
         self.history = {k: list(v) for k, v in state["history"].items()}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -215,6 +217,28 @@ def test_a_skipped_step_still_counts_in_the_learning_rate_schedule(blob):
     clean.run()
     assert skipped_at_decay.run().skipped == 1
     assert skipped_at_decay.optimizer.param_groups[0]["lr"] == clean.optimizer.param_groups[0]["lr"]
+
+
+def test_a_step_reads_from_the_device_once(blob, monkeypatch):
+    """The guard's checks and the loss values come back in one read (on a GPU, one synchronization
+    of the step's own; the rasterizer's ragged sizes are the others)."""
+    trainer = trainer_with(blob, set())
+    trainer.step()
+    reads = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(tensor, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith(os.path.join("engine", "train.py")):
+                reads.append(name)
+            return original(tensor, *args, **kwargs)
+        return read
+
+    for name in ("tolist", "item", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    _, _, ok = trainer.step()
+    assert ok and reads == ["tolist"]
 
 
 def test_optimization_lowers_the_loss(blob):
