@@ -189,6 +189,18 @@ def test_chunked_rasterization_gives_the_same_image():
     assert torch.equal(whole, chunked)
 
 
+def test_chunks_cover_the_faces_in_order_and_carry_their_pixel_sums():
+    from engine.render.raster import _chunks_by_total
+
+    count = torch.tensor([5, 0, 1200, 3, 7, 998, 2, 0, 40, 1])
+    ids = count.nonzero().squeeze(1)
+    chunks = _chunks_by_total(ids, count, 1000)
+    assert torch.equal(torch.cat([run for run, _ in chunks]), ids) and len(chunks) > 2
+    assert [total for _, total in chunks] == [int(count[run].sum()) for run, _ in chunks]
+    ((run, total),) = _chunks_by_total(ids, count, 10_000)
+    assert torch.equal(run, ids) and total == int(count.sum())
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to PyTorch here")
 def test_cuda_renders_the_same_image_as_cpu():

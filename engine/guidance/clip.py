@@ -208,8 +208,8 @@ class ClipGuidance:
         """
         s = self.settings
         size = self.bundle.image_size
-        hard = masks.detach() > 0.5
-        counts = hard.flatten(2).sum(-1).cpu()  # [N, P]
+        hard = (masks.detach() > 0.5).cpu()  # [N, P, H, W]: one read from the device, for the counts and the boxes
+        counts = hard.flatten(2).sum(-1)  # [N, P]
         views, parts = [], []
         for part in range(masks.shape[1]):
             showing = (counts[:, part] >= s.part_min_pixels).nonzero().squeeze(1)
@@ -220,7 +220,7 @@ class ClipGuidance:
         if not views:
             return None
         views, parts = torch.cat(views), torch.cat(parts)
-        boxes = _mask_boxes(hard.cpu()[views, parts])  # [B, 4] centre x, centre y, half w, half h (normalized)
+        boxes = _mask_boxes(hard[views, parts])  # [B, 4] centre x, centre y, half w, half h (normalized)
         count = boxes.shape[0]
         scale = 1.1 + 0.2 * torch.rand(count, generator=generator)
         shift = (torch.rand(count, 2, generator=generator) * 2.0 - 1.0) * 0.1

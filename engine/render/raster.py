@@ -85,18 +85,19 @@ def rasterize(
         dim=-1,
     ).reshape(-1, 12)  # per (view, face)
 
-    for chunk in _chunks_by_total(candidates, count, max_pairs):
-        _rasterize_chunk(chunk, count[chunk], coeffs[chunk], n_faces, size, zbuf)
+    for chunk, total in _chunks_by_total(candidates, count, max_pairs):
+        _rasterize_chunk(chunk, count[chunk], total, coeffs[chunk], n_faces, size, zbuf)
 
     face_id = torch.where(zbuf == _NO_FACE, torch.full_like(zbuf, -1), zbuf & _LOW_32)
     return face_id.view(n_views, size, size)
 
 
 def _rasterize_chunk(
-    flat_ids: torch.Tensor, counts: torch.Tensor, coeffs: torch.Tensor, n_faces: int, size: int, zbuf: torch.Tensor
+    flat_ids: torch.Tensor, counts: torch.Tensor, total: int, coeffs: torch.Tensor, n_faces: int, size: int,
+    zbuf: torch.Tensor,
 ) -> None:
-    """Enumerate the pixel centres of these (view * F + face) ids and fold them into ``zbuf``."""
-    total = int(counts.sum())
+    """Enumerate the pixel centres of these (view * F + face) ids and fold them into ``zbuf``;
+    ``total`` is ``counts.sum()``, known on the host (reading it again would wait for the device)."""
     device = flat_ids.device
     owner = torch.repeat_interleave(torch.arange(flat_ids.numel(), device=device), counts, output_size=total)
     first = torch.cumsum(counts, 0) - counts
@@ -124,12 +125,16 @@ def _rasterize_chunk(
     zbuf.scatter_reduce_(0, pixel, key, reduce="amin")
 
 
-def _chunks_by_total(ids: torch.Tensor, count: torch.Tensor, max_total: int) -> list[torch.Tensor]:
-    """Split ``ids`` into consecutive runs whose ``count[ids]`` sums stay under ``max_total``."""
+def _chunks_by_total(ids: torch.Tensor, count: torch.Tensor, max_total: int) -> list[tuple[torch.Tensor, int]]:
+    """Split ``ids`` into consecutive runs of about ``max_total`` pixels (a run ends at the face
+    whose running sum passes the next multiple of it): each run with its sum (one read from the
+    device for the total, and one for the runs' sums where there are several)."""
     running = torch.cumsum(count[ids], 0)
     total = int(running[-1])
     if total <= max_total:
-        return [ids]
+        return [(ids, total)]
     bounds = torch.searchsorted(running, torch.arange(max_total, total, max_total, device=ids.device), right=True)
     edges = [0, *sorted({int(b) for b in bounds.tolist()}), ids.numel()]
-    return [ids[a:b] for a, b in itertools.pairwise(edges) if b > a]
+    runs = [(a, b) for a, b in itertools.pairwise(edges) if b > a]
+    ends = running[torch.tensor([b - 1 for _, b in runs], device=ids.device)].tolist()
+    return [(ids[a:b], end - start) for (a, b), end, start in zip(runs, ends, [0, *ends[:-1]], strict=True)]
