@@ -110,11 +110,9 @@ def _edges_of(vertices: torch.Tensor, faces: torch.Tensor) -> tuple[tuple[torch.
     return (pairs[:, 0], pairs[:, 1]), 1.0 / length2.clamp(min=floor)
 
 
-def _all_finite(tensors) -> torch.Tensor:
-    """A 0-d float tensor on the tensors' device: 1 where every element of every tensor is finite,
-    else 0 (computed there, not read)."""
-    checks = [torch.isfinite(t).all() for t in tensors]
-    return torch.stack(checks).all().float() if checks else torch.ones(())
+def _finite_flags(tensors) -> list[torch.Tensor]:
+    """One 0-d bool tensor per tensor, on its device: whether all its elements are finite (not read)."""
+    return [torch.isfinite(t).all() for t in tensors]
 
 
 class StyleTrainer:
@@ -255,12 +253,13 @@ class StyleTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses, image = self.loss()
         losses["total"].backward()
-        grads_finite = _all_finite([p.grad for p in self.field.parameters() if p.grad is not None])
+        finite = _finite_flags(p.grad for p in self.field.parameters() if p.grad is not None)
         self.optimizer.step()
-        read = torch.stack([*(v.detach().float() for v in losses.values()), grads_finite.to(self.device),
-                            _all_finite(list(self.field.parameters())).to(self.device)]).tolist()
-        values = dict(zip(losses, read[:len(losses)], strict=True))
-        ok = all(math.isfinite(v) for v in values.values()) and read[-2] == 1.0 and read[-1] == 1.0
+        finite += _finite_flags(self.field.parameters())
+        *loss_values, all_finite = torch.stack(
+            [*(v.detach().float() for v in losses.values()), torch.stack(finite).all().float()]).tolist()
+        values = dict(zip(losses, loss_values, strict=True))
+        ok = all_finite == 1.0 and all(math.isfinite(v) for v in values.values())
         if ok:
             self.last_good.keep()
         else:
@@ -314,7 +313,7 @@ class StyleTrainer:
             else:
                 self.skipped += 1
                 bad_in_a_row += 1
-                on_event(NoticeEvent(f"iteration {self.step_index}: non-finite loss or gradient, step skipped"))
+                on_event(NoticeEvent(f"iteration {self.step_index}: non-finite loss, gradient or update, step skipped"))
                 if bad_in_a_row >= self.settings.run.nan_patience:
                     raise NumericalError(
                         f"{bad_in_a_row} iterations in a row produced non-finite values (last at {self.step_index}); "
