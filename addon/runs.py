@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from . import baked, bridge, engine_link, jobs, nodes, snapshot
+from . import baked, bridge, engine_link, jobs, nodes, preferences, snapshot
 
 UP_AXIS = "views.up_axis=z"  # Blender's frame: Z up, front view looking along +Y
 PRESETS = ("fast", "faithful", "text2mesh", "preview")  # engine.config.PRESETS (a test keeps them equal)
@@ -137,20 +137,25 @@ def prompt_text(pairs, prompt: str) -> str:
 
 def memory_estimate(obj, settings) -> str | None:
     """One line for the panel: the expected peak memory of stylizing ``obj`` with the scene's
-    ``settings`` (engine.memory's estimate; the same one that refuses a run that would not fit), or
-    None when it cannot be told (no mesh, settings that do not parse)."""
+    ``settings`` (engine.memory's estimate, with the chosen models' weights and, unless the parts come
+    from vertex groups, their localization: the same one that refuses a run that would not fit), or
+    None when it cannot be told (no mesh, settings that do not parse, no model folder chosen)."""
     if obj is None or obj.type != 'MESH':
         return None
     try:
         config = engine_link.load("config", light=True)
         memory = engine_link.load("memory", light=True)
         chosen = config.settings_for(settings.preset, list(settings.overrides.split()))
-    except Exception:  # an override being typed, or no engine: the panel says nothing rather than fail
+        run = preferences.effective(settings)
+    except Exception:  # an override being typed, no folder chosen, no engine: the panel says nothing, not fail
         return None
     total = len(obj.data.vertices)
     limit = chosen.field.max_vertices
     optimized = min(total, limit) if limit else total
-    need = memory.estimate_peak_bytes(optimized, chosen, max(1, len(settings.parts)))
+    parts = len(settings.parts)
+    device = "gpu" if run["device"].startswith(("cuda", "mps")) else "cpu"  # auto: the CPU's, the larger figure
+    need = memory.estimate_peak_bytes(optimized, chosen, parts, models=run["models"], device_type=device,
+                                      locating=parts > 0 and not settings.use_vertex_groups)
     copy = f"a copy of {optimized:,} of its {total:,} vertices" if optimized < total else f"{total:,} vertices"
     return f"Memory: about {memory.gigabytes(need)} (optimizing {copy})"
 

@@ -27,7 +27,7 @@ from .grounding.locate import Localization, detector_boxes, locate, rectangle_ma
 from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
-from .memory import check_fits, peak_memory_mb
+from .memory import check_fits, peak_memory_mb, reporting_out_of_memory
 from .mesh import Mesh, Normalization
 from .models import ModelStore
 from .parts import part_colors
@@ -43,6 +43,7 @@ from .work_mesh import announce as announce_copy
 from .work_mesh import working_copy
 
 
+@reporting_out_of_memory("locating parts")
 def locate_parts(
     mesh: Mesh,
     parts: list[str] | tuple[str, ...],
@@ -81,6 +82,7 @@ def locate_parts(
     return locate(vertices, torch.from_numpy(mesh.faces).to(dev), names, detect, masks, settings, on_progress)
 
 
+@reporting_out_of_memory("stylizing")
 def stylize(
     mesh: Mesh,
     request: StyleRequest | str,
@@ -134,7 +136,8 @@ def stylize(
     work = mesh if copy is None else copy.mesh(mesh.name)
     if copy is not None:
         on_event(StageEvent(*announce_copy(copy, mesh, settings)))
-    check_fits(work.num_vertices, settings, max(1, len(request.styled_pairs)), dev)
+    check_fits(work.num_vertices, settings, len(request.styled_pairs), dev, models=store.footprint(),
+               locating=request.parts is None and not parsed.is_holistic, loaded=store.loaded_roles(dev))
     part_weights = work_weights = None
     seconds_locating = 0.0
     part_confidence: dict[str, float] = {}

@@ -172,10 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", action="store_true",
                    help="instead: whole stylize commands of the presets on the 40k-face lamp with the real-size "
                    "architectures (random weights; a model folder built once)")
+    p.add_argument("--memory", action="store_true",
+                   help="instead: the memory a located run's tensors take by stage, per preset, next to the estimate "
+                   "(real-size architectures, random weights)")
+    p.add_argument("--like-cuda", action="store_true",
+                   help="with --memory on a CPU: bf16 autocast and the library's kernels, as a CUDA run has them")
     p.add_argument("--models-folder", default=None,
-                   help="with --runs: where the real-size model folder is kept (default ~/.cache/partstyle)")
+                   help="with --runs or --memory: the model folder (default: the real-size one, kept in "
+                   "~/.cache/partstyle; --memory also takes 'tiny')")
     p.add_argument("--only", action="append", default=None, metavar="RUN",
-                   help="with --runs: only the runs whose name starts with this (repeatable), e.g. 'fast'")
+                   help="with --runs or --memory: only the runs (presets) whose name starts with this (repeatable), "
+                   "e.g. 'fast'")
     p.set_defaults(handler=cmd_bench)
     return parser
 
@@ -380,6 +387,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         silence_library_progress()
         run_bake_benchmark(device=args.device)
+        return 0
+    if args.memory:
+        from .bench_memory import MEMORY_PRESETS, run_memory_benchmark
+
+        silence_library_progress()
+        presets = tuple(p for p in MEMORY_PRESETS if not args.only or any(p.startswith(o) for o in args.only))
+        run_memory_benchmark(device=args.device, models=args.models_folder, like_cuda=args.like_cuda, presets=presets)
         return 0
     if args.runs:
         from .bench_runs import RUNS, run_whole_commands

@@ -1,26 +1,63 @@
 """How much memory a run will need, and how much the device has free: checked before work starts.
 
-Measured on the 2-core CPU machine (docs/performance.md, "Large meshes"): peak memory grows by
-about 13.5 KB per optimized vertex with the default field (``preview`` and ``fast`` alike; views
-and crops add little), on top of about 0.55 GB for Python, PyTorch and the tiny models. The
-per-vertex share is the field's activations and their gradients, so it is modelled from the
-field's shape and scaled by the measured overhead of autograd. Needs no torch, so the Blender
-add-on can show the estimate before the engine's heavy modules load.
+The estimate (:func:`estimate_memory`) adds what a run holds at its heaviest moment, modelled from
+the settings and the models' footprint (``engine/footprint.py``), with constants measured on the
+2-core CPU machine by counting the bytes of the tensors a run allocates (``python -m engine bench
+--memory``; docs/performance.md, "Memory"):
+
+- the process itself (Python and the libraries; on a GPU, the allocator's rounding);
+- the weights of the models the run loads;
+- what the run keeps throughout (text targets, the surface, the field and its optimizer);
+- the larger of localization (every view's render and evidence, and the mesh's patches) and one
+  optimization step: the field's activations (about 13.5 KB per optimized vertex with the default
+  field), plus the larger of a CLIP step (its renders and images) and a grounding step (its
+  renders and Grounding DINO's activations).
+
+Needs no torch, so the Blender add-on can show the estimate before the engine's heavy modules load.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from dataclasses import dataclass
 
 from .config import Settings
 from .errors import ResourceError
+from .footprint import ModelFootprint, model_footprint
 
-#: Python, PyTorch, the tiny models, the renders: measured 0.54 GB with the tiny models.
-BASE_BYTES = 600 * 2**20
+#: The process before any run: Python, PyTorch and transformers resident on the CPU (with the heap's
+#: fragmentation over a run); on a GPU, the caching allocator's rounding and library workspaces.
+PROCESS_BYTES = {"cpu": 640 * 2**20, "gpu": 256 * 2**20}
+#: What a run keeps from start to end besides the field: text targets, surface arrays, the segmenter's
+#: cached position encoding (measured 64-128 MB with the real-size models).
+RUN_STATE_BYTES = 128 * 2**20
 #: Measured peak bytes per optimized vertex / 4 bytes per float of the field per vertex (13.5 KB /
 #: 10.25 KB with the default field).
 AUTOGRAD_OVERHEAD = 1.35
+#: A rendered view with its gradients, per pixel (fragments, color and geometry images).
+RENDER_BYTES_PER_PIXEL = 250
+#: Localization per view pixel (each view's render, boxes' masks and evidence, kept until settling),
+#: and per vertex of the located mesh (its patches and their graph): 10 views at 512 px took 578 MB
+#: plus about 3.8 KB per vertex.
+LOCATE_BYTES_PER_PIXEL = 240
+LOCATE_BYTES_PER_VERTEX = 4096
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A run's expected peak memory by part, bytes (see the module's docstring)."""
+
+    process: int
+    weights: int
+    run_state: int
+    locating: int
+    step: int
+
+    @property
+    def total(self) -> int:
+        return self.process + self.weights + self.run_state + max(self.locating, self.step)
 
 
 def field_floats_per_vertex(settings: Settings, parts: int = 1) -> int:
@@ -29,10 +66,58 @@ def field_floats_per_vertex(settings: Settings, parts: int = 1) -> int:
     return (3 + 2 * f.fourier_features) + f.width * (f.trunk_depth + 2 * f.head_depth) + 4 * parts
 
 
-def estimate_peak_bytes(num_vertices: int, settings: Settings, parts: int = 1) -> int:
-    """The expected peak memory of optimizing ``num_vertices`` vertices with ``settings``, bytes."""
-    per_vertex = 4 * AUTOGRAD_OVERHEAD * field_floats_per_vertex(settings, parts)
-    return int(BASE_BYTES + per_vertex * num_vertices)
+def clip_images_per_step(settings: Settings, parts: int) -> int:
+    """Images CLIP scores in one step: each view's augmented copies, crops and gray crops, and each
+    styled part's crops (``parts`` 0 for a holistic run)."""
+    g = settings.guidance
+    return settings.views.count * (g.global_augmentations + g.local_crops + g.geometry_crops) + g.part_crops * parts
+
+
+def estimate_memory(
+    num_vertices: int, settings: Settings, parts: int = 0, *, models: ModelFootprint | str = "tiny",
+    locating: bool = False, device_type: str = "cpu", loaded: tuple[str, ...] = (),
+) -> MemoryEstimate:
+    """The expected peak memory of a run, by part.
+
+    Args:
+        num_vertices: vertices optimized (and located on): the mesh's, or its working copy's.
+        settings: the run's settings.
+        parts: styled parts (0: a holistic run, which has no part crops and no grounding steps).
+        models: the models' :class:`ModelFootprint`, or a model source to read it from.
+        locating: whether the run locates its parts (loads the grounding model and the segmenter).
+        device_type: ``cpu``, or anything else for a GPU (where the process's libraries are not on it).
+        loaded: roles whose models are in memory already (a Blender session's earlier run): their
+            weights are not counted again.
+    """
+    footprint = models if isinstance(models, ModelFootprint) else model_footprint(models)
+    grounding_steps = parts > 0 and settings.guidance.grounding_every > 0
+    roles = ["clip"] + (["grounding"] if locating or grounding_steps else [])
+    roles += ["segmenter"] if locating and settings.localize.evidence == "masks" else []
+    loc = settings.localize
+    locate = loc.views * loc.resolution**2 * LOCATE_BYTES_PER_PIXEL + num_vertices * LOCATE_BYTES_PER_VERTEX
+    field = 4 * AUTOGRAD_OVERHEAD * field_floats_per_vertex(settings, max(parts, 1)) * num_vertices
+    side = settings.render.resolution
+    renders = settings.views.count * side**2 * RENDER_BYTES_PER_PIXEL
+    clip_step = renders + clip_images_per_step(settings, parts) * footprint.clip_image
+    grounding_step = 0.0
+    if grounding_steps:
+        g = settings.guidance
+        shown = min(g.grounding_resolution, footprint.grounding_side)
+        per_view = g.grounding_resolution**2 * RENDER_BYTES_PER_PIXEL + shown**2 * footprint.grounding_pixel
+        grounding_step = g.grounding_views * per_view
+    return MemoryEstimate(
+        process=PROCESS_BYTES["cpu" if device_type == "cpu" else "gpu"],
+        weights=sum(footprint.weights[role] for role in roles if role not in loaded),
+        run_state=RUN_STATE_BYTES,
+        locating=int(locate) if locating else 0,
+        step=int(field + max(clip_step, grounding_step)),
+    )
+
+
+def estimate_peak_bytes(num_vertices: int, settings: Settings, parts: int = 0, **run) -> int:
+    """The expected peak memory of a run, bytes: :meth:`MemoryEstimate.total` of :func:`estimate_memory`
+    (``run``: its ``models``, ``locating`` and ``device_type``)."""
+    return estimate_memory(num_vertices, settings, parts, **run).total
 
 
 def available_bytes(device) -> int | None:
@@ -56,20 +141,25 @@ def available_bytes(device) -> int | None:
         return None
 
 
-def check_fits(num_vertices: int, settings: Settings, parts: int, device) -> int:
-    """Raise :class:`ResourceError` when optimizing ``num_vertices`` vertices would need more memory than
-    ``device`` (a torch.device) has free; returns the estimate in bytes."""
-    need = estimate_peak_bytes(num_vertices, settings, parts)
-    free = available_bytes(device)
-    if free is not None and need > free:
-        per_vertex = (need - BASE_BYTES) / max(num_vertices, 1)
-        budget = max(1000, int((0.8 * free - BASE_BYTES) / per_vertex))  # what fits in 80% of the free memory
-        raise ResourceError(
-            f"this run would need about {gigabytes(need)} ({num_vertices} vertices optimized) but {device} has "
-            f"{gigabytes(free)} free. Optimize on a smaller copy (--set field.max_vertices={budget // 1000 * 1000}), "
-            "use a device with more memory, or close other programs."
-        )
-    return need
+def check_fits(num_vertices: int, settings: Settings, parts: int, device, **run) -> int:
+    """Raise :class:`ResourceError` when a run optimizing ``num_vertices`` vertices would need more memory
+    than ``device`` (a torch.device) has free (``parts`` and ``run`` as for :func:`estimate_memory`);
+    returns the estimate in bytes. The running process itself is not counted: it holds its memory already."""
+    estimate = estimate_memory(num_vertices, settings, parts, device_type=device.type, **run)
+    need, free = estimate.total - estimate.process, available_bytes(device)
+    if free is None or need <= free:
+        return need
+    base = estimate_memory(0, settings, parts, device_type=device.type, **run).total - estimate.process
+    per_vertex = (need - base) / max(num_vertices, 1)
+    budget = int((0.8 * free - base) / per_vertex) if per_vertex > 0 else 0  # the vertices 80% of it holds
+    fixes = [f"optimize on a smaller copy (--set field.max_vertices={budget // 1000 * 1000})"] if budget >= 1000 else []
+    fixes += ["use a lighter preset (--preset preview) or a device with more memory, or close other programs"]
+    fix = "; ".join(fixes)
+    raise ResourceError(
+        f"this run would need about {gigabytes(need)} ({num_vertices} vertices optimized, "
+        f"{gigabytes(estimate.weights)} of it the models' weights) but {device} has {gigabytes(free)} free. "
+        f"{fix[0].upper()}{fix[1:]}."
+    )
 
 
 def gigabytes(count: int) -> str:
@@ -90,3 +180,58 @@ def peak_memory_mb(device) -> float:
         return float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+#: What the CPU allocator says when it cannot allocate (a RuntimeError, not torch.OutOfMemoryError).
+CPU_ALLOCATION_FAILED = "can't allocate memory"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device or the system running out of memory: ``torch.OutOfMemoryError``
+    (CUDA, MPS), the CPU allocator's RuntimeError, or Python's MemoryError."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and (type(exc).__name__ == "OutOfMemoryError"
+                                              or CPU_ALLOCATION_FAILED in str(exc))
+
+
+def out_of_memory_message(exc: BaseException, what: str) -> str:
+    """One paragraph for a run that ran out of memory while doing ``what``: the library's own first
+    line, and the ways to need less."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"ran out of memory while {what} ({said[:300]}); the mesh and earlier results are as they were, and a "
+        "checkpoint the run kept can be resumed (--resume). Need less memory with a lighter preset "
+        "(--preset preview), fewer vertices optimized (--set field.max_vertices=50000), a smaller grounding step "
+        "(--set guidance.grounding_views=1 --set guidance.grounding_resolution=384), or the CPU (--device cpu); "
+        "or close other programs using that memory."
+    )
+
+
+def reporting_out_of_memory(what: str):
+    """Decorator: a run that runs out of memory raises :class:`ResourceError` (:func:`out_of_memory_message`)
+    instead of the library's error. The failed run's tensors are released first (its frames go with the
+    original error, which is not chained), and a CUDA cache is emptied, so the process can go on
+    (a Blender session keeps working)."""
+
+    def decorate(run):
+        @functools.wraps(run)
+        def wrapper(*args, **kwargs):
+            try:
+                return run(*args, **kwargs)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                message = out_of_memory_message(exc, what)
+            _empty_device_caches()
+            raise ResourceError(message)
+
+        return wrapper
+
+    return decorate
+
+
+def _empty_device_caches() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -31,6 +31,7 @@ import torch
 from .compat import GROUNDING_DELIMITER_IDS, grounding_delimiter_ids, require_grounding_support
 from .downloads import HUB_PATTERNS, MODEL_SOURCES, ROLES, download_models, format_size, local_snapshot, source_for
 from .errors import ModelFormatError, ModelNotFound
+from .footprint import TINY_MODELS_FOLDER, ModelFootprint, model_footprint
 from .model_kernels import adapt_clip_to_device, adapt_grounding_to_device
 
 _HUB_IDS = {source.role: source.repo_id for source in MODEL_SOURCES}
@@ -59,11 +60,11 @@ TINY_SEGMENTER_SIZE = 256
 FETCH_COMMAND = "python -m engine fetch-models"
 # The tiny CLIP trained by `python -m engine train-tiny-clip`, shipped with the engine; where it is
 # missing, `tiny` falls back to the untrained tiny CLIP built in code.
-TINY_CLIP_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny", "clip")
+TINY_CLIP_FOLDER = os.path.join(TINY_MODELS_FOLDER, "clip")
 # The tiny Grounding DINO trained by `python -m engine train-tiny-grounding`, likewise.
-TINY_GROUNDING_FOLDER = os.path.join(os.path.dirname(TINY_CLIP_FOLDER), "grounding")
+TINY_GROUNDING_FOLDER = os.path.join(TINY_MODELS_FOLDER, "grounding")
 # The tiny box-prompted segmenter trained by `python -m engine train-tiny-segmenter`, likewise.
-TINY_SEGMENTER_FOLDER = os.path.join(os.path.dirname(TINY_CLIP_FOLDER), "segmenter")
+TINY_SEGMENTER_FOLDER = os.path.join(TINY_MODELS_FOLDER, "segmenter")
 _HUB_FILES = list(HUB_PATTERNS)
 # Buffers a model rebuilds from its config, which a weights file may or may not hold (Swin's
 # relative position index, text position ids): their absence is not a mismatch.
@@ -165,6 +166,14 @@ class ModelStore:
             return dict.fromkeys(used, "tiny" if self.source == "tiny" else "folder")
         sources = {source.role: source for source in MODEL_SOURCES}
         return {role: {"repo_id": sources[role].repo_id, "revision": sources[role].revision} for role in used}
+
+    def footprint(self) -> ModelFootprint:
+        """What this source's models take in memory (engine/footprint.py), read without loading them."""
+        return model_footprint(self.source)
+
+    def loaded_roles(self, device: torch.device | str) -> tuple[str, ...]:
+        """The roles whose models this store holds on ``device`` already."""
+        return tuple(role for role, where in self._loaded if where == str(device))
 
     def clip(self, device: torch.device | str = "cpu") -> ClipBundle:
         """The CLIP model of this source, frozen, on ``device``."""

@@ -407,6 +407,24 @@ def _draw(panel_class, context, **attributes):
     return calls
 
 
+def test_the_panel_estimate_counts_the_chosen_models_and_their_localization(scene):
+    obj = make_lamp()
+    settings = set_panel(use_groups=False, overrides=())
+
+    def gigabytes() -> float:
+        return float(re.match(r"Memory: about (\d+\.\d) GB", runs.memory_estimate(obj, settings)).group(1))
+
+    located_tiny = gigabytes()
+    settings.models = 'default'  # the real CLIP, Grounding DINO and SAM 2: 1.3 GB of weights, not downloaded
+    located_real = gigabytes()
+    settings.use_vertex_groups = True  # the parts come from vertex groups: no segmenter, no localization
+    grouped_real = gigabytes()
+    assert located_real > located_tiny + 1.2
+    assert grouped_real < located_real
+    settings.preset = 'faithful'  # a grounding step of 3 views instead of 1
+    assert gigabytes() > grouped_real + 2.0
+
+
 def test_panels_and_preferences_draw_existing_properties(scene):
     from addon import panels, preferences
 
