@@ -195,24 +195,27 @@ def is_out_of_memory(exc: BaseException) -> bool:
                                               or CPU_ALLOCATION_FAILED in str(exc))
 
 
-def out_of_memory_message(exc: BaseException, what: str) -> str:
+def out_of_memory_message(exc: BaseException, what: str, *, checkpoint: str | None = None) -> str:
     """One paragraph for a run that ran out of memory while doing ``what``: the library's own first
-    line, and the ways to need less."""
+    line, that nothing was lost, whether ``checkpoint`` (a file the run kept) can be resumed, and the
+    ways to need less (the CPU among them where a GPU ran out)."""
     said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    on_gpu = type(exc).__name__ == "OutOfMemoryError"  # torch's, raised by the GPU allocators
+    kept = f", and its checkpoint ({checkpoint}) can be resumed (--resume)" if checkpoint else ""
+    ways = ["a lighter preset (--preset preview)", "fewer vertices optimized (a smaller --set field.max_vertices)",
+            "a smaller grounding step (--set guidance.grounding_views=1 --set guidance.grounding_resolution=384)"]
+    ways += ["the CPU (--device cpu)"] if on_gpu else []
     return (
-        f"ran out of memory while {what} ({said[:300]}); the mesh and earlier results are as they were, and a "
-        "checkpoint the run kept can be resumed (--resume). Need less memory with a lighter preset "
-        "(--preset preview), fewer vertices optimized (--set field.max_vertices=50000), a smaller grounding step "
-        "(--set guidance.grounding_views=1 --set guidance.grounding_resolution=384), or the CPU (--device cpu); "
-        "or close other programs using that memory."
+        f"ran out of memory while {what} ({said[:300]}); the mesh and earlier results are as they were{kept}. "
+        f"Need less memory with {', '.join(ways[:-1])} or {ways[-1]}; or close other programs using that memory."
     )
 
 
 def reporting_out_of_memory(what: str):
-    """Decorator: a run that runs out of memory raises :class:`ResourceError` (:func:`out_of_memory_message`)
-    instead of the library's error. The failed run's tensors are released first (its frames go with the
-    original error, which is not chained), and a CUDA cache is emptied, so the process can go on
-    (a Blender session keeps working)."""
+    """Decorator: a run that runs out of memory raises :class:`ResourceError` (:func:`out_of_memory_message`,
+    naming the run's ``checkpoint`` keyword argument where that file exists) instead of the library's
+    error. The failed run's tensors are released first (its frames go with the original error, which is
+    not chained), and a CUDA cache is emptied, so the process can go on (a Blender session keeps working)."""
 
     def decorate(run):
         @functools.wraps(run)
@@ -222,7 +225,9 @@ def reporting_out_of_memory(what: str):
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
-                message = out_of_memory_message(exc, what)
+                checkpoint = kwargs.get("checkpoint")
+                message = out_of_memory_message(
+                    exc, what, checkpoint=checkpoint if checkpoint and os.path.isfile(checkpoint) else None)
             _empty_device_caches()
             raise ResourceError(message)
 

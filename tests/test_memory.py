@@ -108,10 +108,11 @@ def test_a_run_that_runs_out_of_memory_says_so_and_how_to_need_less(monkeypatch,
 
     monkeypatch.setattr(engine.train.StyleTrainer, "step", step)
     settings = settings_for("preview", {"optim.iterations": 2, "views.count": 2, "render.resolution": 64})
-    said = r"ran out of memory while stylizing .*--preset preview.*--device cpu"
+    said = r"ran out of memory while stylizing .*as they were\. Need less memory with .*--preset preview"
     with pytest.raises(ResourceError, match=said) as got:
         stylize(sample_mesh("lamp", 2000), "a red lamp", settings=settings, models="tiny", device="cpu")
     assert got.value.__cause__ is None and got.value.__context__ is None  # the failed run's frames are let go
+    assert ("--device cpu" in str(got.value)) == isinstance(error, torch.OutOfMemoryError)  # only where a GPU ran out
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
@@ -133,5 +134,25 @@ def test_the_command_reports_running_out_of_memory_and_writes_nothing(monkeypatc
     monkeypatch.setattr(engine.train.StyleTrainer, "step", step)
     out = tmp_path / "out"
     assert main(["stylize", "sample:lamp@2000", "--prompt", "a red lamp", "--out", str(out), *QUICK]) == EXIT_ERROR
-    assert "error: ran out of memory while stylizing (CUDA out of memory" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "error: ran out of memory while stylizing (CUDA out of memory" in said
+    assert "--resume" not in said  # no checkpoint was kept before the first step
     assert not out.exists() or not any(name for name in os.listdir(out) if not name.startswith("."))
+
+
+def test_a_checkpoint_kept_before_running_out_of_memory_is_named(monkeypatch, tmp_path, capsys):
+    real_step = engine.train.StyleTrainer.step
+
+    def step(self):
+        if self.step_index == 2:  # after the checkpoint the run keeps at its second iteration
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self)
+
+    monkeypatch.setattr(engine.train.StyleTrainer, "step", step)
+    out = tmp_path / "out"
+    command = ["stylize", "sample:lamp@2000", "--prompt", "a red lamp", "--out", str(out), *QUICK,
+               "--set", "optim.iterations=4", "--set", "run.checkpoint_every=2"]
+    assert main(command) == EXIT_ERROR
+    checkpoint = out / "checkpoint.pt"
+    assert f"its checkpoint ({checkpoint}) can be resumed (--resume)" in capsys.readouterr().err
+    assert checkpoint.is_file()
