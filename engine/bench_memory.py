@@ -33,7 +33,7 @@ from .config import settings_for
 from .devices import resolve_device
 from .errors import PartNotFound
 from .memory import estimate_memory
-from .models import DEVICE_ADAPTERS, ModelStore
+from .models import ModelStore
 from .parts import PartWeights
 from .prompt import parse_prompt
 from .request import StyleRequest
@@ -101,12 +101,11 @@ def measure_run(
     if settings_for(preset).guidance.grounding_every > 0:
         overrides.append("guidance.grounding_every=2")  # the second iteration is the preset's grounding step
     settings = settings_for(preset, overrides)
-    store = ModelStore(models)
+    store = ModelStore(models, device_kernels=not like_cuda)
     prompt = HOLISTIC_PROMPT if holistic else PART_PROMPT
     parts = 0 if holistic else len(parse_prompt(prompt).parts)
     roles = ("clip",) if holistic else ("clip", "grounding", "segmenter")  # a located run loads all three
-    with _library_kernels(like_cuda):
-        bundles = [getattr(store, role)(device) for role in roles]
+    bundles = [getattr(store, role)(device) for role in roles]
     weights = sum(t.numel() * t.element_size() for b in bundles for t in [*b.model.parameters(), *b.model.buffers()])
     mesh = sample_mesh("lamp", faces)
     counter = _Counter(device)
@@ -155,18 +154,6 @@ class _Counter:
         peak = self.counter.peak
         self.counter.reset_peak()
         return peak
-
-
-@contextlib.contextmanager
-def _library_kernels(enabled: bool):
-    """While ``enabled``: models load without the CPU kernels of ``engine/model_kernels.py`` (as on CUDA)."""
-    saved = dict(DEVICE_ADAPTERS)
-    if enabled:
-        DEVICE_ADAPTERS.clear()
-    try:
-        yield
-    finally:
-        DEVICE_ADAPTERS.update(saved)
 
 
 def run_memory_benchmark(*, device: str = "cpu", models: str | None = None, like_cuda: bool = False,

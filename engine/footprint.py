@@ -63,7 +63,7 @@ def model_footprint(source: str) -> ModelFootprint:
     if source == "default":
         return REAL_MODELS
     root = TINY_MODELS_FOLDER if source == "tiny" else os.path.abspath(source)
-    folders = {role: _role_folder(root, role) for role in REAL_MODELS.weights}
+    folders = {role: role_folder(root, role) for role in REAL_MODELS.weights}
     weights = {role: _weights_bytes(folder) or REAL_MODELS.weights[role] for role, folder in folders.items()}
     clip = _config(folders["clip"]).get("vision_config")
     grounding = _config(folders["grounding"])
@@ -79,9 +79,9 @@ def model_footprint(source: str) -> ModelFootprint:
     return ModelFootprint(weights, clip_image, grounding_pixel, side)
 
 
-def _role_folder(root: str, role: str) -> str | None:
-    """The folder of ``role`` under ``root`` (or ``root`` itself when it is one model's folder), as
-    the model store resolves it; None when there is none."""
+def role_folder(root: str, role: str) -> str | None:
+    """The folder of ``role`` under ``root`` (or ``root`` itself when it is one model's folder): where
+    the model store loads it from; None when there is none."""
     for candidate in (os.path.join(root, role), root):
         if os.path.isfile(os.path.join(candidate, "config.json")):
             return candidate

@@ -31,7 +31,7 @@ import torch
 from .compat import GROUNDING_DELIMITER_IDS, grounding_delimiter_ids, require_grounding_support
 from .downloads import HUB_PATTERNS, MODEL_SOURCES, ROLES, download_models, format_size, local_snapshot, source_for
 from .errors import ModelFormatError, ModelNotFound
-from .footprint import TINY_MODELS_FOLDER, ModelFootprint, model_footprint
+from .footprint import TINY_MODELS_FOLDER, ModelFootprint, model_footprint, role_folder
 from .model_kernels import adapt_clip_to_device, adapt_grounding_to_device
 
 _HUB_IDS = {source.role: source.repo_id for source in MODEL_SOURCES}
@@ -135,12 +135,14 @@ class SegmenterBundle:
 DEVICE_ADAPTERS = {"clip": adapt_clip_to_device, "grounding": adapt_grounding_to_device}
 
 
-def frozen_on_device(model: torch.nn.Module, device: torch.device | str, role: str) -> torch.nn.Module:
-    """``model`` frozen (no parameter gradients), moved to ``device`` and given the kernels its ``role``
-    runs fastest with there: how every run, and the benchmarks that time it, prepare a model."""
+def frozen_on_device(model: torch.nn.Module, device: torch.device | str, role: str, *,
+                     device_kernels: bool = True) -> torch.nn.Module:
+    """``model`` frozen (no parameter gradients), moved to ``device`` and (unless ``device_kernels`` is
+    False: the library's own, as on CUDA) given the kernels its ``role`` runs fastest with there: how
+    every run, and the benchmarks that time it, prepare a model."""
     model.requires_grad_(False)
     model = model.to(device)
-    if (adapt := DEVICE_ADAPTERS.get(role)) is not None:
+    if device_kernels and (adapt := DEVICE_ADAPTERS.get(role)) is not None:
         adapt(model, device)
     return model
 
@@ -148,10 +150,12 @@ def frozen_on_device(model: torch.nn.Module, device: torch.device | str, role: s
 class ModelStore:
     """Loads models from one source and keeps them for reuse within a process."""
 
-    def __init__(self, source: str = "tiny", *, allow_download: bool = False, cache_dir: str | None = None):
+    def __init__(self, source: str = "tiny", *, allow_download: bool = False, cache_dir: str | None = None,
+                 device_kernels: bool = True):
         self.source = source
         self.allow_download = allow_download
         self.cache_dir = cache_dir
+        self.device_kernels = device_kernels  # False: the library's kernels on every device (frozen_on_device)
         self._loaded: dict[tuple[str, str], ClipBundle | GroundingBundle] = {}
         self.load_seconds: dict[str, float] = {}  # role -> seconds spent loading it (a run records its share)
 
@@ -193,7 +197,8 @@ class ModelStore:
         if key not in self._loaded:
             started = time.perf_counter()
             bundle = load()
-            self._loaded[key] = dataclasses.replace(bundle, model=frozen_on_device(bundle.model, device, role))
+            model = frozen_on_device(bundle.model, device, role, device_kernels=self.device_kernels)
+            self._loaded[key] = dataclasses.replace(bundle, model=model)
             self.load_seconds[role] = self.load_seconds.get(role, 0.0) + time.perf_counter() - started
         return self._loaded[key]
 
@@ -250,9 +255,8 @@ class ModelStore:
                 f"model folder '{root}' does not exist; pass --models tiny, --models default, "
                 "or the path of a folder that holds the models."
             )
-        for candidate in (os.path.join(root, role), root):
-            if os.path.isfile(os.path.join(candidate, "config.json")):
-                return candidate
+        if (folder := role_folder(root, role)) is not None:
+            return folder
         raise ModelNotFound(
             f"no {role} model in '{root}': expected '{os.path.join(root, role)}' (or the folder itself) "
             "to hold config.json and model.safetensors."
