@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .api import resolve_device
+from .bench_operations import operations_of
 from .cameras import sample_views
 from .compose import compose_parts, whole_object
 from .config import ALL_FLOAT32, settings_for
@@ -112,6 +113,7 @@ def run_benchmarks(
         say(f"  {'sum of phases':<18} {result['sum_of_phases']:>9.1f}")
         say(f"  {'whole step()':<18} {result['whole_step']:>9.1f}")
         say(f"  ratio whole step / guidance forward+backward = {result['ratio']:.3f}")
+        say(f"  operations a step (about one GPU kernel each) = {result['operations']}")
 
     say(
         f"\n# part prompts: 'pottery base, gold tube, linen shade' on the lamp ({faces} faces), parts given by "
@@ -129,6 +131,8 @@ def run_benchmarks(
             f"{result['grounding_step']:>10.1f} {result['grounding_every']:>6} {result['average']:>9.1f} "
             f"{result['ratio']:>6.2f}"
         )
+        say(f"  {'':<10} operations a CLIP step {result['clip_step_operations']}, "
+            f"a grounding step {result['grounding_step_operations']}")
 
     say(f"\n# localization: {LOCATE_VIEWS} views of the lamp (20k faces), 3 parts, seconds per phase")
     say(f"  {'px':>4} " + " ".join(f"{p:>8}" for p in LOCATE_PHASES) + f" {'masks':>8} {'boxes':>8}")
@@ -249,9 +253,10 @@ def iteration_timing(
         _timed(device, record, "optimizer", trainer.optimizer.step)
         _timed(device, record, "whole_step", trainer.step)
     result = {name: statistics.median(values) * 1e3 for name, values in phases.items()}
+    result["operations"] = operations_of(trainer.step)  # after the timing: counting slows the step
     g = settings.guidance
     images = settings.views.count * (g.global_augmentations + g.local_crops + g.geometry_crops)
-    result["sum_of_phases"] = sum(v for k, v in result.items() if k != "whole_step")
+    result["sum_of_phases"] = sum(result[phase] for phase in PHASES)
     result["ratio"] = result["whole_step"] / (result["guidance_forward"] + result["guidance_backward"])
     result.update(faces=mesh.num_faces, views=settings.views.count, images=images)
     return result
@@ -289,6 +294,10 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
             clip_steps.append(clip)
             grounding_steps.append(ground)
             holistic_steps.append(whole)
+    parts.step_index = 0  # a CLIP step (unless every == 1), then a grounding step
+    clip_operations = operations_of(parts.step) if every > 1 else 0
+    parts.step_index = every - 1
+    grounding_operations = operations_of(parts.step)
     clip_ms = statistics.median(clip_steps) * 1e3 if every > 1 else 0.0
     ground_ms = statistics.median(grounding_steps) * 1e3
     average = ((every - 1) * clip_ms + ground_ms) / every
@@ -300,6 +309,8 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
         "grounding_every": every,
         "average": average,
         "ratio": average / holistic_ms,
+        "clip_step_operations": clip_operations,
+        "grounding_step_operations": grounding_operations,
     }
 
 

@@ -116,13 +116,15 @@ def default_folder() -> str:
 
 def run_whole_commands(
     *, device: str = "cpu", models: str | None = None, runs: tuple[WholeRun, ...] = RUNS, mesh: str = RUN_MESH,
-    cpu_iterations: int = CPU_ITERATIONS, out: TextIO = sys.stdout,
+    cpu_iterations: int = CPU_ITERATIONS, cut_iterations: int | None = None, out: TextIO = sys.stdout,
 ) -> dict:
     """Time each of ``runs`` on ``mesh`` as a child process on ``device``, and the localization of
     its 3 parts (once per precision of the part runs); print tables to ``out`` and return
     ``{"runs": [one dict per run], "localization": {precision: phases}, "located": {run name: estimated
     seconds of the run with its parts located}}`` (part runs only). ``models``: the real-size folder's place (None:
-    the default cache), or ``tiny`` for the project's own models (a smoke run)."""
+    the default cache), or ``tiny`` for the project's own models (a smoke run). The long runs (``cut_on_cpu``)
+    stop after ``cut_iterations`` on any device where it is given, else after ``cpu_iterations`` on a CPU, and
+    their full runs are estimated from their seconds per iteration."""
     source = models if models == "tiny" else real_size_model_folder(models or default_folder())
     on_cpu = device == "cpu" or (device == "auto" and not _cuda_visible())
     kind = "the project's tiny models" if source == "tiny" else f"{source} (real-size, random weights)"
@@ -134,7 +136,8 @@ def run_whole_commands(
     rows, measured = [], {}
     for run in runs:
         full = run.full_iterations()
-        iterations = min(full, cpu_iterations) if on_cpu and run.cut_on_cpu else full
+        cut = cut_iterations if cut_iterations is not None else (cpu_iterations if on_cpu else None)
+        iterations = min(full, cut) if cut is not None and run.cut_on_cpu else full
         twin = (run.preset, run.prompt, iterations, _without_float32(run.extra) if auto_is_float32 else run.extra)
         repeated = twin in measured
         if not repeated:

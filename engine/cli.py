@@ -181,10 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --runs or --memory: the model folder (default: the real-size one, kept in "
                    "~/.cache/partstyle; --memory also takes 'tiny')")
     p.add_argument("--only", action="append", default=None, metavar="RUN",
-                   help="with --runs or --memory: only the runs (presets) whose name starts with this (repeatable), "
-                   "e.g. 'fast'")
+                   help="with --runs or --memory: only the runs (presets) named so, else those whose name starts "
+                   "with this (repeatable), e.g. 'fast'")
+    p.add_argument("--cut", type=int, default=None, metavar="N",
+                   help="with --runs: run the long presets (faithful, text2mesh) for N iterations on any device and "
+                   "estimate their full runs (default: a short cut on a CPU, the full schedule elsewhere)")
     p.set_defaults(handler=cmd_bench)
     return parser
+
+
+def chosen(names: tuple[str, ...], only: list[str] | None) -> tuple[str, ...]:
+    """The benchmark runs ``--only`` picks from ``names``: those named exactly, else those whose name
+    starts with one of its values; every run without ``--only``."""
+    if not only:
+        return names
+    exact = tuple(name for name in names if name in only)
+    return exact or tuple(name for name in names if any(name.startswith(o) for o in only))
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -392,15 +404,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench_memory import MEMORY_PRESETS, run_memory_benchmark
 
         silence_library_progress()
-        presets = tuple(p for p in MEMORY_PRESETS if not args.only or any(p.startswith(o) for o in args.only))
+        presets = chosen(MEMORY_PRESETS, args.only)
         run_memory_benchmark(device=args.device, models=args.models_folder, like_cuda=args.like_cuda, presets=presets)
         return 0
     if args.runs:
         from .bench_runs import RUNS, run_whole_commands
 
         silence_library_progress()
-        runs = tuple(r for r in RUNS if not args.only or any(r.name.startswith(o) for o in args.only))
-        run_whole_commands(device=args.device, models=args.models_folder, runs=runs, out=sys.stdout)
+        names = chosen(tuple(r.name for r in RUNS), args.only)
+        runs = tuple(r for r in RUNS if r.name in names)
+        run_whole_commands(device=args.device, models=args.models_folder, runs=runs, cut_iterations=args.cut,
+                           out=sys.stdout)
         return 0
     if args.detail:
         from .bench_detail import run_detail_benchmark

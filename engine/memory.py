@@ -33,6 +33,10 @@ PROCESS_BYTES = {"cpu": 640 * 2**20, "gpu": 256 * 2**20}
 #: What a run keeps from start to end besides the field: text targets, surface arrays, the segmenter's
 #: cached position encoding (measured 64-128 MB with the real-size models).
 RUN_STATE_BYTES = 128 * 2**20
+#: On a GPU, the libraries' workspaces (cuBLAS, cuDNN) that the process's first run allocates through
+#: the caching allocator: the first preset of ``bench --memory --device cuda`` held 98 MB more while
+#: locating than the same localization after it (an H200, 2026-11-30).
+GPU_WORKSPACE_BYTES = 128 * 2**20
 #: Measured peak bytes per optimized vertex / 4 bytes per float of the field per vertex (13.5 KB /
 #: 10.25 KB with the default field).
 AUTOGRAD_OVERHEAD = 1.35
@@ -85,7 +89,8 @@ def estimate_memory(
         parts: styled parts (0: a holistic run, which has no part crops and no grounding steps).
         models: the models' :class:`ModelFootprint`, or a model source to read it from.
         locating: whether the run locates its parts (loads the grounding model and the segmenter).
-        device_type: ``cpu``, or anything else for a GPU (where the process's libraries are not on it).
+        device_type: ``cpu``, or anything else for a GPU (where the process's libraries are not on it,
+            but the first run allocates their workspaces).
         loaded: roles whose models are in memory already (a Blender session's earlier run): their
             weights are not counted again.
     """
@@ -108,7 +113,7 @@ def estimate_memory(
     return MemoryEstimate(
         process=PROCESS_BYTES["cpu" if device_type == "cpu" else "gpu"],
         weights=sum(footprint.weights[role] for role in roles if role not in loaded),
-        run_state=RUN_STATE_BYTES,
+        run_state=RUN_STATE_BYTES + (0 if device_type == "cpu" else GPU_WORKSPACE_BYTES),
         locating=int(locate) if locating else 0,
         step=int(field + max(clip_step, grounding_step)),
     )

@@ -19,16 +19,37 @@ def test_quick_benchmark_reports_every_figure():
               "render_backward", "field_backward", "optimizer", "whole_step")
     assert all(fast[p] > 0 for p in phases)
     assert fast["images"] == 9 and fast["views"] == 3
+    assert fast["sum_of_phases"] == sum(fast[p] for p in phases[:-1])
+    # a step dispatches hundreds of computing operations (on a GPU, a kernel launch each)
+    assert 300 < fast["operations"] < 10_000
+    assert f"operations a step (about one GPU kernel each) = {fast['operations']}" in text
     assert abs(fast["ratio"] - fast["whole_step"] / (fast["guidance_forward"] + fast["guidance_backward"])) < 1e-9
     parts = figures["parts"]["fast"]
     every = parts["grounding_every"]
     assert every == 25 and parts["clip_step"] > 0 and parts["grounding_step"] > 0
     assert abs(parts["average"] - ((every - 1) * parts["clip_step"] + parts["grounding_step"]) / every) < 1e-9
+    assert parts["grounding_step_operations"] > parts["clip_step_operations"] > fast["operations"]
     assert "# part prompts" in text and "# localization" in text
     located = figures["localization"][256]
     assert all(located[p] > 0 for p in ("render", "detect", "segment", "patches", "settle"))
     assert located["boxes"] < located["masks"] == sum(located[p] for p in ("render", "detect", "segment", "patches",
                                                                              "settle"))
+
+
+def test_operations_are_counted_by_name_without_views_allocations_or_reads():
+    import torch
+
+    from engine.bench_operations import OperationCounter, operations_of
+
+    x = torch.ones(4, 3)
+    with OperationCounter() as counter:
+        a = x + 1
+        b = a.view(-1).detach()
+        a.t().contiguous()  # a copy: counted
+        (b * 2).sum().item()
+        torch.empty(3)
+    assert counter.by_name == {"add": 1, "clone": 1, "mul": 1, "sum": 1} and counter.total == 4
+    assert operations_of(lambda: torch.stack([x.sum() for _ in range(5)])) == 6
 
 
 def test_large_mesh_benchmark_measures_each_size_in_its_own_process():
@@ -100,3 +121,40 @@ def test_float32_runs_are_not_repeated_where_auto_already_is_float32(monkeypatch
         assert float32["repeated"] is not native and (float32["wall"] == auto["wall"]) is not native
         assert (figures["localization"]["float32"] is figures["localization"]["auto"]) is not native
         assert ("not run again" in out.getvalue()) is not native
+
+
+def test_long_runs_are_cut_where_asked_on_any_device_and_in_full_on_a_gpu_by_default(monkeypatch):
+    from engine import bench_runs
+    from engine.bench_runs import BY_LABEL, PART_PROMPT, WholeRun, run_whole_commands
+
+    timed = {}
+
+    def fake_run(run, iterations, models, mesh, device):
+        timed[run.name] = iterations
+        return {"wall": 10.0, "steps": iterations, "seconds_setup": 1.0, "seconds_optimizing": 0.5 * iterations,
+                "seconds_to_first_preview": 0.5, "seconds_loading_models": 0.1, "peak_memory_mb": 0.0}
+
+    monkeypatch.setattr(bench_runs, "_time_run", fake_run)
+    monkeypatch.setattr(bench_runs, "time_localization", lambda *args, **kwargs: {
+        "total": 5.0, "load": 1.0, "grounding_load": 0.5, "first_progress": 2.0})
+    runs = (WholeRun("fast, 3 parts", "fast", PART_PROMPT, BY_LABEL),
+            WholeRun("faithful, 3 parts", "faithful", PART_PROMPT, BY_LABEL, cut_on_cpu=True))
+    cases = ((False, None, 2), (False, 7, 7), (True, None, 1500), (True, 7, 7))  # (GPU seen, --cut, faithful's)
+    for gpu, cut, expected in cases:
+        monkeypatch.setattr(bench_runs, "_cuda_visible", lambda gpu=gpu: gpu)
+        figures = run_whole_commands(device="auto", models="tiny", runs=runs, cpu_iterations=2, cut_iterations=cut,
+                                     out=io.StringIO())
+        assert timed == {"fast, 3 parts": 300, "faithful, 3 parts": expected}  # a short preset always runs in full
+        faithful = figures["runs"][1]
+        assert faithful["full_run"] == 10.0 + 0.5 * (1500 - expected)  # the rest estimated at the measured pace
+
+
+def test_only_picks_runs_named_exactly_before_runs_named_so_far():
+    from engine.bench_runs import RUNS
+    from engine.cli import chosen
+
+    names = tuple(run.name for run in RUNS)
+    assert chosen(names, ["fast, 3 parts"]) == ("fast, 3 parts",)  # not its float32 twin
+    assert chosen(names, ["fast"]) == ("fast, 3 parts", "fast, 3 parts, float32")
+    assert chosen(names, ["text2mesh", "faithful"]) == ("faithful, 3 parts", "text2mesh, holistic")
+    assert chosen(names, None) == names and chosen(names, ["nothing"]) == ()

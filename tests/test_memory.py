@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+import engine.memory
 import engine.train
 from engine.api import stylize
 from engine.bench_memory import HEADER, AllocationCounter, measure_run, run_memory_benchmark
@@ -17,7 +18,7 @@ from engine.cli import EXIT_ERROR, main
 from engine.config import settings_for
 from engine.errors import ResourceError
 from engine.footprint import REAL_MODELS, TINY_MODELS_FOLDER, model_footprint
-from engine.memory import estimate_memory, is_out_of_memory
+from engine.memory import GPU_WORKSPACE_BYTES, check_fits, estimate_memory, is_out_of_memory
 from engine.samples import sample_mesh
 
 MB = 2**20
@@ -83,6 +84,22 @@ def test_the_estimate_counts_the_models_that_the_run_loads():
     again = estimate_memory(vertices, settings, 3, models=real, locating=True, loaded=("clip", "grounding"))
     assert again.weights == real.weights["segmenter"]  # a session's loaded models are not counted twice
     assert estimate_memory(vertices, settings, 3, models=real, device_type="cuda").total < located.total
+
+
+def test_a_gpu_run_needs_the_workspaces_its_first_run_allocates(monkeypatch):
+    """On a GPU the process holds nothing before its first run, which allocates cuBLAS's and cuDNN's
+    workspaces through the caching allocator: the need a run is checked against includes them."""
+    settings, vertices, gpu = settings_for("fast"), 20_000, torch.device("cuda")
+    cpu_need = check_fits(vertices, settings, 3, torch.device("cpu"), models="tiny", locating=True)
+    estimate = estimate_memory(vertices, settings, 3, models="tiny", locating=True, device_type="cuda")
+    need = estimate.total - estimate.process
+    monkeypatch.setattr(engine.memory, "available_bytes", lambda device: free)
+    free = need
+    fits = check_fits(vertices, settings, 3, gpu, models="tiny", locating=True)
+    assert fits == need == cpu_need + GPU_WORKSPACE_BYTES
+    free = need - GPU_WORKSPACE_BYTES  # what the tensors alone would fit in
+    with pytest.raises(ResourceError, match="would need about"):
+        check_fits(vertices, settings, 3, gpu, models="tiny", locating=True)
 
 
 def test_a_missing_folder_is_estimated_as_the_real_models(tmp_path):

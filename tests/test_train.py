@@ -20,7 +20,7 @@ from engine.events import CancelToken, NoticeEvent, PreviewEvent, StepEvent
 from engine.guidance import ClipGuidance
 from engine.mesh import Normalization, mesh_from_arrays
 from engine.models import ModelStore
-from engine.train import Objective, StyleTrainer, SurfaceInputs
+from engine.train import Objective, StyleTrainer, SurfaceInputs, all_finite
 
 STORE = ModelStore("tiny")  # shared: the tiny model is built once for the module
 
@@ -282,3 +282,37 @@ def test_the_record_says_each_stages_arithmetic_and_timings(blob):
     assert 0 < first["seconds_to_first_preview"] < first["seconds_setup"] + first["seconds_optimizing"]
     assert first["seconds_loading_models"] > 0 == second["seconds_loading_models"]  # the store keeps its CLIP
     assert first["peak_memory_mb"] > 0
+
+
+def test_the_finiteness_check_is_exact_and_one_set_of_operations_for_any_number_of_tensors():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def tensors(count: int) -> list[torch.Tensor]:
+        return [torch.full((5, 3), 3.0e38), torch.zeros(7, dtype=torch.bfloat16)] + [torch.ones(4)] * (count - 2)
+
+    for count in (2, 30):
+        assert bool(all_finite(tensors(count)))  # the largest finite values are finite
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            for where in range(count):
+                spoiled = tensors(count)
+                spoiled[where] = spoiled[where].clone()
+                spoiled[where].view(-1)[-1] = bad
+                assert not bool(all_finite(spoiled)), (count, bad, where)
+    assert bool(all_finite([]))
+
+    class Operations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for count in (3, 30):
+        same_dtype = [torch.ones(4)] * count
+        with Operations() as operations:
+            all_finite(same_dtype)
+        counts.append(operations.count)
+    assert counts[0] == counts[1] < 10  # not one check per tensor
