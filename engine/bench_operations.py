@@ -13,10 +13,11 @@ from collections.abc import Callable
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-#: Operations that compute nothing: they allocate, or read a value back (views are recognised by
-#: their schema).
+#: Operations that compute nothing: they allocate, reshape without copying, read a value back or
+#: mark a profiler range (views are recognised by their schema; ``_unsafe_view`` is one without it).
 NON_COMPUTING = frozenset({"empty", "empty_strided", "new_empty", "new_empty_strided", "empty_like", "lift_fresh",
-                           "_local_scalar_dense", "resize_", "set_"})
+                           "_unsafe_view", "_local_scalar_dense", "resize_", "set_", "_record_function_enter_new",
+                           "_record_function_exit"})
 
 
 class OperationCounter(TorchDispatchMode):
