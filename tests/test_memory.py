@@ -90,10 +90,11 @@ def test_a_gpu_run_needs_the_workspaces_its_first_run_allocates(monkeypatch):
     """On a GPU the process holds nothing before its first run, which allocates cuBLAS's and cuDNN's
     workspaces through the caching allocator: the need a run is checked against includes them."""
     settings, vertices, gpu = settings_for("fast"), 20_000, torch.device("cuda")
+    monkeypatch.setattr(engine.memory, "available_bytes", lambda device: free)
+    free = 2**50
     cpu_need = check_fits(vertices, settings, 3, torch.device("cpu"), models="tiny", locating=True)
     estimate = estimate_memory(vertices, settings, 3, models="tiny", locating=True, device_type="cuda")
     need = estimate.total - estimate.process
-    monkeypatch.setattr(engine.memory, "available_bytes", lambda device: free)
     free = need
     fits = check_fits(vertices, settings, 3, gpu, models="tiny", locating=True)
     assert fits == need == cpu_need + GPU_WORKSPACE_BYTES
