@@ -38,12 +38,15 @@ class ModelFootprint:
         grounding_pixel: what Grounding DINO holds for the backward per pixel of its input.
         grounding_side: the shortest edge, in pixels, Grounding DINO's input is resized to (views are
             never enlarged: a smaller render is shown at its own size).
+        clip_bf16_copies: what the bf16 copies of the weights of CLIP's vision tower and projection
+            take on a GPU (``model_kernels.LinearWithBfloat16Copy``): 2 bytes a weight of their linear layers.
     """
 
     weights: dict[str, int]
     clip_image: float
     grounding_pixel: float
     grounding_side: int
+    clip_bf16_copies: int
 
 
 #: The real models' (``default``: CLIP ViT-B/32, Grounding DINO tiny, SAM 2 hiera-tiny) figures, from
@@ -53,6 +56,7 @@ REAL_MODELS = ModelFootprint(
     clip_image=CLIP_BYTES_PER_UNIT * 12 * 50 * 768,
     grounding_pixel=GROUNDING_BYTES_PER_UNIT * 6 * (256 + 2048),
     grounding_side=800,
+    clip_bf16_copies=2 * 85_410_816,
 )
 
 
@@ -68,15 +72,25 @@ def model_footprint(source: str) -> ModelFootprint:
     clip = _config(folders["clip"]).get("vision_config")
     grounding = _config(folders["grounding"])
     clip_image, grounding_pixel, side = REAL_MODELS.clip_image, REAL_MODELS.grounding_pixel, REAL_MODELS.grounding_side
+    copies = REAL_MODELS.clip_bf16_copies
     if isinstance(clip, dict):
         tokens = (clip.get("image_size", 224) // clip.get("patch_size", 32)) ** 2 + 1
         clip_image = CLIP_BYTES_PER_UNIT * clip.get("num_hidden_layers", 12) * tokens * clip.get("hidden_size", 768)
+        copies = 2 * _vision_linear_weights(clip, _config(folders["clip"]).get("projection_dim", 512))
     if grounding:
         widths = grounding.get("d_model", 256) + grounding.get("encoder_ffn_dim", 2048)
         grounding_pixel = GROUNDING_BYTES_PER_UNIT * grounding.get("encoder_layers", 6) * widths
         side = int((_config(folders["grounding"], "preprocessor_config.json").get("size") or {}).get(
             "shortest_edge", side))
-    return ModelFootprint(weights, clip_image, grounding_pixel, side)
+    return ModelFootprint(weights, clip_image, grounding_pixel, side, copies)
+
+
+def _vision_linear_weights(vision: dict, projection: int) -> int:
+    """The weights and biases of a CLIP vision tower's linear layers (per layer: the attention's four
+    width x width products, the MLP's two with its hidden width) and of its projection (no bias)."""
+    width, hidden = vision.get("hidden_size", 768), vision.get("intermediate_size", 3072)
+    per_layer = 4 * (width * width + width) + 2 * width * hidden + hidden + width
+    return vision.get("num_hidden_layers", 12) * per_layer + width * projection
 
 
 def role_folder(root: str, role: str) -> str | None:

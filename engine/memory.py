@@ -90,7 +90,8 @@ def estimate_memory(
         models: the models' :class:`ModelFootprint`, or a model source to read it from.
         locating: whether the run locates its parts (loads the grounding model and the segmenter).
         device_type: ``cpu``, or anything else for a GPU (where the process's libraries are not on it,
-            but the first run allocates their workspaces).
+            but the first run allocates their workspaces, and CLIP keeps bf16 copies of its image
+            path's weights).
         loaded: roles whose models are in memory already (a Blender session's earlier run): their
             weights are not counted again.
     """
@@ -112,7 +113,8 @@ def estimate_memory(
         grounding_step = g.grounding_views * per_view
     return MemoryEstimate(
         process=PROCESS_BYTES["cpu" if device_type == "cpu" else "gpu"],
-        weights=sum(footprint.weights[role] for role in roles if role not in loaded),
+        weights=sum(footprint.weights[role] for role in roles if role not in loaded)
+        + (footprint.clip_bf16_copies if device_type != "cpu" and "clip" not in loaded else 0),
         run_state=RUN_STATE_BYTES + (0 if device_type == "cpu" else GPU_WORKSPACE_BYTES),
         locating=int(locate) if locating else 0,
         step=int(field + max(clip_step, grounding_step)),

@@ -15,7 +15,9 @@ step's forward and backward (measured on the real-size architectures, 2 cores, d
   (``embedding_bag``): about 4x faster forward, 1.5x with the backward, 1.3x a grounding step.
 
 :func:`adapt_clip_to_device` and :func:`adapt_grounding_to_device` apply them where they were
-measured faster: on a CPU. On a GPU the library's kernels are kept.
+measured faster: on a CPU. On a GPU the library's kernels are kept, and CLIP's vision tower keeps a
+bf16 copy of its linear layers' weights (:class:`LinearWithBfloat16Copy`): there a step waits on
+kernel launches, and bf16 autocast otherwise casts each frozen weight again on every forward.
 """
 
 from __future__ import annotations
@@ -64,11 +66,63 @@ def is_patch_embedding(module: nn.Module) -> bool:
     )
 
 
+class LinearWithBfloat16Copy(nn.Module):
+    """An ``nn.Linear`` of a frozen model that also holds its weight and bias in bf16, for bf16 autocast.
+
+    Autocast casts a linear layer's float32 weight and bias to bf16 on every call, unless they take
+    gradients (only those are cached): for a frozen model, two casts a layer a forward, each a
+    kernel launch on a GPU. Under bf16 autocast this module hands the linear product the copies made
+    once, the same values the casts would make (``.to(torch.bfloat16)``); elsewhere (float32, or
+    another autocast type) the float32 parameters, as ``nn.Linear``. The parameters keep their names
+    (``weight`` [out, in], ``bias`` [out]); the copies are buffers left out of the state dict. Input
+    [..., in] -> [..., out].
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.register_buffer("weight_bf16", linear.weight.detach().to(torch.bfloat16), persistent=False)
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        self.register_buffer("bias_bf16", bias, persistent=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        kind = inputs.device.type
+        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+            return F.linear(inputs, self.weight_bf16, self.bias_bf16)
+        return F.linear(inputs, self.weight, self.bias)
+
+
+def keep_bfloat16_weights(model: nn.Module, prefixes: tuple[str, ...] = ("",)) -> int:
+    """Replace each ``nn.Linear`` of ``model`` whose qualified name starts with one of ``prefixes`` by
+    :class:`LinearWithBfloat16Copy` (in place); returns how many were replaced."""
+    replaced = 0
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            qualified = f"{parent_name}.{name}" if parent_name else name
+            if type(child) is nn.Linear and qualified.startswith(prefixes):
+                setattr(parent, name, LinearWithBfloat16Copy(child))
+                replaced += 1
+    return replaced
+
+
+#: The parts of a ``CLIPModel`` every step's forward runs: the vision tower and its projection.
+CLIP_IMAGE_PATH = ("vision_model.", "visual_projection")
+
+
 def adapt_clip_to_device(model: nn.Module, device: torch.device | str) -> None:
-    """Switch a ``CLIPModel`` to the faster kernels above when ``device`` is a CPU (in place): the
-    vision tower's patch embedding, and both towers' attention (the text tower's runs a few times a
-    run, without gradient; the vision tower's every step). On other devices the model is left as it is."""
-    if torch.device(device).type != "cpu":
+    """Give a ``CLIPModel`` the kernels that run it fastest on ``device`` (in place). On a CPU the faster
+    kernels above: the vision tower's patch embedding, and both towers' attention (the text tower's
+    runs a few times a run, without gradient; the vision tower's every step). On a CUDA GPU with
+    bf16, the linear layers of the vision tower and its projection keep bf16 copies of their weights
+    (every step's forward runs under bf16 autocast by default there; the estimate counts the copies,
+    ``footprint.ModelFootprint.clip_bf16_copies``). Elsewhere the model is left as it is."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        if torch.cuda.is_bf16_supported():
+            keep_bfloat16_weights(model, CLIP_IMAGE_PATH)
+        return
+    if kind != "cpu":
         return
     embeddings = model.vision_model.embeddings
     if is_patch_embedding(embeddings.patch_embedding):

@@ -97,10 +97,32 @@ def test_a_gpu_run_needs_the_workspaces_its_first_run_allocates(monkeypatch):
     need = estimate.total - estimate.process
     free = need
     fits = check_fits(vertices, settings, 3, gpu, models="tiny", locating=True)
-    assert fits == need == cpu_need + GPU_WORKSPACE_BYTES
+    assert fits == need == cpu_need + GPU_WORKSPACE_BYTES + model_footprint("tiny").clip_bf16_copies
     free = need - GPU_WORKSPACE_BYTES  # what the tensors alone would fit in
     with pytest.raises(ResourceError, match="would need about"):
         check_fits(vertices, settings, 3, gpu, models="tiny", locating=True)
+
+
+def _image_path_linear_weights(model) -> int:
+    return sum(m.weight.numel() + (0 if m.bias is None else m.bias.numel()) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.startswith(("vision_model.", "visual_projection")))
+
+
+def test_a_gpu_estimate_counts_clips_bf16_copies_unless_clip_is_loaded():
+    from transformers import CLIPConfig, CLIPModel
+
+    from engine.models import ModelStore
+
+    with torch.device("meta"):  # the real architecture's shapes, no memory
+        real = CLIPModel(CLIPConfig())
+    assert REAL_MODELS.clip_bf16_copies == 2 * _image_path_linear_weights(real)
+    tiny = model_footprint("tiny")
+    assert tiny.clip_bf16_copies == 2 * _image_path_linear_weights(ModelStore("tiny").clip("cpu").model)
+    settings = settings_for("fast")
+    on = {kind: estimate_memory(20_000, settings, 3, models="default", device_type=kind) for kind in ("cpu", "cuda")}
+    assert on["cuda"].weights == on["cpu"].weights + REAL_MODELS.clip_bf16_copies
+    loaded = estimate_memory(20_000, settings, 3, models="default", device_type="cuda", loaded=("clip",))
+    assert loaded.weights == REAL_MODELS.weights["grounding"]  # a session's CLIP holds its copies already
 
 
 def test_a_missing_folder_is_estimated_as_the_real_models(tmp_path):

@@ -9,9 +9,12 @@ import pytest
 import torch
 from tolerances import MODEL_REORDERED, SAME_MATH, assert_close
 
+from engine.bench_operations import OperationCounter
 from engine.grounding import INVALID_PROPOSAL_LOGIT, GroundingDetector
+from engine.guidance.clip_image import image_embeddings
 from engine.model_kernels import (
     DeformableBags,
+    LinearWithBfloat16Copy,
     PatchMatmul,
     adapt_clip_to_device,
     adapt_grounding_to_device,
@@ -80,12 +83,50 @@ def test_an_adapted_clip_gives_the_same_embeddings_and_image_gradients():
     assert_close(actual_grad, expected_grad, rel=SAME_MATH)
 
 
-def test_other_devices_keep_the_librarys_kernels():
+def test_other_devices_keep_the_librarys_kernels(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # a GPU without bf16
     model, _ = build_tiny_clip()
     assert model.config.vision_config._attn_implementation == "sdpa"
     adapt_clip_to_device(model, "cuda")  # only the device's type is read: no GPU needed
     assert isinstance(model.vision_model.embeddings.patch_embedding, torch.nn.Conv2d)
     assert model.config.vision_config._attn_implementation == "sdpa"
+    assert not any(isinstance(m, LinearWithBfloat16Copy) for m in model.modules())
+
+
+def _clip_image_path_under(model, images: torch.Tensor, bfloat16: bool):
+    """CLIP's image embeddings of ``images`` and their gradient, under bf16 autocast or in float32."""
+    images = images.clone().requires_grad_(True)
+    with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):
+        embeddings = image_embeddings(model, images)
+    embeddings.float().square().sum().backward()
+    return embeddings.detach(), images.grad
+
+
+def test_a_gpu_with_bf16_keeps_bf16_copies_of_clips_image_path_that_compute_what_autocast_does(monkeypatch):
+    """The copies are the values autocast's casts make: the same embeddings and image gradient, bit for
+    bit, under bf16 autocast (here a CPU's) and in float32, with two operations fewer a linear layer."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    model = ModelStore("tiny").clip("cpu").model  # the CPU's kernels too: the copies are about the linear layers
+    images = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    expected = {bfloat16: _clip_image_path_under(model, images, bfloat16) for bfloat16 in (True, False)}
+    with OperationCounter() as before, torch.autocast("cpu", torch.bfloat16):
+        image_embeddings(model, images)
+    keys = model.state_dict().keys()
+    # in place, on the same parameters: float32 products of a copy in other memory may differ in the last bit
+    adapt_clip_to_device(model, "cuda")  # only the device's type is read: no GPU needed
+    copies = {name for name, m in model.named_modules() if isinstance(m, LinearWithBfloat16Copy)}
+    layers = model.config.vision_config.num_hidden_layers
+    assert len(copies) == 6 * layers + 1 and "visual_projection" in copies  # q, k, v, out, fc1, fc2 a layer
+    assert all(name.startswith(("vision_model.", "visual_projection")) for name in copies)  # not the text tower
+    assert model.state_dict().keys() == keys  # the copies are not saved
+    for bfloat16 in (True, False):
+        actual, actual_grad = _clip_image_path_under(model, images, bfloat16)
+        assert torch.equal(actual, expected[bfloat16][0]) and torch.equal(actual_grad, expected[bfloat16][1])
+    with OperationCounter() as after, torch.autocast("cpu", torch.bfloat16):
+        image_embeddings(model, images)
+    counts = [before.total, after.total]
+    # the weight and the bias of every linear layer (the projection has no bias) were cast on each forward
+    assert counts[0] - counts[1] == 2 * len(copies) - 1
 
 
 def test_the_store_adapts_clip_on_a_cpu():
