@@ -18,7 +18,7 @@ from .cli_eval import add_relief_evaluation
 from .cli_progress import ProgressPrinter, install_interrupt, silence_library_progress
 from .cli_training import add_training_commands
 from .cli_vocabulary import add_vocabulary_command, warn_unknown_words
-from .errors import Cancelled, MeshError, PartstyleError
+from .errors import Cancelled, InputError, MeshError, PartstyleError
 from .inputs import SAMPLE_PREFIX, load_input_mesh, load_part_weights
 
 EXIT_ERROR = 1
@@ -192,11 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def chosen(names: tuple[str, ...], only: list[str] | None) -> tuple[str, ...]:
     """The benchmark runs ``--only`` picks from ``names``: those named exactly, else those whose name
-    starts with one of its values; every run without ``--only``."""
+    starts with one of its values; every run without ``--only``. Raises :class:`InputError` when it
+    picks none."""
     if not only:
         return names
     exact = tuple(name for name in names if name in only)
-    return exact or tuple(name for name in names if any(name.startswith(o) for o in only))
+    picked = exact or tuple(name for name in names if any(name.startswith(o) for o in only))
+    if not picked:
+        raise InputError(f"--only {', '.join(repr(o) for o in only)} names no run; the runs are: "
+                         f"{', '.join(repr(name) for name in names)} (a whole name, or the start of names)")
+    return picked
 
 
 def settings_from_args(args: argparse.Namespace):

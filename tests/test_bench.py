@@ -157,4 +157,13 @@ def test_only_picks_runs_named_exactly_before_runs_named_so_far():
     assert chosen(names, ["fast, 3 parts"]) == ("fast, 3 parts",)  # not its float32 twin
     assert chosen(names, ["fast"]) == ("fast, 3 parts", "fast, 3 parts, float32")
     assert chosen(names, ["text2mesh", "faithful"]) == ("faithful, 3 parts", "text2mesh, holistic")
-    assert chosen(names, None) == names and chosen(names, ["nothing"]) == ()
+    assert chosen(names, None) == names
+
+
+def test_only_that_names_no_run_is_refused_with_the_runs_names(capsys):
+    from engine.cli import EXIT_ERROR, main
+
+    assert main(["bench", "--runs", "--only", "fastest"]) == EXIT_ERROR
+    message = capsys.readouterr().err
+    assert "--only 'fastest' names no run" in message
+    assert "'fast, 3 parts'" in message and "'text2mesh, holistic'" in message  # what it could have named
