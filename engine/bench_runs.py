@@ -21,6 +21,11 @@ case).
 
 Runs whose full schedule would take hours on a CPU (``faithful``, ``text2mesh``) are cut at
 ``CPU_ITERATIONS`` there, and the full run is estimated from their seconds per iteration.
+
+``--warm`` also runs each twice in this process through ``api.stylize`` with one model store, as a
+Blender session or a batch runs them, recording when each iteration ends: what the first run pays
+once (the first iteration, the first grounding step: on a GPU, the first use of each kernel) and
+what the second costs with everything loaded.
 """
 
 from __future__ import annotations
@@ -116,7 +121,8 @@ def default_folder() -> str:
 
 def run_whole_commands(
     *, device: str = "cpu", models: str | None = None, runs: tuple[WholeRun, ...] = RUNS, mesh: str = RUN_MESH,
-    cpu_iterations: int = CPU_ITERATIONS, cut_iterations: int | None = None, out: TextIO = sys.stdout,
+    cpu_iterations: int = CPU_ITERATIONS, cut_iterations: int | None = None, warm: bool = False,
+    out: TextIO = sys.stdout,
 ) -> dict:
     """Time each of ``runs`` on ``mesh`` as a child process on ``device``, and the localization of
     its 3 parts (once per precision of the part runs); print tables to ``out`` and return
@@ -124,7 +130,8 @@ def run_whole_commands(
     seconds of the run with its parts located}}`` (part runs only). ``models``: the real-size folder's place (None:
     the default cache), or ``tiny`` for the project's own models (a smoke run). The long runs (``cut_on_cpu``)
     stop after ``cut_iterations`` on any device where it is given, else after ``cpu_iterations`` on a CPU, and
-    their full runs are estimated from their seconds per iteration."""
+    their full runs are estimated from their seconds per iteration. ``warm``: also each run twice in this
+    process (:func:`time_in_one_process`), under ``"warm"`` (one dict per run)."""
     source = models if models == "tiny" else real_size_model_folder(models or default_folder())
     on_cpu = device == "cpu" or (device == "auto" and not _cuda_visible())
     kind = "the project's tiny models" if source == "tiny" else f"{source} (real-size, random weights)"
@@ -176,6 +183,78 @@ def run_whole_commands(
         located = row["full_run"] - paid + phases["total"]
         figures["located"][run.name] = located
         report_line(out, f"  {run.name:<24} {located:>10.1f}")
+    if warm:
+        figures["warm"] = _report_warm(runs, rows, source, mesh, device, out)
+    return figures
+
+
+def _report_warm(runs, rows, models: str, mesh: str, device: str, out: TextIO) -> list[dict]:
+    """:func:`time_in_one_process` for each run not repeated, at its measured iterations, printed."""
+    report_line(out, "# the same runs twice in one process, one model store (as a Blender session or a batch): "
+                     "seconds, and ms a step")
+    report_line(out, f"{'run':<24} {'first s':>8} {'1st step s':>10} {'1st grounding s':>15} {'CLIP ms':>8} "
+                     f"{'grounding ms':>12} {'again s':>8} {'again preview s':>15}")
+    timed = []
+    for run, row in zip(runs, rows, strict=True):
+        if row["repeated"]:
+            continue
+        warm = {"name": run.name, **time_in_one_process(run, row["iterations"], models, mesh, device)}
+        timed.append(warm)
+        report_line(out, f"{run.name:<24} {warm['first_run']:>8.1f} {warm['first_step']:>10.2f} "
+                         f"{_or_dash(warm['first_grounding_step'], '.2f'):>15} {warm['clip_step'] * 1e3:>8.1f} "
+                         f"{_or_dash(warm['grounding_step'], '.1f', 1e3):>12} {warm['second_run']:>8.1f} "
+                         f"{warm['second_preview']:>15.2f}")
+    return timed
+
+
+def time_in_one_process(run: WholeRun, iterations: int, models: str, mesh: str, device: str) -> dict:
+    """``run`` (parts by label or holistic; its ``--set`` overrides kept) twice through ``api.stylize`` in
+    this process with one model store. Seconds: ``first_run`` and ``second_run`` in all (mesh loading
+    and export left out), ``second_preview`` to the second run's first preview; the first run's
+    ``first_step`` (its first iteration) and ``first_grounding_step`` (None without one); medians of
+    the later iterations: ``clip_step`` and ``grounding_step`` (None without grounding steps)."""
+    import statistics
+
+    from .api import stylize
+    from .events import PreviewEvent, StageEvent, StepEvent
+    from .inputs import load_input_mesh, load_part_weights
+    from .models import ModelStore
+    from .request import StyleRequest
+
+    overrides = [*ZERO_THRESHOLDS, f"optim.iterations={iterations}",
+                 *(run.extra[i + 1] for i, arg in enumerate(run.extra) if arg == "--set")]
+    settings = settings_for(run.preset, overrides)
+    target = load_input_mesh(mesh)
+    parts = load_part_weights("labels", target) if run.extra[:2] == BY_LABEL else None
+    store = ModelStore(models)
+    every = settings.guidance.grounding_every if parts is not None else 0
+    figures: dict = {}
+    for label in ("first", "second"):
+        ends, previews, optimizing = [], [], []
+        started = time.perf_counter()
+
+        def record(event, started=started, ends=ends, previews=previews, optimizing=optimizing):
+            now = time.perf_counter() - started
+            if isinstance(event, StepEvent):
+                ends.append((event.step, now))
+            elif isinstance(event, PreviewEvent):
+                previews.append(now)
+            elif isinstance(event, StageEvent) and event.name == "optimizing":
+                optimizing.append(now)
+
+        stylize(target, StyleRequest(run.prompt, holistic=parts is None, parts=parts), settings=settings,
+                models=store, device=device, on_event=record)
+        figures[f"{label}_run"] = time.perf_counter() - started
+        if label == "first":
+            steps = [(step, end - before) for (step, end), (_, before) in zip(ends[1:], ends[:-1], strict=False)]
+            grounding = [seconds for step, seconds in steps if every and step % every == 0]
+            clip = [seconds for step, seconds in steps if not (every and step % every == 0)]
+            figures["first_step"] = ends[0][1] - optimizing[0]
+            figures["first_grounding_step"] = grounding[0] if grounding else None
+            figures["clip_step"] = statistics.median(clip) if clip else float("nan")
+            figures["grounding_step"] = statistics.median(grounding[1:]) if len(grounding) > 1 else None
+        else:
+            figures["second_preview"] = previews[0] if previews else float("nan")
     return figures
 
 
@@ -252,5 +331,5 @@ def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
-def _or_dash(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _or_dash(value, spec: str = ".1f", scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value * scale:{spec}}"

@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=None, metavar="RUN",
                    help="with --runs or --memory: only the runs (presets) named so, else those whose name starts "
                    "with this (repeatable), e.g. 'fast'")
+    p.add_argument("--warm", action="store_true",
+                   help="with --runs: also each run twice in this process with its models kept loaded (as in a "
+                   "Blender session): the first run's one-time costs and the second run's time")
     p.add_argument("--cut", type=int, default=None, metavar="N",
                    help="with --runs: run the long presets (faithful, text2mesh) for N iterations on any device and "
                    "estimate their full runs (default: a short cut on a CPU, the full schedule elsewhere)")
@@ -419,7 +422,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         names = chosen(tuple(r.name for r in RUNS), args.only)
         runs = tuple(r for r in RUNS if r.name in names)
         run_whole_commands(device=args.device, models=args.models_folder, runs=runs, cut_iterations=args.cut,
-                           out=sys.stdout)
+                           warm=args.warm, out=sys.stdout)
         return 0
     if args.detail:
         from .bench_detail import run_detail_benchmark

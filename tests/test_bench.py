@@ -149,6 +149,25 @@ def test_long_runs_are_cut_where_asked_on_any_device_and_in_full_on_a_gpu_by_def
         assert faithful["full_run"] == 10.0 + 0.5 * (1500 - expected)  # the rest estimated at the measured pace
 
 
+def test_the_same_runs_twice_in_one_process_show_what_the_first_pays_once():
+    from engine.bench_runs import BY_LABEL, HOLISTIC_PROMPT, PART_PROMPT, WholeRun, run_whole_commands
+
+    out = io.StringIO()
+    runs = (WholeRun("fast, 3 parts", "fast", PART_PROMPT, BY_LABEL, cut_on_cpu=True),
+            WholeRun("preview, holistic", "preview", HOLISTIC_PROMPT, cut_on_cpu=True))
+    figures = run_whole_commands(device="cpu", models="tiny", runs=runs, mesh="sample:lamp@2000", cpu_iterations=27,
+                                 warm=True, out=out)
+    parts, holistic = figures["warm"]
+    assert "# the same runs twice in one process" in out.getvalue()
+    # 27 iterations of fast: grounding steps end iterations 25 (the first) and none later
+    assert parts["name"] == "fast, 3 parts" and parts["first_grounding_step"] > 0 and parts["grounding_step"] is None
+    assert holistic["first_grounding_step"] is None and holistic["grounding_step"] is None  # no grounding steps
+    for warm in (parts, holistic):  # each a part of the run it belongs to (no comparison of noisy times)
+        assert 0 < warm["first_step"] < warm["first_run"] and 0 < warm["clip_step"] < warm["first_run"]
+        assert 0 < warm["second_preview"] < warm["second_run"]
+    assert "first_run" not in figures["runs"][0]  # the child processes' table is unchanged
+
+
 def test_only_picks_runs_named_exactly_before_runs_named_so_far():
     from engine.bench_runs import RUNS
     from engine.cli import chosen
