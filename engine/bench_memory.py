@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_leaves
 
 from .api import locate_parts, stylize
 from .bench_runs import HOLISTIC_PROMPT, PART_PROMPT, ZERO_THRESHOLDS, default_folder, real_size_model_folder
-from .config import settings_for
+from .config import PRECISION_STAGES, settings_for
 from .devices import resolve_device
 from .errors import PartNotFound
 from .memory import estimate_memory
@@ -97,7 +97,7 @@ def measure_run(
     """Bytes of one located run of ``preset`` (2 iterations) by stage, and the estimate, on ``device``."""
     precision = "bfloat16" if like_cuda else "auto"
     overrides = [*ZERO_THRESHOLDS, "optim.iterations=2",
-                 *(f"{stage}.precision={precision}" for stage in ("field", "guidance", "localize"))]
+                 *(f"{stage}.precision={precision}" for stage in PRECISION_STAGES)]
     if settings_for(preset).guidance.grounding_every > 0:
         overrides.append("guidance.grounding_every=2")  # the second iteration is the preset's grounding step
     settings = settings_for(preset, overrides)

@@ -28,7 +28,8 @@ from .errors import ResourceError
 from .footprint import ModelFootprint, model_footprint
 
 #: The process before any run: Python, PyTorch and transformers resident on the CPU (with the heap's
-#: fragmentation over a run); on a GPU, the caching allocator's rounding and library workspaces.
+#: fragmentation over a run); on a GPU, the caching allocator's rounding (the libraries' workspaces are
+#: the first run's: :data:`GPU_WORKSPACE_BYTES`).
 PROCESS_BYTES = {"cpu": 640 * 2**20, "gpu": 256 * 2**20}
 #: What a run keeps from start to end besides the field: text targets, surface arrays, the segmenter's
 #: cached position encoding (measured 64-128 MB with the real-size models).
@@ -96,6 +97,7 @@ def estimate_memory(
             weights are not counted again.
     """
     footprint = models if isinstance(models, ModelFootprint) else model_footprint(models)
+    on_gpu = device_type != "cpu"
     grounding_steps = parts > 0 and settings.guidance.grounding_every > 0
     roles = ["clip"] + (["grounding"] if locating or grounding_steps else [])
     roles += ["segmenter"] if locating and settings.localize.evidence == "masks" else []
@@ -112,10 +114,10 @@ def estimate_memory(
         per_view = g.grounding_resolution**2 * RENDER_BYTES_PER_PIXEL + shown**2 * footprint.grounding_pixel
         grounding_step = g.grounding_views * per_view
     return MemoryEstimate(
-        process=PROCESS_BYTES["cpu" if device_type == "cpu" else "gpu"],
+        process=PROCESS_BYTES["gpu" if on_gpu else "cpu"],
         weights=sum(footprint.weights[role] for role in roles if role not in loaded)
-        + (footprint.clip_bf16_copies if device_type != "cpu" and "clip" not in loaded else 0),
-        run_state=RUN_STATE_BYTES + (0 if device_type == "cpu" else GPU_WORKSPACE_BYTES),
+        + (footprint.clip_bf16_copies if on_gpu and "clip" not in loaded else 0),
+        run_state=RUN_STATE_BYTES + (GPU_WORKSPACE_BYTES if on_gpu else 0),
         locating=int(locate) if locating else 0,
         step=int(field + max(clip_step, grounding_step)),
     )

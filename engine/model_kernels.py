@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import native_bfloat16
+
 
 class PatchMatmul(nn.Module):
     """A patch embedding (``Conv2d`` with kernel = stride, no padding) as one matrix product.
@@ -117,12 +119,12 @@ def adapt_clip_to_device(model: nn.Module, device: torch.device | str) -> None:
     bf16, the linear layers of the vision tower and its projection keep bf16 copies of their weights
     (every step's forward runs under bf16 autocast by default there; the estimate counts the copies,
     ``footprint.ModelFootprint.clip_bf16_copies``). Elsewhere the model is left as it is."""
-    kind = torch.device(device).type
-    if kind == "cuda":
-        if torch.cuda.is_bf16_supported():
+    device = torch.device(device)
+    if device.type == "cuda":
+        if native_bfloat16(device):
             keep_bfloat16_weights(model, CLIP_IMAGE_PATH)
         return
-    if kind != "cpu":
+    if device.type != "cpu":
         return
     embeddings = model.vision_model.embeddings
     if is_patch_embedding(embeddings.patch_embedding):

@@ -122,7 +122,7 @@ def all_finite(tensors) -> torch.Tensor:
     if not tensors:
         return torch.tensor(True)
     zeros = torch._foreach_mul(tensors, 0.0)
-    return torch.stack([norm.float() for norm in torch._foreach_norm(zeros, 1)]).eq(0).all()
+    return torch.stack(torch._foreach_norm(zeros, 1)).eq(0).all()  # stack promotes mixed dtypes
 
 
 class StyleTrainer:
