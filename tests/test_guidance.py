@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from tolerances import CHANGED, SAME_MATH, assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.config import GuidanceSettings
 from engine.guidance import ClipGuidance
@@ -79,6 +80,56 @@ def test_perspective_probability_is_respected():
     # a warp moves the corners by up to 0.5 of the half side: far beyond CHANGED of the [-1, 1] grid
     warped = (grid - identity_grid(400, 8)).abs().flatten(1).amax(1) > CHANGED
     assert 0.18 < float(warped.float().mean()) < 0.32
+
+
+class _LargeOutputs(TorchDispatchMode):
+    """Records the device of every operation output with at least ``elements`` elements."""
+
+    def __init__(self, elements: int):
+        super().__init__()
+        self.elements, self.devices = elements, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
+            if torch.is_tensor(tensor) and tensor.numel() >= self.elements:
+                self.devices.append((func.overloadpacket.__name__, tensor.device.type))
+        return out
+
+
+def test_grids_are_built_on_the_device_that_samples_them(tiny_clip):
+    """On a GPU the host only draws the random numbers: no image-sized grid is computed on the CPU
+    and copied over ('meta' stands in for the GPU: it computes nothing, but keeps the device)."""
+    guidance = ClipGuidance(tiny_clip, GuidanceSettings(global_augmentations=2, local_crops=3, geometry_crops=1))
+    color = torch.rand(2, 3, 96, 96).to("meta")
+    size = tiny_clip.image_size
+    with _LargeOutputs(size * size) as large:
+        batch = guidance.augment(color, color, torch.Generator().manual_seed(0))
+        grid = perspective_grid(4, size, p=1.0, distortion=0.5, generator=torch.Generator(), device="meta")
+    assert batch.images.device.type == grid.device.type == "meta"
+    assert large.devices and all(device == "meta" for _name, device in large.devices), large.devices
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to PyTorch here")
+def test_grids_built_on_a_gpu_equal_the_cpus():
+    on_cpu = perspective_grid(6, 40, p=0.5, distortion=0.5, generator=torch.Generator().manual_seed(6))
+    on_gpu = perspective_grid(6, 40, p=0.5, distortion=0.5, generator=torch.Generator().manual_seed(6), device="cuda")
+    assert on_gpu.device.type == "cuda"
+    assert_close(on_gpu.cpu(), on_cpu, rel=SAME_MATH)
+
+
+def test_part_losses_read_each_parts_rows_and_skip_a_part_without_crops(tiny_clip):
+    guidance = ClipGuidance(tiny_clip, GuidanceSettings())
+    embeddings = torch.nn.functional.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(3, 8, generator=torch.Generator().manual_seed(2)), dim=-1)
+    owner = torch.tensor([0, 0, 0, 2, 2])  # part 1 has no crop
+    losses = guidance._per_part_losses(embeddings, owner, texts)
+    assert losses[1] is None
+    for part, rows in ((0, [0, 1, 2]), (2, [3, 4])):
+        mean = torch.nn.functional.normalize(embeddings[rows].mean(0), dim=-1)
+        assert_close(losses[part], 1.0 - (mean * texts[part]).sum(), rel=SAME_MATH, what=f"part {part}")
+    with pytest.raises(ValueError, match="grouped by part"):
+        guidance._per_part_losses(embeddings, torch.tensor([0, 2, 0, 2, 2]), texts)
 
 
 def test_crops_have_the_requested_area_and_stay_inside():

@@ -3,7 +3,9 @@
 Each augmented image is described by a sampling grid (output pixel -> source position, in
 ``grid_sample``'s normalized [-1, 1] coordinates); a crop is an affine map and the perspective a
 homography, and their composition is one grid, so every augmented image costs one bilinear
-lookup into its source render. All random draws come from an explicit CPU generator.
+lookup into its source render. All random draws come from an explicit CPU generator (the same
+draws on every device); the grids themselves are built on the device that samples them, so a GPU
+step neither computes them on its host nor copies them over (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,34 +16,40 @@ import torch
 import torch.nn.functional as F
 
 
-def identity_grid(count: int, size: int, *, dtype=torch.float32) -> torch.Tensor:
-    """[count, size, size, 2] normalized (x, y) of the output pixel centres."""
-    coords = (torch.arange(size, dtype=dtype) + 0.5) / size * 2.0 - 1.0
+def identity_grid(count: int, size: int, *, dtype=torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[count, size, size, 2] normalized (x, y) of the output pixel centres, on ``device``."""
+    coords = (torch.arange(size, dtype=dtype, device=device) + 0.5) / size * 2.0 - 1.0
     y, x = torch.meshgrid(coords, coords, indexing="ij")
     return torch.stack((x, y), dim=-1).expand(count, size, size, 2)
 
 
 def perspective_grid(
-    count: int, size: int, *, p: float, distortion: float, generator: torch.Generator
+    count: int, size: int, *, p: float, distortion: float, generator: torch.Generator,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """[count, size, size, 2] grids; each is, with probability ``p``, a random perspective warp.
+    """[count, size, size, 2] float32 grids on ``device``; each is, with probability ``p``, a random
+    perspective warp.
 
     Like torchvision's RandomPerspective: each image corner moves inwards by up to
     ``distortion`` of the half side, and the image is warped so that the corners land there.
+    The draws and the [k, 3, 3] homographies are computed on the CPU; the grid, on ``device`` (the
+    same float64 arithmetic on every device).
     """
-    grid = identity_grid(count, size, dtype=torch.float64).clone()
+    grid = identity_grid(count, size, dtype=torch.float64, device=device).clone()
     apply = torch.rand(count, generator=generator) < p
     shifts = torch.rand(count, 4, 2, generator=generator, dtype=torch.float64) * distortion
-    if not bool(apply.any()) or distortion == 0.0:
+    warped = apply.nonzero().squeeze(1)  # on the CPU: no wait for the device
+    if warped.numel() == 0 or distortion == 0.0:
         return grid.float()
     corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
     inward = -torch.sign(corners)  # direction to move each corner into the image
     moved = corners + inward * shifts  # where each source corner lands in the output
-    homography = _homography(moved[apply], corners.expand(int(apply.sum()), 4, 2))  # output -> source
-    pts = grid[apply].reshape(int(apply.sum()), -1, 2)
-    ones = torch.ones(*pts.shape[:2], 1, dtype=torch.float64)
-    mapped = torch.cat((pts, ones), -1) @ homography.transpose(1, 2)
-    grid[apply] = (mapped[..., :2] / mapped[..., 2:]).reshape(-1, size, size, 2)
+    homography = _homography(moved[warped], corners.expand(warped.numel(), 4, 2))  # output -> source
+    rows = warped.to(grid.device)
+    pts = grid.index_select(0, rows).reshape(warped.numel(), -1, 2)
+    ones = torch.ones(*pts.shape[:2], 1, dtype=torch.float64, device=grid.device)
+    mapped = torch.cat((pts, ones), -1) @ homography.to(grid.device).transpose(1, 2)
+    grid.index_copy_(0, rows, (mapped[..., :2] / mapped[..., 2:]).reshape(-1, size, size, 2))
     return grid.float()
 
 

@@ -96,9 +96,8 @@ class ClipGuidance:
         if s.global_augmentations:
             whole = center_crop(resize_shortest_side(color, size), size)
             count = n * s.global_augmentations
-            grid = perspective_grid(
-                count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator
-            )
+            grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion,
+                                    generator=generator, device=color.device)
             add("global", resample(whole, torch.arange(count) % n, grid))
         if local and s.local_crops:
             add("local", self._crops(color, s.local_crops, generator))
@@ -184,15 +183,20 @@ class ClipGuidance:
         return out
 
     def _per_part_losses(self, embeddings: torch.Tensor, owner: torch.Tensor, texts: torch.Tensor):
-        """[B, D] part-crop embeddings with their [B] part index -> per part a loss, or None."""
+        """[B, D] part-crop embeddings with their [B] part index (on the CPU, grouped by part in
+        increasing order, as :meth:`part_crops` returns them) -> per part a loss, or None."""
+        counts = torch.bincount(owner, minlength=texts.shape[0]).tolist()
+        if not torch.equal(owner, torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))):
+            raise ValueError("part crops must come grouped by part, in increasing part order")
         losses: list[torch.Tensor | None] = []
-        for part in range(texts.shape[0]):
-            rows = (owner == part).nonzero().squeeze(1).to(embeddings.device)
-            if rows.numel() == 0:
+        start = 0
+        for part, count in enumerate(counts):
+            if count == 0:
                 losses.append(None)
                 continue
-            mean = F.normalize(embeddings.index_select(0, rows).mean(0), dim=-1)
+            mean = F.normalize(embeddings[start:start + count].mean(0), dim=-1)  # a slice: no index copied over
             losses.append(1.0 - (mean * texts[part]).sum())
+            start += count
         return losses
 
     def part_crops(
@@ -227,12 +231,13 @@ class ClipGuidance:
         half = boxes[:, 2:] * scale[:, None]
         half = torch.maximum(half, half.amax(1, keepdim=True) / 2.0).clamp(max=1.0)  # aspect <= 2:1
         centre = boxes[:, :2] + shift * half
-        grid = perspective_grid(
-            count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator
-        )
+        grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion,
+                                generator=generator, device=color.device)
+        centre, half = centre.to(color.device), half.to(color.device)
         grid = centre[:, None, None, :] + half[:, None, None, :] * grid
-        mask_channel = masks.detach()[views.to(masks.device), parts.to(masks.device)].unsqueeze(1)  # [B, 1, H, W]
-        picked = torch.cat((color.index_select(0, views.to(color.device)), mask_channel.to(color.dtype)), 1)
+        on_device = views.to(color.device), parts.to(color.device)
+        mask_channel = masks.detach().to(color.device)[on_device].unsqueeze(1)  # [B, 1, H, W]
+        picked = torch.cat((color.index_select(0, on_device[0]), mask_channel.to(color.dtype)), 1)
         sampled = resample(picked, torch.arange(count), grid, fill=0.0)
         rgb, alpha = sampled[:, :3], sampled[:, 3:].clamp(0.0, 1.0)
         return rgb * alpha + (1.0 - alpha), parts
@@ -243,9 +248,9 @@ class ClipGuidance:
         size = self.bundle.image_size
         count = images.shape[0] * per_view
         boxes = crop_boxes(count, area=s.local_crop_area, generator=generator)
-        grid = perspective_grid(
-            count, size, p=s.perspective_p, distortion=s.perspective_distortion, generator=generator
-        )
+        grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion,
+                                generator=generator, device=images.device)
+        boxes = boxes.to(images.device)
         grid = boxes[:, None, None, :2] + boxes[:, None, None, 2:] * grid
         return resample(images, torch.arange(count) % images.shape[0], grid)
 

@@ -181,7 +181,7 @@ class SyntheticBatches:
             if found is not None:
                 images, owner = found
                 return images, [scene.part_phrases[int(i)] for i in owner]
-        grid = perspective_grid(n, IMAGE_SIZE, p=0.8, distortion=0.5, generator=g)
+        grid = perspective_grid(n, IMAGE_SIZE, p=0.8, distortion=0.5, generator=g, device=out.color.device)
         return resample(out.color, torch.arange(n), grid), [scene.caption] * n
 
     def batch(self, size: int) -> tuple[torch.Tensor, list[str]]:
