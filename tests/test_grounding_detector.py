@@ -254,6 +254,27 @@ def test_one_image_encoding_serves_several_captions():
         detector.phrase_scores(encoding, captions[0], proposals=False)
 
 
+def test_a_caption_encoded_once_gives_the_same_proposals():
+    detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))
+    text_calls = count_calls(detector.model.model.text_backbone)
+    images = random_images(2, 128, 128, seed=6).requires_grad_(True)
+    caption = detector.caption(["pottery base", "linen shade"])
+    fresh = detector.phrase_scores(images, caption)
+    assert text_calls == [1]
+    text = detector.encode_caption(caption, 2)
+    assert text_calls == [2] and not text.features.requires_grad
+    again = [detector.phrase_scores(images, caption, text=text) for _ in range(3)]
+    assert text_calls == [2]  # the text backbone ran for none of them
+    for boxes, scores in again:
+        assert torch.equal(boxes, fresh[0]) and torch.equal(scores, fresh[1])
+    gradients = [torch.autograd.grad(scores.sum(), images)[0] for scores in (fresh[1], again[0][1])]
+    assert torch.equal(*gradients) and float(gradients[0].abs().sum()) > 0  # the image gradient is unchanged
+    with pytest.raises(ValueError, match="encoded for 2 images, not 1"):
+        detector.phrase_scores(images[:1], caption, text=text)
+    with pytest.raises(ValueError, match="dense proposals only"):
+        detector.phrase_scores(images, caption, proposals=False, text=text)
+
+
 # --- detection ------------------------------------------------------------------------------------
 
 

@@ -398,6 +398,14 @@ def test_grounding_part_loss_sends_gradient_to_the_render():
     assert_close(loss.detach(), expected.detach(), rel=SAME_MATH, what="grounding loss")
     expected.backward()
     assert_close(images.grad, expected_images.grad, rel=SAME_MATH, what="its image gradient")
+    text_calls = []
+    hook = detector.model.model.text_backbone.register_forward_hook(lambda *_: text_calls.append(1))
+    try:
+        for _ in range(3):  # later grounding steps: the captions' text half is not computed again
+            assert torch.equal(loss_fn(images.detach()), loss.detach())
+    finally:
+        hook.remove()
+    assert text_calls == []
     strict = GroundingPartLoss(detector, ["base"], ["pottery base"], threshold=1.5)  # above any score
     nothing = strict(images.detach().requires_grad_(True))
     assert float(nothing.detach()) == 0.0  # no region shows the part: no signal, no error

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..devices import bfloat16_autocast
 from ..errors import PromptError
 from ..models import GroundingBundle
-from .proposals import ImageEncoding, encode_images, encoder_proposals
+from .proposals import ImageEncoding, TextEncoding, encode_images, encode_text, encoder_proposals
 
 # Logit given to dense proposals the library itself marks invalid (on padding, or centred within 1 %
 # of the image border: their coordinate logits are +inf). Finite, so sums and products stay finite;
@@ -222,20 +222,36 @@ class GroundingDetector:
 
     def _caption_inputs(self, caption: Caption, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The caption's ``input_ids`` and ``attention_mask`` [n, T], on the model's device."""
+        self._check_length(caption)
         return caption.input_ids.to(self.device).expand(n, -1), caption.attention_mask.to(self.device).expand(n, -1)
 
-    def _run(
-        self, source: torch.Tensor | ImageEncoding, caption: Caption, proposals: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Boxes [N, Q, 4] (cx, cy, w, h in 0..1), token logits [N, Q, L], valid regions [N, Q] bool."""
+    def _check_length(self, caption: Caption) -> None:
         length = caption.input_ids.shape[-1]
         if length > self.max_text_len:
             raise PromptError(
                 f"the caption has {length} tokens but the grounding model reads at most {self.max_text_len}; "
                 "use fewer or shorter part names."
             )
+
+    @torch.no_grad()
+    def encode_caption(self, caption: Caption, images: int) -> TextEncoding:
+        """The caption half of a dense-proposals forward over ``images`` images (no gradient: it does
+        not depend on the images). The same for every call with this caption, so a caller that scores
+        one caption many times (the grounding loss, every grounding step of a run) computes it once
+        and hands it to :meth:`phrase_scores` / :meth:`phrase_logits` as ``text``."""
+        input_ids, attention_mask = self._caption_inputs(caption, images)
+        with bfloat16_autocast(self.device, self.bfloat16):
+            return encode_text(self.model.model, input_ids, attention_mask)
+
+    def _run(
+        self, source: torch.Tensor | ImageEncoding, caption: Caption, proposals: bool, text: TextEncoding | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Boxes [N, Q, 4] (cx, cy, w, h in 0..1), token logits [N, Q, L], valid regions [N, Q] bool."""
+        self._check_length(caption)
         if proposals:
-            return self._proposals(source, caption)
+            return self._proposals(source, caption, text)
+        if text is not None:
+            raise ValueError("a precomputed caption encoding serves the dense proposals only (proposals=True)")
         if isinstance(source, ImageEncoding):
             raise ValueError("the decoder's queries need the images, not an ImageEncoding (proposals=True reads one)")
         pixel_values, pixel_mask = self._model_inputs(source)
@@ -247,22 +263,28 @@ class GroundingDetector:
         return boxes, outputs.logits.float(), torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
 
     def _proposals(
-        self, source: torch.Tensor | ImageEncoding, caption: Caption
+        self, source: torch.Tensor | ImageEncoding, caption: Caption, text: TextEncoding | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_run` for the encoder's dense proposals: the library's forward up to them, no decoder."""
         if not self.model.config.two_stage:
             raise ValueError("this Grounding DINO has two_stage=False: it gives no dense proposals.")
         encoding = source if isinstance(source, ImageEncoding) else self.encode_images(source)
-        input_ids, attention_mask = self._caption_inputs(caption, encoding.features.shape[0])
+        images = encoding.features.shape[0]
+        if text is None:
+            text = self.encode_caption(caption, images)
+        elif text.images != images:
+            raise ValueError(f"the caption was encoded for {text.images} images, not {images}; "
+                             "encode it again with encode_caption(caption, images)")
         with bfloat16_autocast(self.device, self.bfloat16):
-            coord_logits, token_logits = encoder_proposals(self.model.model, encoding, input_ids, attention_mask)
+            coord_logits, token_logits = encoder_proposals(self.model.model, encoding, text)
         coord_logits = coord_logits.float()
         valid = torch.isfinite(coord_logits).all(-1)
         boxes = torch.where(valid[..., None], coord_logits.sigmoid(), 0.0)
         return boxes, token_logits.float(), valid
 
     def phrase_logits(
-        self, images: torch.Tensor | ImageEncoding, caption: Caption, *, proposals: bool = True
+        self, images: torch.Tensor | ImageEncoding, caption: Caption, *, proposals: bool = True,
+        text: TextEncoding | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes and per-phrase raw logits of every region, differentiable w.r.t. ``images``.
 
@@ -274,26 +296,29 @@ class GroundingDetector:
                 ``enc_outputs_coord_logits``; Q = sum over the 4 feature levels of h_l * w_l),
                 computed without the decoder (``proposals.py``).
                 False: the decoder's queries (``logits`` / ``pred_boxes``; Q = ``num_queries``).
+            text: for proposals, ``caption``'s :meth:`encode_caption` for these N images, computed
+                once by a caller that scores the same caption again and again (None: computed here).
 
         Returns:
             boxes: [N, Q, 4] ``(cx, cy, w, h)`` normalized to 0..1 of the image.
             logits: [N, Q, P] per phrase: the mean of the raw token logits over its token span.
             Proposals the library marks invalid get zero boxes and :data:`INVALID_PROPOSAL_LOGIT`.
         """
-        boxes, token_logits, valid = self._run(images, caption, proposals)
+        boxes, token_logits, valid = self._run(images, caption, proposals, text)
         logits = span_mean(token_logits, caption.token_spans)
         logits = torch.where(valid[..., None], logits, INVALID_PROPOSAL_LOGIT)
         return boxes, logits
 
     def phrase_scores(
-        self, images: torch.Tensor | ImageEncoding, caption: Caption, *, proposals: bool = True
+        self, images: torch.Tensor | ImageEncoding, caption: Caption, *, proposals: bool = True,
+        text: TextEncoding | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`phrase_logits`, with scores [N, Q, P] = mean sigmoid over each phrase's tokens (0..1).
 
         METHOD's phrase score. Invalid proposals score 0. Differentiable, but a saturated sigmoid
         passes (almost) no gradient.
         """
-        boxes, token_logits, valid = self._run(images, caption, proposals)
+        boxes, token_logits, valid = self._run(images, caption, proposals, text)
         scores = span_mean(token_logits.sigmoid(), caption.token_spans)
         return boxes, scores * valid[..., None].to(scores.dtype)
 

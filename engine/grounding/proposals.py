@@ -11,8 +11,11 @@ while the image backbone (Swin) does not read the caption.
 So the forward is split at the one place the caption enters the image path, the encoder's fusion:
 - :func:`encode_images`: backbone, projections to the model width and flattening of the feature
   levels; depends on the images alone.
-- :func:`encoder_proposals`: the text backbone, the fusion encoder and the proposal heads; runs
-  once per caption on the same :class:`ImageEncoding`, and never the decoder.
+- :func:`encode_text`: the text backbone (BERT) and its projection to the model width; depends on
+  the caption alone, so a run that scores the same captions at every grounding step computes it
+  once (without gradient: the model is frozen and the gradient goes to the images).
+- :func:`encoder_proposals`: the fusion encoder and the proposal heads; runs once per caption on
+  the same :class:`ImageEncoding`, and never the decoder.
 
 Both call the library's own submodules in the order its ``GroundingDinoModel.forward`` does, so the
 arithmetic is the library's; ``tests/test_grounding_detector.py`` checks the outputs and the
@@ -87,19 +90,31 @@ def encode_images(model: nn.Module, pixel_values: torch.Tensor,
     return ImageEncoding(features, padding, position, tuple((m.shape[-2], m.shape[-1]) for m in maps), valid_ratios)
 
 
-def encoder_proposals(model: nn.Module, encoding: ImageEncoding, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dense proposals of ``encoding``'s N images for one caption.
+@dataclass(frozen=True, eq=False)
+class TextEncoding:
+    """The image-independent half of a Grounding DINO forward: one caption, for N images.
 
-    Args:
-        input_ids, attention_mask: [N, T] the caption's tokens (T <= ``max_text_len``).
-
-    Returns:
-        coord_logits: [N, S, 4] ``(cx, cy, w, h)`` before the sigmoid; ``inf`` where the library
-            marks a proposal invalid (as ``enc_outputs_coord_logits``).
-        token_logits: [N, S, max_text_len] per text token, ``-inf`` past the caption (as
-            ``enc_outputs_class``).
+    Attributes:
+        features: [N, T, D] the text backbone's last hidden state projected to the model width.
+        token_mask: [N, T] bool, True at the caption's tokens.
+        self_attention: [N, T, T] bool, True where token i reads token j (within one phrase).
+        position_ids: [N, T] int64 token positions, restarting at each phrase.
     """
+
+    features: torch.Tensor
+    token_mask: torch.Tensor
+    self_attention: torch.Tensor
+    position_ids: torch.Tensor
+
+    @property
+    def images(self) -> int:
+        """N, the number of images this encoding serves."""
+        return int(self.features.shape[0])
+
+
+def encode_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEncoding:
+    """The caption half of a forward, from ``input_ids`` and ``attention_mask`` [N, T] (T <=
+    ``max_text_len``); ``model`` as for :func:`encode_images`."""
     from transformers.models.grounding_dino.modeling_grounding_dino import (
         generate_masks_with_special_tokens_and_transfer_map,
     )
@@ -107,9 +122,21 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding, input_ids: torc
     self_attention, position_ids = generate_masks_with_special_tokens_and_transfer_map(
         input_ids, special_tokens=model.special_tokens
     )
-    token_mask = attention_mask.bool()
     text = model.text_backbone(input_ids, self_attention[:, None], torch.zeros_like(input_ids), position_ids,
                                return_dict=True).last_hidden_state
+    return TextEncoding(model.text_projection(text), attention_mask.bool(), self_attention, position_ids)
+
+
+def encoder_proposals(model: nn.Module, encoding: ImageEncoding,
+                      text: TextEncoding) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense proposals of ``encoding``'s N images for one caption (``text``, for the same N).
+
+    Returns:
+        coord_logits: [N, S, 4] ``(cx, cy, w, h)`` before the sigmoid; ``inf`` where the library
+            marks a proposal invalid (as ``enc_outputs_coord_logits``).
+        token_logits: [N, S, max_text_len] per text token, ``-inf`` past the caption (as
+            ``enc_outputs_class``).
+    """
     encoded = model.encoder(
         vision_features=encoding.features,
         vision_attention_mask=encoding.padding,
@@ -118,15 +145,15 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding, input_ids: torc
         spatial_shapes_list=list(encoding.shapes),
         level_start_index=encoding.level_start_index,
         valid_ratios=encoding.valid_ratios,
-        text_features=model.text_projection(text),
-        text_attention_mask=~token_mask,
+        text_features=text.features,
+        text_attention_mask=~text.token_mask,
         text_position_embedding=None,
-        text_self_attention_masks=~self_attention,
-        text_position_ids=position_ids,
+        text_self_attention_masks=~text.self_attention,
+        text_position_ids=text.position_ids,
         return_dict=True,
     )
     queries, anchors = model.generate_encoder_output_proposals(
         encoded.last_hidden_state_vision, encoding.padding, list(encoding.shapes)
     )
-    token_logits = model.encoder_output_class_embed(queries, encoded.last_hidden_state_text, token_mask)
+    token_logits = model.encoder_output_class_embed(queries, encoded.last_hidden_state_text, text.token_mask)
     return model.encoder_output_bbox_embed(queries) + anchors, token_logits
