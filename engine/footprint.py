@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 
 #: The project's tiny models, one folder per role (``clip``, ``grounding``, ``segmenter``).
@@ -26,6 +27,10 @@ CLIP_BYTES_PER_UNIT = 52
 #: Bytes Grounding DINO holds for the backward per input pixel and per (encoder layer x (width +
 #: feed-forward width)), measured on Grounding DINO tiny (1 and 3 views at 512 px, two captions, float32).
 GROUNDING_BYTES_PER_UNIT = 0.42
+#: The parts of a Grounding DINO (``GroundingDinoForObjectDetection``'s parameter names) every
+#: grounding step's forward runs: the image backbone, the fusion encoder and the dense proposals'
+#: heads (the text backbone runs once a run, ``grounding/proposals.py``; the decoder only to locate).
+GROUNDING_IMAGE_PATH = ("model.backbone.", "model.encoder.", "model.encoder_output_", "model.enc_output")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class ModelFootprint:
             never enlarged: a smaller render is shown at its own size).
         clip_bf16_copies: what the bf16 copies of the weights of CLIP's vision tower and projection
             take on a GPU (``model_kernels.LinearWithBfloat16Copy``): 2 bytes a weight of their linear layers.
+        grounding_bf16_copies: the same for Grounding DINO's :data:`GROUNDING_IMAGE_PATH`.
     """
 
     weights: dict[str, int]
@@ -47,6 +53,7 @@ class ModelFootprint:
     grounding_pixel: float
     grounding_side: int
     clip_bf16_copies: int
+    grounding_bf16_copies: int
 
 
 #: The real models' (``default``: CLIP ViT-B/32, Grounding DINO tiny, SAM 2 hiera-tiny) figures, from
@@ -57,6 +64,7 @@ REAL_MODELS = ModelFootprint(
     grounding_pixel=GROUNDING_BYTES_PER_UNIT * 6 * (256 + 2048),
     grounding_side=800,
     clip_bf16_copies=2 * 85_410_816,
+    grounding_bf16_copies=2 * 49_549_124,
 )
 
 
@@ -82,7 +90,32 @@ def model_footprint(source: str) -> ModelFootprint:
         grounding_pixel = GROUNDING_BYTES_PER_UNIT * grounding.get("encoder_layers", 6) * widths
         side = int((_config(folders["grounding"], "preprocessor_config.json").get("size") or {}).get(
             "shortest_edge", side))
-    return ModelFootprint(weights, clip_image, grounding_pixel, side, copies)
+    linear = _linear_weights(folders["grounding"], GROUNDING_IMAGE_PATH)
+    grounding_copies = 2 * linear if linear else REAL_MODELS.grounding_bf16_copies
+    return ModelFootprint(weights, clip_image, grounding_pixel, side, copies, grounding_copies)
+
+
+def _linear_weights(folder: str | None, prefixes: tuple[str, ...]) -> int:
+    """The weights and biases of the linear layers under ``prefixes``, read from the headers of the
+    folder's safetensors files (no weights loaded): every 2-D ``.weight`` there and the ``.bias``
+    beside it (0 where no file can be read). Under :data:`GROUNDING_IMAGE_PATH` every 2-D weight is
+    a linear layer's (tests/test_memory.py checks it on the real-size architecture)."""
+    shapes: dict[str, list[int]] = {}
+    for path in _safetensors_files(folder):
+        try:
+            with open(path, "rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(length))
+        except (OSError, ValueError, struct.error):
+            return 0
+        shapes.update({name: entry.get("shape", []) for name, entry in header.items()
+                       if name != "__metadata__" and name.startswith(prefixes)})
+    count = 0
+    for name, shape in shapes.items():
+        if name.endswith(".weight") and len(shape) == 2:
+            bias = shapes.get(name[: -len("weight")] + "bias", [])
+            count += shape[0] * shape[1] + (bias[0] if len(bias) == 1 else 0)
+    return count
 
 
 def _vision_linear_weights(vision: dict, projection: int) -> int:
@@ -104,10 +137,14 @@ def role_folder(root: str, role: str) -> str | None:
 
 def _weights_bytes(folder: str | None) -> int:
     """Total size of the folder's safetensors files (0 when none)."""
+    return sum(os.path.getsize(path) for path in _safetensors_files(folder))
+
+
+def _safetensors_files(folder: str | None) -> list[str]:
+    """The paths of the folder's safetensors files (none when there is no folder)."""
     if folder is None:
-        return 0
-    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)
-               if name.endswith(".safetensors"))
+        return []
+    return [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if name.endswith(".safetensors")]
 
 
 def _config(folder: str | None, name: str = "config.json") -> dict:

@@ -91,8 +91,8 @@ def estimate_memory(
         models: the models' :class:`ModelFootprint`, or a model source to read it from.
         locating: whether the run locates its parts (loads the grounding model and the segmenter).
         device_type: ``cpu``, or anything else for a GPU (where the process's libraries are not on it,
-            but the first run allocates their workspaces, and CLIP keeps bf16 copies of its image
-            path's weights).
+            but the first run allocates their workspaces, and CLIP and Grounding DINO keep bf16
+            copies of their image paths' weights).
         loaded: roles whose models are in memory already (a Blender session's earlier run): their
             weights are not counted again.
     """
@@ -116,7 +116,8 @@ def estimate_memory(
     return MemoryEstimate(
         process=PROCESS_BYTES["gpu" if on_gpu else "cpu"],
         weights=sum(footprint.weights[role] for role in roles if role not in loaded)
-        + (footprint.clip_bf16_copies if on_gpu and "clip" not in loaded else 0),
+        + (footprint.clip_bf16_copies if on_gpu and "clip" not in loaded else 0)
+        + (footprint.grounding_bf16_copies if on_gpu and "grounding" in roles and "grounding" not in loaded else 0),
         run_state=RUN_STATE_BYTES + (GPU_WORKSPACE_BYTES if on_gpu else 0),
         locating=int(locate) if locating else 0,
         step=int(field + max(clip_step, grounding_step)),

@@ -15,9 +15,10 @@ step's forward and backward (measured on the real-size architectures, 2 cores, d
   (``embedding_bag``): about 4x faster forward, 1.5x with the backward, 1.3x a grounding step.
 
 :func:`adapt_clip_to_device` and :func:`adapt_grounding_to_device` apply them where they were
-measured faster: on a CPU. On a GPU the library's kernels are kept, and CLIP's vision tower keeps a
-bf16 copy of its linear layers' weights (:class:`LinearWithBfloat16Copy`): there a step waits on
-kernel launches, and bf16 autocast otherwise casts each frozen weight again on every forward.
+measured faster: on a CPU. On a GPU the library's kernels are kept, and the image paths of CLIP and
+Grounding DINO keep a bf16 copy of their linear layers' weights (:class:`LinearWithBfloat16Copy`):
+there a step waits on kernel launches, and bf16 autocast otherwise casts each frozen weight again on
+every forward.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .devices import native_bfloat16
+from .footprint import GROUNDING_IMAGE_PATH
 
 
 class PatchMatmul(nn.Module):
@@ -237,8 +239,15 @@ def _neighbour_weights(low: torch.Tensor, fraction: torch.Tensor, size: torch.Te
 def adapt_grounding_to_device(model: nn.Module, device: torch.device | str) -> None:
     """Switch a Grounding DINO's multi-scale deformable attention (encoder and decoder) to
     :class:`DeformableBags` when ``device`` is a CPU (in place; it holds no parameters, so state
-    dicts are unchanged). On other devices the model is left as it is."""
-    if torch.device(device).type != "cpu":
+    dicts are unchanged). On a CUDA GPU with bf16, the linear layers of :data:`GROUNDING_IMAGE_PATH`
+    keep bf16 copies of their weights, as CLIP's image path does (the estimate counts them,
+    ``footprint.ModelFootprint.grounding_bf16_copies``). Elsewhere the model is left as it is."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if native_bfloat16(device):
+            keep_bfloat16_weights(model, GROUNDING_IMAGE_PATH)
+        return
+    if device.type != "cpu":
         return
     for module in model.modules():
         if type(getattr(module, "attn", None)).__name__ == "MultiScaleDeformableAttention":

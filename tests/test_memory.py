@@ -97,7 +97,8 @@ def test_a_gpu_run_needs_the_workspaces_its_first_run_allocates(monkeypatch):
     need = estimate.total - estimate.process
     free = need
     fits = check_fits(vertices, settings, 3, gpu, models="tiny", locating=True)
-    assert fits == need == cpu_need + GPU_WORKSPACE_BYTES + model_footprint("tiny").clip_bf16_copies
+    tiny = model_footprint("tiny")
+    assert fits == need == cpu_need + GPU_WORKSPACE_BYTES + tiny.clip_bf16_copies + tiny.grounding_bf16_copies
     free = need - GPU_WORKSPACE_BYTES  # what the tensors alone would fit in
     with pytest.raises(ResourceError, match="would need about"):
         check_fits(vertices, settings, 3, gpu, models="tiny", locating=True)
@@ -119,10 +120,40 @@ def test_a_gpu_estimate_counts_clips_bf16_copies_unless_clip_is_loaded():
     tiny = model_footprint("tiny")
     assert tiny.clip_bf16_copies == 2 * _image_path_linear_weights(ModelStore("tiny").clip("cpu").model)
     settings = settings_for("fast")
-    on = {kind: estimate_memory(20_000, settings, 3, models="default", device_type=kind) for kind in ("cpu", "cuda")}
-    assert on["cuda"].weights == on["cpu"].weights + REAL_MODELS.clip_bf16_copies
+    on = {kind: estimate_memory(20_000, settings, 0, models="default", device_type=kind) for kind in ("cpu", "cuda")}
+    assert on["cuda"].weights == on["cpu"].weights + REAL_MODELS.clip_bf16_copies  # holistic: CLIP alone
     loaded = estimate_memory(20_000, settings, 3, models="default", device_type="cuda", loaded=("clip",))
-    assert loaded.weights == REAL_MODELS.weights["grounding"]  # a session's CLIP holds its copies already
+    # a session's CLIP holds its copies already; the grounding model is loaded with its own
+    assert loaded.weights == REAL_MODELS.weights["grounding"] + REAL_MODELS.grounding_bf16_copies
+
+
+def _linear_weights_under(model, prefixes) -> int:
+    return sum(m.weight.numel() + (0 if m.bias is None else m.bias.numel()) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.startswith(prefixes))
+
+
+def test_a_gpu_estimate_counts_the_grounding_models_bf16_copies_when_it_loads_it():
+    from transformers import GroundingDinoForObjectDetection
+
+    from engine.footprint import GROUNDING_IMAGE_PATH
+    from engine.models import ModelStore
+    from engine.tiny_models import real_size_grounding_config
+
+    with torch.device("meta"):  # the real architecture's shapes, no memory
+        real = GroundingDinoForObjectDetection(real_size_grounding_config())
+    assert REAL_MODELS.grounding_bf16_copies == 2 * _linear_weights_under(real, GROUNDING_IMAGE_PATH)
+    # the footprint reads the copies from the weights' file headers: every 2-D weight there is a linear layer's
+    linear = {f"{name}.weight" for name, m in real.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {k for k, v in real.state_dict().items()
+            if k.startswith(GROUNDING_IMAGE_PATH) and k.endswith(".weight") and v.ndim == 2} <= linear
+    tiny_model = ModelStore("tiny").grounding("cpu").model
+    assert model_footprint("tiny").grounding_bf16_copies == 2 * _linear_weights_under(tiny_model, GROUNDING_IMAGE_PATH)
+    settings = settings_for("fast")
+    parts = {kind: estimate_memory(20_000, settings, 3, models="default", device_type=kind) for kind in ("cpu", "cuda")}
+    copies = REAL_MODELS.clip_bf16_copies + REAL_MODELS.grounding_bf16_copies
+    assert parts["cuda"].weights == parts["cpu"].weights + copies
+    loaded = estimate_memory(20_000, settings, 3, models="default", device_type="cuda", loaded=("grounding",))
+    assert loaded.weights == REAL_MODELS.weights["clip"] + REAL_MODELS.clip_bf16_copies
 
 
 def test_a_missing_folder_is_estimated_as_the_real_models(tmp_path):

@@ -129,6 +129,45 @@ def test_a_gpu_with_bf16_keeps_bf16_copies_of_clips_image_path_that_compute_what
     assert counts[0] - counts[1] == 2 * len(copies) - 1
 
 
+def test_a_gpu_with_bf16_keeps_bf16_copies_of_the_grounding_models_image_path(monkeypatch):
+    """As CLIP's: a grounding step's loss and image gradient are the same bit for bit, under bf16 autocast
+    and in float32, with two operations fewer a call of each linear layer of the image path."""
+    from engine.footprint import GROUNDING_IMAGE_PATH
+    from engine.grounding import GroundingDetector
+    from engine.guidance.grounding_loss import GroundingPartLoss
+    from engine.model_kernels import adapt_grounding_to_device
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    bundle = ModelStore("tiny").grounding("cpu")
+    model = bundle.model
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+
+    def step(bfloat16: bool):
+        loss = GroundingPartLoss(GroundingDetector(bundle, bfloat16=bfloat16), ["base", "shade"],
+                                 ["pottery base", "linen shade"], threshold=0.0)
+        loss.caption_texts(2)  # as from a run's second grounding step on
+        pixels = images.clone().requires_grad_(True)
+        with OperationCounter() as counter:
+            value = loss(pixels)
+            value.backward()
+        return value.detach(), pixels.grad, counter.total
+
+    expected = {bfloat16: step(bfloat16) for bfloat16 in (True, False)}
+    keys = model.state_dict().keys()
+    adapt_grounding_to_device(model, "cuda")  # only the device's type is read: no GPU needed
+    copies = [name for name, m in model.named_modules() if isinstance(m, LinearWithBfloat16Copy)]
+    assert copies and all(name.startswith(GROUNDING_IMAGE_PATH) for name in copies)  # not the text backbone or decoder
+    assert not any(isinstance(m, LinearWithBfloat16Copy) for m in model.model.text_backbone.modules())
+    assert model.state_dict().keys() == keys  # the copies are not saved
+    for bfloat16 in (True, False):
+        value, gradient, operations = step(bfloat16)
+        assert torch.equal(value, expected[bfloat16][0]) and torch.equal(gradient, expected[bfloat16][1])
+        if bfloat16:
+            assert operations < expected[True][2] - len(copies)  # each copied layer runs once or more a step
+        else:
+            assert operations == expected[False][2]  # float32 uses the parameters, as before
+
+
 def test_the_store_adapts_clip_on_a_cpu():
     bundle = ModelStore("tiny").clip("cpu")
     assert isinstance(bundle.model.vision_model.embeddings.patch_embedding, PatchMatmul)
