@@ -122,10 +122,8 @@ def adapt_clip_to_device(model: nn.Module, device: torch.device | str) -> None:
     (every step's forward runs under bf16 autocast by default there; the estimate counts the copies,
     ``footprint.ModelFootprint.clip_bf16_copies``). Elsewhere the model is left as it is."""
     device = torch.device(device)
-    if device.type == "cuda":
-        if native_bfloat16(device):
-            keep_bfloat16_weights(model, CLIP_IMAGE_PATH)
-        return
+    if device.type == "cuda" and native_bfloat16(device):
+        keep_bfloat16_weights(model, CLIP_IMAGE_PATH)
     if device.type != "cpu":
         return
     embeddings = model.vision_model.embeddings
@@ -243,10 +241,8 @@ def adapt_grounding_to_device(model: nn.Module, device: torch.device | str) -> N
     keep bf16 copies of their weights, as CLIP's image path does (the estimate counts them,
     ``footprint.ModelFootprint.grounding_bf16_copies``). Elsewhere the model is left as it is."""
     device = torch.device(device)
-    if device.type == "cuda":
-        if native_bfloat16(device):
-            keep_bfloat16_weights(model, GROUNDING_IMAGE_PATH)
-        return
+    if device.type == "cuda" and native_bfloat16(device):
+        keep_bfloat16_weights(model, GROUNDING_IMAGE_PATH)
     if device.type != "cpu":
         return
     for module in model.modules():
