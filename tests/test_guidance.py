@@ -110,6 +110,14 @@ def test_grids_are_built_on_the_device_that_samples_them(tiny_clip):
     assert large.devices and all(device == "meta" for _name, device in large.devices), large.devices
 
 
+def test_an_apple_gpus_grids_are_built_on_the_cpu_which_has_float64():
+    from engine.guidance.augment import float64_device
+
+    assert float64_device(torch.device("mps")) == torch.device("cpu")
+    assert float64_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert float64_device(torch.device("meta")) == torch.device("meta")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to PyTorch here")
 def test_grids_built_on_a_gpu_equal_the_cpus():
     on_cpu = perspective_grid(6, 40, p=0.5, distortion=0.5, generator=torch.Generator().manual_seed(6))

@@ -33,14 +33,16 @@ def perspective_grid(
     Like torchvision's RandomPerspective: each image corner moves inwards by up to
     ``distortion`` of the half side, and the image is warped so that the corners land there.
     The draws and the [k, 3, 3] homographies are computed on the CPU; the grid, on ``device`` (the
-    same float64 arithmetic on every device).
+    same float64 arithmetic on every device; an Apple GPU has no float64, so its grids are built on
+    the CPU and copied over).
     """
-    grid = identity_grid(count, size, dtype=torch.float64, device=device).clone()
+    target = torch.device(device)
+    grid = identity_grid(count, size, dtype=torch.float64, device=float64_device(target)).clone()
     apply = torch.rand(count, generator=generator) < p
     shifts = torch.rand(count, 4, 2, generator=generator, dtype=torch.float64) * distortion
     warped = apply.nonzero().squeeze(1)  # on the CPU: no wait for the device
     if warped.numel() == 0 or distortion == 0.0:
-        return grid.float()
+        return grid.float().to(target)
     corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
     inward = -torch.sign(corners)  # direction to move each corner into the image
     moved = corners + inward * shifts  # where each source corner lands in the output
@@ -50,7 +52,13 @@ def perspective_grid(
     ones = torch.ones(*pts.shape[:2], 1, dtype=torch.float64, device=grid.device)
     mapped = torch.cat((pts, ones), -1) @ homography.to(grid.device).transpose(1, 2)
     grid.index_copy_(0, rows, (mapped[..., :2] / mapped[..., 2:]).reshape(-1, size, size, 2))
-    return grid.float()
+    return grid.float().to(target)
+
+
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 work meant for ``device`` runs: ``device`` itself, or the CPU for an Apple GPU
+    (MPS has no float64)."""
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def crop_boxes(count: int, *, area: float, generator: torch.Generator) -> torch.Tensor:
