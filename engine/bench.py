@@ -34,6 +34,7 @@ from .cameras import sample_views
 from .compose import compose_parts, whole_object
 from .config import ALL_FLOAT32, settings_for
 from .devices import use_bfloat16
+from .footprint import GROUNDING_IMAGE_PATH
 from .geometry.intersections import intersecting_pairs
 from .geometry.patches import segment_patches
 from .geometry.thickness import local_thickness
@@ -43,6 +44,7 @@ from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .memory import peak_memory_mb
+from .model_kernels import CLIP_IMAGE_PATH, keep_bfloat16_weights
 from .models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -262,15 +264,17 @@ def iteration_timing(
     return result
 
 
-def parts_timing(preset: str, device: torch.device, reps: int, *, models: BenchmarkModels, faces: int) -> dict:
-    """A 3-part iteration of ``preset`` (CLIP steps and grounding steps) next to a holistic one, ms."""
-    settings = settings_for(preset)
-    guidance = ClipGuidance(models.clip, settings.guidance)
+def part_trainers(preset: str, device: torch.device, *, clip: ClipBundle, grounding: GroundingBundle, faces: int,
+                  overrides: tuple[str, ...] = ()) -> tuple[StyleTrainer, StyleTrainer]:
+    """Trainers of ``preset`` on the lamp with ``faces`` faces: (3 parts by label with grounding steps,
+    holistic), both with relief, as a run has them."""
+    settings = settings_for(preset, list(overrides))
+    guidance = ClipGuidance(clip, settings.guidance)
     mesh, surface = lamp_surface(faces, device)
     prompt = parse_prompt("pottery base, gold tube, linen shade")
     weights = PartWeights.from_labels(mesh.labels, mesh.label_names).select(prompt.parts)
     composition = with_relief(compose_parts(weights, original_colors=np.full((mesh.num_vertices, 3), 0.5, np.float32)))
-    detector = GroundingDetector(models.grounding, size=settings.guidance.grounding_resolution,
+    detector = GroundingDetector(grounding, size=settings.guidance.grounding_resolution,
                                  bfloat16=use_bfloat16(settings.guidance.precision, device))
     objective = Objective(
         text=guidance.encode_text([prompt.full_text()])[0],
@@ -279,10 +283,15 @@ def parts_timing(preset: str, device: torch.device, reps: int, *, models: Benchm
         part_texts=guidance.encode_text([p.phrase for p in prompt.pairs]),
         grounding=GroundingPartLoss(detector, list(prompt.parts), [p.phrase for p in prompt.pairs]),
     )
-    parts = StyleTrainer(surface, objective, guidance, settings)
     holistic_objective = Objective(objective.text, with_relief(whole_object(mesh.num_vertices)))
-    holistic = StyleTrainer(surface, holistic_objective, guidance, settings)
-    every = max(settings.guidance.grounding_every, 1)
+    return (StyleTrainer(surface, objective, guidance, settings),
+            StyleTrainer(surface, holistic_objective, guidance, settings))
+
+
+def parts_timing(preset: str, device: torch.device, reps: int, *, models: BenchmarkModels, faces: int) -> dict:
+    """A 3-part iteration of ``preset`` (CLIP steps and grounding steps) next to a holistic one, ms."""
+    parts, holistic = part_trainers(preset, device, clip=models.clip, grounding=models.grounding, faces=faces)
+    every = max(parts.settings.guidance.grounding_every, 1)
     clip_steps, grounding_steps, holistic_steps = [], [], []
     for rep in range(reps + 1):
         parts.step_index = every * rep  # the coming iteration is a CLIP step (unless every == 1)
@@ -363,8 +372,9 @@ class BenchmarkModels:
         self.segmenter = benchmark_segmenter(name, device)
 
 
-def benchmark_clip(name: str, device: torch.device) -> ClipBundle:
-    """The real-size ViT-B/32 CLIP architecture with random weights (``vit-b-32``) or ``tiny``."""
+def benchmark_clip(name: str, device: torch.device, *, like_cuda: bool = False) -> ClipBundle:
+    """The real-size ViT-B/32 CLIP architecture with random weights (``vit-b-32``) or ``tiny``; with
+    ``like_cuda``, as a CUDA GPU with bf16 has it (:func:`like_cuda_gpu`) wherever it is."""
     from transformers import CLIPConfig, CLIPModel
 
     from .tiny_models import build_tiny_clip
@@ -378,12 +388,13 @@ def benchmark_clip(name: str, device: torch.device) -> ClipBundle:
             model = CLIPModel(CLIPConfig()).eval()  # the defaults are ViT-B/32's architecture
     else:
         raise ValueError(f"unknown benchmark CLIP '{name}'; use vit-b-32 or tiny")
-    model = frozen_on_device(model, device, "clip")  # as a run prepares it (kernels included)
+    model = like_cuda_gpu(model, device, "clip") if like_cuda else frozen_on_device(model, device, "clip")
     return ClipBundle(model, tokenizer, model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD, name)
 
 
-def benchmark_grounding(name: str, device: torch.device) -> GroundingBundle:
-    """The real-size Grounding DINO tiny architecture with random weights (``vit-b-32``) or ``tiny``."""
+def benchmark_grounding(name: str, device: torch.device, *, like_cuda: bool = False) -> GroundingBundle:
+    """The real-size Grounding DINO tiny architecture with random weights (``vit-b-32``) or ``tiny``;
+    ``like_cuda`` as for :func:`benchmark_clip`."""
     from transformers import GroundingDinoForObjectDetection
 
     tiny_model, tokenizer = build_tiny_grounding_dino()
@@ -394,8 +405,22 @@ def benchmark_grounding(name: str, device: torch.device) -> GroundingBundle:
             torch.manual_seed(0)
             model = GroundingDinoForObjectDetection(real_size_grounding_config()).eval()
         size, max_size = 800, 1333
-    model = frozen_on_device(model, device, "grounding")  # as a run prepares it (kernels included)
+    model = (like_cuda_gpu(model, device, "grounding") if like_cuda
+             else frozen_on_device(model, device, "grounding"))  # as a run prepares it (kernels included)
     return GroundingBundle(model, tokenizer, size, max_size, GROUNDING_MEAN, GROUNDING_STD, name)
+
+
+#: Per role, the linear layers whose weights a CUDA GPU with bf16 keeps bf16 copies of
+#: (``model_kernels.adapt_clip_to_device`` / ``adapt_grounding_to_device``).
+BF16_COPIES_ON_CUDA = {"clip": CLIP_IMAGE_PATH, "grounding": GROUNDING_IMAGE_PATH}
+
+
+def like_cuda_gpu(model: torch.nn.Module, device: torch.device, role: str) -> torch.nn.Module:
+    """``model`` (of ``role``) frozen on ``device`` as the model store prepares it for a CUDA GPU with
+    bf16: the library's kernels and the bf16 weight copies, so a CPU can count what such a GPU dispatches."""
+    model = frozen_on_device(model, device, role, device_kernels=False)
+    keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA[role])
+    return model
 
 
 def benchmark_segmenter(name: str, device: torch.device) -> SegmenterBundle:

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", action="store_true",
                    help="instead: the memory a located run's tensors take by stage, per preset, next to the estimate "
                    "(real-size architectures, random weights)")
+    p.add_argument("--operations", action="store_true",
+                   help="instead: the operations a fast step dispatches (about one GPU kernel each), as this CPU runs "
+                   "it and as a CUDA GPU with bf16 does, counted here (real-size architectures unless --clip tiny)")
     p.add_argument("--like-cuda", action="store_true",
                    help="with --memory on a CPU: bf16 autocast and the library's kernels, as a CUDA run has them")
     p.add_argument("--models-folder", default=None,
@@ -414,6 +417,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         silence_library_progress()
         presets = chosen(MEMORY_PRESETS, args.only)
         run_memory_benchmark(device=args.device, models=args.models_folder, like_cuda=args.like_cuda, presets=presets)
+        return 0
+    if args.operations:
+        from .bench_launches import run_launch_benchmark
+
+        silence_library_progress()
+        run_launch_benchmark(clip=args.clip, out=sys.stdout)
         return 0
     if args.runs:
         from .bench_runs import RUNS, run_whole_commands

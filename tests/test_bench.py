@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import torch
+
 from engine.bench import run_benchmarks
 
 
@@ -50,6 +52,41 @@ def test_operations_are_counted_by_name_without_views_allocations_or_reads():
         torch.empty(3)
     assert counter.by_name == {"add": 1, "clone": 1, "mul": 1, "sum": 1} and counter.total == 4
     assert operations_of(lambda: torch.stack([x.sum() for _ in range(5)])) == 6
+
+
+def test_operations_are_counted_as_this_cpu_and_as_a_cuda_gpu_run_a_step():
+    from engine.bench import benchmark_clip, benchmark_grounding
+    from engine.bench_launches import run_launch_benchmark
+    from engine.model_kernels import LinearWithBfloat16Copy, PatchMatmul
+
+    cpu = torch.device("cpu")
+    # as a CUDA GPU with bf16 has them: the library's kernels and the bf16 weight copies of the image paths
+    clip = benchmark_clip("tiny", cpu, like_cuda=True).model
+    grounding = benchmark_grounding("tiny", cpu, like_cuda=True)
+    assert not any(isinstance(m, PatchMatmul) for m in clip.modules())
+    assert any(isinstance(m, LinearWithBfloat16Copy) for m in clip.vision_model.modules())
+    assert any(isinstance(m, LinearWithBfloat16Copy) for m in grounding.model.model.backbone.modules())
+    assert not any(isinstance(m, LinearWithBfloat16Copy) for m in grounding.model.model.text_backbone.modules())
+    assert not any(isinstance(m, LinearWithBfloat16Copy) for m in benchmark_clip("tiny", cpu).model.modules())
+    out = io.StringIO()
+    figures = run_launch_benchmark(clip="tiny", faces=5_000, out=out)
+    rows = {line[:26].strip(): [int(n.replace(",", "")) for n in line[26:].split()]
+            for line in out.getvalue().splitlines()[2:]}
+    assert rows["this CPU"] == list(figures["cpu"].values()) and rows["a CUDA GPU with bf16"] == list(
+        figures["cuda"].values())
+    assert rows.keys() == {"this CPU", "a CUDA GPU with bf16"}
+    for holistic, part_clip, grounding_step in rows.values():
+        assert 300 < holistic < part_clip < grounding_step  # crops and parts add; a grounding step is a larger model
+
+
+def test_bench_operations_is_the_operations_benchmark(monkeypatch, capsys):
+    import engine.bench_launches
+    from engine.cli import main
+
+    calls = []
+    monkeypatch.setattr(engine.bench_launches, "run_launch_benchmark", lambda **kwargs: calls.append(kwargs))
+    assert main(["bench", "--operations", "--clip", "tiny"]) == 0
+    assert len(calls) == 1 and calls[0]["clip"] == "tiny"
 
 
 def test_large_mesh_benchmark_measures_each_size_in_its_own_process():
