@@ -29,7 +29,11 @@ STEPS = ("holistic step", "part CLIP step", "grounding step")
 
 def run_launch_benchmark(*, clip: str = "vit-b-32", faces: int = ITERATION_FACES, out: TextIO = sys.stdout) -> dict:
     """Print and return, per way of running (``cpu``, ``cuda``), the operations of each of :data:`STEPS`."""
-    say = lambda text: print(text, file=out, flush=True)  # noqa: E731 - the CLI's printer
+
+    def say(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
     say(f"# operations a `fast` step dispatches (about one GPU kernel each), lamp {faces} faces, {clip} models")
     say(f"{'as run by':<26}" + "".join(f"{step:>16}" for step in STEPS))
     figures = {}
