@@ -34,7 +34,6 @@ from .cameras import sample_views
 from .compose import compose_parts, whole_object
 from .config import ALL_FLOAT32, settings_for
 from .devices import use_bfloat16
-from .footprint import GROUNDING_IMAGE_PATH
 from .geometry.intersections import intersecting_pairs
 from .geometry.patches import segment_patches
 from .geometry.thickness import local_thickness
@@ -44,7 +43,7 @@ from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .memory import peak_memory_mb
-from .model_kernels import CLIP_IMAGE_PATH, keep_bfloat16_weights
+from .model_kernels import BF16_COPIES_ON_CUDA, keep_bfloat16_weights
 from .models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -408,11 +407,6 @@ def benchmark_grounding(name: str, device: torch.device, *, like_cuda: bool = Fa
     model = (like_cuda_gpu(model, device, "grounding") if like_cuda
              else frozen_on_device(model, device, "grounding"))  # as a run prepares it (kernels included)
     return GroundingBundle(model, tokenizer, size, max_size, GROUNDING_MEAN, GROUNDING_STD, name)
-
-
-#: Per role, the linear layers whose weights a CUDA GPU with bf16 keeps bf16 copies of
-#: (``model_kernels.adapt_clip_to_device`` / ``adapt_grounding_to_device``).
-BF16_COPIES_ON_CUDA = {"clip": CLIP_IMAGE_PATH, "grounding": GROUNDING_IMAGE_PATH}
 
 
 def like_cuda_gpu(model: torch.nn.Module, device: torch.device, role: str) -> torch.nn.Module:

@@ -112,6 +112,8 @@ def keep_bfloat16_weights(model: nn.Module, prefixes: tuple[str, ...] = ("",)) -
 
 #: The parts of a ``CLIPModel`` every step's forward runs: the vision tower and its projection.
 CLIP_IMAGE_PATH = ("vision_model.", "visual_projection")
+#: Per role, the linear layers whose weights a CUDA GPU with bf16 keeps bf16 copies of.
+BF16_COPIES_ON_CUDA = {"clip": CLIP_IMAGE_PATH, "grounding": GROUNDING_IMAGE_PATH}
 
 
 def adapt_clip_to_device(model: nn.Module, device: torch.device | str) -> None:
@@ -123,7 +125,7 @@ def adapt_clip_to_device(model: nn.Module, device: torch.device | str) -> None:
     ``footprint.ModelFootprint.clip_bf16_copies``). Elsewhere the model is left as it is."""
     device = torch.device(device)
     if device.type == "cuda" and native_bfloat16(device):
-        keep_bfloat16_weights(model, CLIP_IMAGE_PATH)
+        keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA["clip"])
     if device.type != "cpu":
         return
     embeddings = model.vision_model.embeddings
@@ -242,7 +244,7 @@ def adapt_grounding_to_device(model: nn.Module, device: torch.device | str) -> N
     ``footprint.ModelFootprint.grounding_bf16_copies``). Elsewhere the model is left as it is."""
     device = torch.device(device)
     if device.type == "cuda" and native_bfloat16(device):
-        keep_bfloat16_weights(model, GROUNDING_IMAGE_PATH)
+        keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA["grounding"])
     if device.type != "cpu":
         return
     for module in model.modules():

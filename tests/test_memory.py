@@ -105,8 +105,7 @@ def test_a_gpu_run_needs_the_workspaces_its_first_run_allocates(monkeypatch):
 
 
 def _image_path_linear_weights(model) -> int:
-    return sum(m.weight.numel() + (0 if m.bias is None else m.bias.numel()) for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.startswith(("vision_model.", "visual_projection")))
+    return _linear_weights_under(model, ("vision_model.", "visual_projection"))
 
 
 def test_a_gpu_estimate_counts_clips_bf16_copies_unless_clip_is_loaded():
