@@ -19,7 +19,6 @@ import tempfile
 
 import numpy as np
 import torch
-import trimesh
 
 from . import __version__
 from .cameras import ring_views
@@ -103,10 +102,8 @@ def write_localization(localization: Localization, mesh: Mesh, out_dir: str) -> 
             labels=weights.labels(), confidence=weights.confidence,
             part_confidence=np.array([localization.part_confidence.get(n, 0.0) for n in weights.names], np.float32),
         )
-        colors = (part_colors(weights.weights) * 255).round().astype(np.uint8)
-        trimesh.Trimesh(mesh.vertices, mesh.faces, vertex_colors=colors, process=False).export(
-            os.path.join(folder, "parts.ply")
-        )
+        ply = os.path.join(folder, "parts.ply")
+        write_ply(ply, mesh.vertices, mesh.faces, colors_srgb=part_colors(weights.weights))
         save_png(os.path.join(folder, "preview.png"), localization_preview(localization, mesh))
 
     return _staged(out_dir, LOCATE_FILES, write)

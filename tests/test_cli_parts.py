@@ -7,8 +7,11 @@ import re
 
 import numpy as np
 import pytest
+import trimesh
 from test_cli import SMALL, engine
 from tolerances import CHANGED, SAME_MATH, assert_close, relative_difference
+
+from engine.parts import part_colors
 
 PROMPT = "pottery base, gold tube, linen shade"
 
@@ -82,6 +85,11 @@ def test_locate_writes_weights_a_colored_ply_and_a_preview(tmp_path):
     confidence = data["part_confidence"]
     assert confidence.shape == (2,) and ((confidence >= 0) & (confidence <= 1)).all()
     assert re.search(r"body: \d+ vertices \(confidence \d\.\d\d\)", proc.stdout), proc.stdout
+    # parts.ply is the mesh colored by part: each vertex its part's palette color, blended by weight.
+    colored = trimesh.load(out / "parts.ply", process=False)
+    expected = np.round(part_colors(data["weights"]) * 255)
+    assert len(colored.vertices) == len(data["weights"]) and len(colored.faces) > 0
+    assert np.abs(colored.visual.vertex_colors[:, :3].astype(float) - expected).max() <= 1
     # The written weights are accepted back as given parts.
     again = engine("stylize", "sample:mug@5k", "--prompt", "red body, blue handle",
                    "--parts-from", str(out / "parts.npz"), "--out", str(tmp_path / "styled"), "--iterations", "2",
