@@ -36,6 +36,7 @@ from .references import WHOLE, mix_targets
 from .relief import relief_bounds
 from .request import StyleRequest
 from .result import StyleResult
+from .shape_measurements import ShapeMeasurements
 from .texture.bake import bake_maps, bake_precision
 from .texture.unwrap import with_generated_layout
 from .train import Objective, StyleTrainer, SurfaceInputs
@@ -160,7 +161,7 @@ def stylize(
         part_weights = copy.expand_part_weights(located.weights) if on_copy else located.weights
         work_weights = located.weights if on_copy or copy is None else copy.reduce_part_weights(located.weights)
         seconds_locating = time.perf_counter() - locating
-    outward, inward = _relief_bounds(mesh, request, settings, on_event)
+    outward, inward = _relief_bounds(mesh, request, settings, store.measurements, on_event)
     carry, carry_bounds = (None, lambda bounds: bounds) if copy is None else (copy.carry, copy.carry_bounds)
     composition = _composition(work.num_vertices, request, work_weights, normalization, carry=carry)
     composition = composition.with_relief(carry_bounds(outward), carry_bounds(inward))
@@ -257,15 +258,18 @@ def _timing_first_preview(on_event: EventSink, started: float) -> tuple[EventSin
     return forward, first
 
 
-def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, on_event: EventSink):
+def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, measurements: ShapeMeasurements,
+                   on_event: EventSink):
     """[V, P] outward and inward displacement bounds of each styled part (unit frame); zeros, without
-    measuring anything, when no part may move."""
+    measuring anything, when no part may move. The thickness is measured once per shape
+    (``measurements`` keeps it for the next run on the same shape)."""
     fractions = request.relief_fractions
     if not any(fractions) or settings.field.max_displacement <= 0:
         zeros = np.zeros((mesh.num_vertices, len(fractions)), np.float32)
         return zeros, zeros
-    on_event(StageEvent("measuring thickness", f"{mesh.num_vertices} vertices, for relief bounds"))
-    thickness = mesh.local_thickness(workers=torch.get_num_threads())  # the run's CPU threads share the rays
+    if measurements.known_thickness(mesh) is None:
+        on_event(StageEvent("measuring thickness", f"{mesh.num_vertices} vertices, for relief bounds"))
+    thickness = measurements.local_thickness(mesh, workers=torch.get_num_threads())  # CPU threads share the rays
     return relief_bounds(thickness, fractions, settings.field.max_displacement)
 
 

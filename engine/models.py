@@ -33,6 +33,7 @@ from .downloads import HUB_PATTERNS, MODEL_SOURCES, ROLES, download_models, form
 from .errors import ModelFormatError, ModelNotFound
 from .footprint import TINY_MODELS_FOLDER, ModelFootprint, model_footprint, role_folder
 from .model_kernels import adapt_clip_to_device, adapt_grounding_to_device
+from .shape_measurements import ShapeMeasurements
 
 _HUB_IDS = {source.role: source.repo_id for source in MODEL_SOURCES}
 DEFAULT_CLIP = _HUB_IDS["clip"]
@@ -148,7 +149,9 @@ def frozen_on_device(model: torch.nn.Module, device: torch.device | str, role: s
 
 
 class ModelStore:
-    """Loads models from one source and keeps them for reuse within a process."""
+    """Loads models from one source and keeps them for reuse within a process, with what runs
+    measured on the shapes they styled (:attr:`measurements`: the add-on, a batch and a command
+    keep one store for all their runs, so a shape styled again is not measured again)."""
 
     def __init__(self, source: str = "tiny", *, allow_download: bool = False, cache_dir: str | None = None,
                  device_kernels: bool = True):
@@ -158,6 +161,7 @@ class ModelStore:
         self.device_kernels = device_kernels  # False: the library's kernels on every device (frozen_on_device)
         self._loaded: dict[tuple[str, str], ClipBundle | GroundingBundle] = {}
         self.load_seconds: dict[str, float] = {}  # role -> seconds spent loading it (a run records its share)
+        self.measurements = ShapeMeasurements()
 
     def describe(self) -> str:
         return self.source if self.source in ("tiny", "default") else os.path.abspath(self.source)
