@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operations", action="store_true",
                    help="instead: the operations a fast step dispatches (about one GPU kernel each), as this CPU runs "
                    "it and as a CUDA GPU with bf16 does, counted here (real-size architectures unless --clip tiny)")
+    p.add_argument("--first-use", action="store_true",
+                   help="instead: what a fast 3-part run's first CLIP step and first grounding step pay once in a "
+                   "process (the first use of each kernel and library), and in which operations; run it alone")
     p.add_argument("--like-cuda", action="store_true",
                    help="with --memory on a CPU: bf16 autocast and the library's kernels, as a CUDA run has them")
     p.add_argument("--models-folder", default=None,
@@ -423,6 +426,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         silence_library_progress()
         run_launch_benchmark(clip=args.clip, out=sys.stdout)
+        return 0
+    if args.first_use:
+        from .bench_first_use import run_first_use_benchmark
+
+        silence_library_progress()
+        run_first_use_benchmark(device=args.device, clip=args.clip, out=sys.stdout)
         return 0
     if args.runs:
         from .bench_runs import RUNS, run_whole_commands

@@ -89,6 +89,39 @@ def test_bench_operations_is_the_operations_benchmark(monkeypatch, capsys):
     assert len(calls) == 1 and calls[0]["clip"] == "tiny"
 
 
+def test_first_use_costs_are_the_first_run_of_each_step_less_the_second_by_operation():
+    from engine.bench_first_use import LISTED_OPERATIONS, STEPS, run_first_use_benchmark
+
+    out = io.StringIO()
+    figures = run_first_use_benchmark(device="cpu", clip="tiny", faces=5_000, out=out)
+    text = out.getvalue()
+    assert figures["setup"] > 0
+    for step in STEPS:
+        timed = figures[step]
+        assert timed["first"] > 0 and timed["second"] > 0
+        assert timed["one_time"] == timed["first"] - timed["second"]
+        assert f"{step:<16}{timed['first']:>10.3f}{timed['second']:>10.3f}" in text
+        operations = timed["operations"]
+        assert 0 < len(operations) <= LISTED_OPERATIONS
+        for _name, once, first, second in operations:
+            assert once == first - second and first > 0
+        ordered = [once for _name, once, _first, _second in operations]
+        assert ordered == sorted(ordered, reverse=True)  # the largest one-time costs first
+        # the operations' own time fits in the step's wall time (the rest is outside any operation)
+        assert sum(first for _name, _once, first, _second in operations) / 1e3 <= timed["first"]
+    assert text.count("the operations with the largest one-time cost") == len(STEPS)
+
+
+def test_bench_first_use_is_the_first_use_benchmark(monkeypatch):
+    import engine.bench_first_use
+    from engine.cli import main
+
+    calls = []
+    monkeypatch.setattr(engine.bench_first_use, "run_first_use_benchmark", lambda **kwargs: calls.append(kwargs))
+    assert main(["bench", "--first-use", "--clip", "tiny", "--device", "cpu"]) == 0
+    assert len(calls) == 1 and calls[0]["clip"] == "tiny" and calls[0]["device"] == "cpu"
+
+
 def test_large_mesh_benchmark_measures_each_size_in_its_own_process():
     from engine.bench_large import LARGE_HEADER, format_large_row, large_mesh_rows
 
