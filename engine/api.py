@@ -30,13 +30,13 @@ from .guidance.grounding_loss import GroundingPartLoss
 from .memory import check_fits, peak_memory_mb, reporting_out_of_memory
 from .mesh import Mesh, Normalization
 from .models import ModelStore
-from .parts import part_colors
+from .parts import PartWeights, part_colors
 from .prompt import StylePrompt, check_part_names
 from .references import WHOLE, mix_targets
 from .relief import relief_bounds
 from .request import StyleRequest
 from .result import StyleResult
-from .shape_measurements import ShapeMeasurements
+from .shape_measurements import LOCATED_PARTS, THICKNESS, ShapeMeasurements
 from .texture.bake import bake_maps, bake_precision
 from .texture.unwrap import with_generated_layout
 from .train import Objective, StyleTrainer, SurfaceInputs
@@ -154,12 +154,11 @@ def stylize(
             on_event(PreviewEvent(0, settings.optim.iterations, part_colors(shown.weights),
                                   np.zeros(mesh.num_vertices, np.float32)))
 
-        located = locate_parts(work if on_copy else mesh, parsed.parts, settings=settings, models=store,
-                               device=dev, on_event=on_event, cancel=cancel,
-                               on_progress=show_parts if settings.run.preview_every else None)  # no settling unseen
-        part_confidence = located.part_confidence
-        part_weights = copy.expand_part_weights(located.weights) if on_copy else located.weights
-        work_weights = located.weights if on_copy or copy is None else copy.reduce_part_weights(located.weights)
+        located, part_confidence = _located_parts(
+            work if on_copy else mesh, parsed.parts, settings, store, dev, on_event, cancel,
+            on_progress=show_parts if settings.run.preview_every else None)  # no settling unseen
+        part_weights = copy.expand_part_weights(located) if on_copy else located
+        work_weights = located if on_copy or copy is None else copy.reduce_part_weights(located)
         seconds_locating = time.perf_counter() - locating
     outward, inward = _relief_bounds(mesh, request, settings, store.measurements, on_event)
     carry, carry_bounds = (None, lambda bounds: bounds) if copy is None else (copy.carry, copy.carry_bounds)
@@ -258,6 +257,30 @@ def _timing_first_preview(on_event: EventSink, started: float) -> tuple[EventSin
     return forward, first
 
 
+def _located_parts(mesh: Mesh, names: tuple[str, ...], settings: Settings, store: ModelStore, device: torch.device,
+                   on_event: EventSink, cancel: CancelToken | None, *, on_progress=None):
+    """The parts ``names`` located on ``mesh`` (:func:`locate_parts`): (their :class:`PartWeights`,
+    each part's confidence). Located once per shape, names, localization settings and device in the
+    store's session: a later run with the same ones (other styles, say) takes them from
+    ``store.measurements``, announcing them with one preview (``on_progress``) instead of locating."""
+    depends_on = repr((tuple(names), settings.localize, settings.views, settings.render, str(device)))
+    kept = store.measurements.known(LOCATED_PARTS, mesh, depends_on)
+    if kept is not None:
+        on_event(StageEvent("locating parts", f"{', '.join(names)}: as located on this shape earlier"))
+        if on_progress is not None:
+            on_progress(kept[0], 1, 1)
+        return kept[0], dict(kept[1])
+
+    def locate() -> tuple[PartWeights, dict[str, float]]:
+        found = locate_parts(mesh, names, settings=settings, models=store, device=device, on_event=on_event,
+                             cancel=cancel, on_progress=on_progress)
+        for array in (found.weights.weights, found.weights.confidence):
+            array.setflags(write=False)  # shared by the runs that reuse them
+        return found.weights, dict(found.part_confidence)
+
+    return store.measurements.measured(LOCATED_PARTS, mesh, locate, depends_on)
+
+
 def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, measurements: ShapeMeasurements,
                    on_event: EventSink):
     """[V, P] outward and inward displacement bounds of each styled part (unit frame); zeros, without
@@ -267,9 +290,10 @@ def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, measur
     if not any(fractions) or settings.field.max_displacement <= 0:
         zeros = np.zeros((mesh.num_vertices, len(fractions)), np.float32)
         return zeros, zeros
-    if measurements.known_thickness(mesh) is None:
+    if measurements.known(THICKNESS, mesh) is None:
         on_event(StageEvent("measuring thickness", f"{mesh.num_vertices} vertices, for relief bounds"))
-    thickness = measurements.local_thickness(mesh, workers=torch.get_num_threads())  # CPU threads share the rays
+    thickness = measurements.measured(  # the run's CPU threads share the rays
+        THICKNESS, mesh, lambda: mesh.local_thickness(workers=torch.get_num_threads()))
     return relief_bounds(thickness, fractions, settings.field.max_displacement)
 
 

@@ -1,5 +1,6 @@
-"""A shape's local thickness measured once per session (engine/shape_measurements.py): a run on an
-equal shape, built afresh as the add-on and a batch build it, reuses it; any other shape is measured."""
+"""What runs measure on a shape, measured once per session (engine/shape_measurements.py): a run on
+an equal shape, built afresh as the add-on and a batch build it, reuses its local thickness and, with
+the same part names and localization settings, its located parts; any other shape is measured."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import pytest
 import engine.geometry.thickness as thickness_module
 from engine.api import stylize
 from engine.config import settings_for
-from engine.events import StageEvent
+from engine.events import PreviewEvent, StageEvent
 from engine.mesh import mesh_from_arrays
 from engine.models import ModelStore
 from engine.parts import PartWeights
 from engine.request import StyleRequest
 from engine.samples import sample_mesh
-from engine.shape_measurements import ShapeMeasurements, shape_key
+from engine.shape_measurements import THICKNESS, ShapeMeasurements, shape_key
 
 
 @pytest.fixture
@@ -38,18 +39,22 @@ def _rebuilt(mesh, vertices=None, faces=None):
                             (mesh.faces if faces is None else faces).copy(), name=mesh.name)
 
 
+def _thickness(kept: ShapeMeasurements, mesh):
+    return kept.measured(THICKNESS, mesh, mesh.local_thickness)
+
+
 def test_an_equal_shape_is_measured_once_and_any_change_is_measured_again(measured):
     lamp = sample_mesh("lamp", 1500)
     kept = ShapeMeasurements()
-    first = kept.local_thickness(_rebuilt(lamp))
-    again = kept.local_thickness(_rebuilt(lamp))
+    first = _thickness(kept, _rebuilt(lamp))
+    again = _thickness(kept, _rebuilt(lamp))
     assert again is first and measured == [lamp.num_vertices]
     moved = lamp.vertices.copy()
     moved[7, 2] += 1e-4  # one coordinate of one vertex
-    changed = kept.local_thickness(_rebuilt(lamp, vertices=moved))
+    changed = _thickness(kept, _rebuilt(lamp, vertices=moved))
     flipped = lamp.faces.copy()
     flipped[0] = flipped[0, ::-1]  # one face turned over: its normal, and the thickness behind it, change
-    kept.local_thickness(_rebuilt(lamp, faces=flipped))
+    _thickness(kept, _rebuilt(lamp, faces=flipped))
     assert len(measured) == 3
     assert not np.array_equal(changed.inside, first.inside) or not np.array_equal(changed.bend, first.bend)
 
@@ -67,12 +72,35 @@ def test_only_the_most_recent_shapes_are_kept(measured):
     kept = ShapeMeasurements(capacity=2)
     shapes = [sample_mesh(name, 800) for name in ("lamp", "mug", "chair")]
     for mesh in shapes:
-        kept.local_thickness(mesh)
-    kept.local_thickness(_rebuilt(shapes[2]))  # kept
-    kept.local_thickness(_rebuilt(shapes[1]))  # kept
+        _thickness(kept, mesh)
+    _thickness(kept, _rebuilt(shapes[2]))  # kept
+    _thickness(kept, _rebuilt(shapes[1]))  # kept
     assert len(measured) == 3
-    kept.local_thickness(_rebuilt(shapes[0]))  # the oldest was let go
+    _thickness(kept, _rebuilt(shapes[0]))  # the oldest was let go
     assert len(measured) == 4
+
+
+def test_what_else_a_measurement_depends_on_is_part_of_its_key():
+    lamp = sample_mesh("lamp", 800)
+    kept = ShapeMeasurements()
+    made = []
+    for depends_on in ("base, shade @ cpu", "base, shade @ cpu", "base @ cpu", "base, shade @ cuda:0"):
+        kept.measured("located parts", _rebuilt(lamp), lambda d=depends_on: made.append(d) or d, depends_on)
+    assert made == ["base, shade @ cpu", "base @ cpu", "base, shade @ cuda:0"]
+    assert kept.known("located parts", lamp, "base @ cpu") == "base @ cpu"
+    assert kept.known("local thickness", lamp, "base @ cpu") is None  # another kind
+
+
+def test_a_measurement_that_fails_is_not_kept():
+    lamp = sample_mesh("lamp", 800)
+    kept = ShapeMeasurements()
+
+    def fails():
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError):
+        kept.measured("located parts", lamp, fails)
+    assert kept.known("located parts", lamp) is None
 
 
 def test_a_second_run_on_the_same_shape_skips_the_measurement_and_gives_the_same_result(measured):
@@ -96,3 +124,34 @@ def test_a_second_run_on_the_same_shape_skips_the_measurement_and_gives_the_same
     assert np.array_equal(results[0].displacement, results[1].displacement)
     assert np.array_equal(results[0].colors_srgb, results[1].colors_srgb)
     assert np.abs(results[1].displacement).max() > 0  # relief was on: the reused thickness bounded it
+
+
+def test_a_rerun_with_the_same_part_names_and_other_styles_takes_the_parts_located_before(monkeypatch):
+    import engine.api
+
+    located = []
+    locate = engine.api.locate_parts
+    monkeypatch.setattr(engine.api, "locate_parts", lambda *a, **k: located.append(a[1]) or locate(*a, **k))
+    lamp = sample_mesh("lamp", 5000)
+    settings = settings_for("fast", ["optim.iterations=2", "views.count=2", "render.resolution=96", "field.width=64",
+                                     "localize.views=4", "localize.resolution=256", "run.preview_every=1"])
+    store = ModelStore("tiny")
+    runs = []
+    for prompt in ("red base, blue shade", "gold base, green shade", "red base, blue shade"):
+        events: list = []
+        result = stylize(_rebuilt(lamp), prompt, settings=settings, models=store, device="cpu", on_event=events.append)
+        runs.append((result, events))
+    assert located == [("base", "shade")]  # the later runs reused the first one's parts
+    (first, _), (other_styles, events), (same_again, _) = runs
+    assert np.array_equal(first.parts.weights, other_styles.parts.weights)
+    assert first.record["part_confidence"] == other_styles.record["part_confidence"]
+    stage = [e.detail for e in events if isinstance(e, StageEvent) and e.name == "locating parts"]
+    assert stage == ["base, shade: as located on this shape earlier"]
+    assert any(isinstance(e, PreviewEvent) and e.step == 0 for e in events)  # the parts are shown, as when located
+    assert not np.array_equal(first.colors_srgb, other_styles.colors_srgb)  # the styles did change
+    assert np.array_equal(first.colors_srgb, same_again.colors_srgb)  # and the same prompt gives the same result
+    # other localization settings locate again
+    stylize(_rebuilt(lamp), "red base, blue shade", settings=settings_for("fast", [
+        "optim.iterations=2", "views.count=2", "render.resolution=96", "field.width=64", "localize.views=3",
+        "localize.resolution=256"]), models=store, device="cpu")
+    assert len(located) == 2
