@@ -14,6 +14,7 @@ session, of a batch or of a command).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -24,9 +25,11 @@ import numpy as np
 
 from .mesh import Mesh
 
-#: Measurements kept (the most recently used): a thickness takes 12 bytes a vertex, located parts
-#: 4 bytes a vertex and part.
+#: Measurements kept at most (the most recently used), and the bytes of their arrays at most: a
+#: thickness takes 12 bytes a vertex, located parts 4 bytes a vertex and part (8 MB and 16 MB for a
+#: 3-part run on a 1M-vertex mesh), so a Blender session that styles many large objects stays small.
 KEPT_MEASUREMENTS = 16
+KEPT_BYTES = 256 * 2**20
 THICKNESS = "local thickness"
 LOCATED_PARTS = "located parts"
 
@@ -45,25 +48,34 @@ def shape_key(mesh: Mesh) -> bytes:
 
 
 class ShapeMeasurements:
-    """The last :data:`KEPT_MEASUREMENTS` measurements made, each by its kind (:data:`THICKNESS`,
+    """The last measurements made (at most ``capacity`` of them, whose arrays take at most
+    ``max_bytes``; the newest is always kept), each by its kind (:data:`THICKNESS`,
     :data:`LOCATED_PARTS`), the shape's :func:`shape_key` and ``depends_on``: a text naming whatever
     else the measurement depends on (settings, part names, device), which the caller composes.
 
     Safe to share between threads (the add-on's runs work on a thread of their own)."""
 
-    def __init__(self, capacity: int = KEPT_MEASUREMENTS):
+    def __init__(self, capacity: int = KEPT_MEASUREMENTS, max_bytes: int = KEPT_BYTES):
         self.capacity = capacity
-        self._kept: OrderedDict[tuple[str, bytes, str], object] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._kept: OrderedDict[tuple[str, bytes, str], tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes of the kept measurements' arrays."""
+        with self._lock:
+            return sum(size for _value, size in self._kept.values())
 
     def known(self, kind: str, mesh: Mesh, depends_on: str = ""):
         """The measurement of ``kind`` made earlier for ``mesh``'s shape and ``depends_on``, or None."""
         key = (kind, shape_key(mesh), depends_on)
         with self._lock:
             kept = self._kept.get(key)
-            if kept is not None:
-                self._kept.move_to_end(key)
-            return kept
+            if kept is None:
+                return None
+            self._kept.move_to_end(key)
+            return kept[0]
 
     def measured(self, kind: str, mesh: Mesh, measure: Callable[[], T], depends_on: str = "") -> T:
         """The measurement :meth:`known` has, or ``measure()`` (made outside the lock; kept unless it
@@ -73,7 +85,22 @@ class ShapeMeasurements:
             return kept
         value = measure()
         with self._lock:
-            self._kept[(kind, shape_key(mesh), depends_on)] = value
-            while len(self._kept) > self.capacity:
+            self._kept[(kind, shape_key(mesh), depends_on)] = (value, array_bytes(value))
+            while len(self._kept) > 1 and (len(self._kept) > self.capacity or
+                                           sum(size for _value, size in self._kept.values()) > self.max_bytes):
                 self._kept.popitem(last=False)
         return value
+
+
+def array_bytes(value) -> int:
+    """The bytes of the numpy arrays ``value`` holds: itself, or in its dataclass fields, tuple or list
+    items and dict values, at any depth."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(array_bytes(getattr(value, field.name)) for field in dataclasses.fields(value))
+    if isinstance(value, (tuple, list)):
+        return sum(array_bytes(item) for item in value)
+    if isinstance(value, dict):
+        return sum(array_bytes(item) for item in value.values())
+    return 0

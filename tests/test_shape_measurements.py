@@ -16,7 +16,7 @@ from engine.models import ModelStore
 from engine.parts import PartWeights
 from engine.request import StyleRequest
 from engine.samples import sample_mesh
-from engine.shape_measurements import THICKNESS, ShapeMeasurements, shape_key
+from engine.shape_measurements import THICKNESS, ShapeMeasurements, array_bytes, shape_key
 
 
 @pytest.fixture
@@ -78,6 +78,25 @@ def test_only_the_most_recent_shapes_are_kept(measured):
     assert len(measured) == 3
     _thickness(kept, _rebuilt(shapes[0]))  # the oldest was let go
     assert len(measured) == 4
+
+
+def test_the_kept_arrays_stay_within_their_byte_budget_and_the_newest_is_always_kept(measured):
+    lamp, mug = sample_mesh("lamp", 800), sample_mesh("mug", 800)
+    one = 12 * lamp.num_vertices  # a thickness: three float32 values a vertex
+    assert array_bytes(lamp.local_thickness()) == one
+    parts = PartWeights.from_labels(lamp.labels, lamp.label_names)
+    assert array_bytes((parts, {"base": 0.5})) == parts.weights.nbytes + parts.confidence.nbytes
+    kept = ShapeMeasurements(max_bytes=one + 12 * mug.num_vertices - 1)  # not both
+    _thickness(kept, lamp)
+    assert kept.kept_bytes == one
+    _thickness(kept, mug)
+    assert kept.kept_bytes == 12 * mug.num_vertices  # the lamp's was let go for the newest
+    _thickness(kept, _rebuilt(lamp))
+    assert len(measured) == 3
+    tiny = ShapeMeasurements(max_bytes=1)  # smaller than any measurement: the newest still stays
+    _thickness(tiny, mug)  # the mug object's own cache: nothing measured
+    _thickness(tiny, _rebuilt(mug))  # a new object of the same shape: from the one kept
+    assert len(measured) == 3 and tiny.known(THICKNESS, mug) is not None
 
 
 def test_what_else_a_measurement_depends_on_is_part_of_its_key():
