@@ -8,9 +8,11 @@ the localization runs through all its views and the optimization takes the sampl
 On a CUDA GPU the figures are ``torch.cuda.max_memory_allocated``. A CPU has no such counter, so
 :class:`AllocationCounter` counts the bytes of every tensor storage created while the run works and
 not yet freed (what the CUDA counter counts, without its 512-byte rounding). ``like_cuda`` runs the
-CPU as a GPU would: bf16 autocast for every model and the field, and the library's own kernels (no
-CPU kernels from ``engine/model_kernels.py``): the GPU's figures, measured on a CPU (slowly, where
-the CPU has no native bf16).
+CPU as a GPU would: bf16 autocast for every model and the field, the library's own kernels (no
+CPU kernels from ``engine/model_kernels.py``) and the bf16 weight copies a CUDA store gives the
+models' image paths (``model_kernels.BF16_COPIES_ON_CUDA``): the GPU's figures, measured on a CPU
+(slowly, where the CPU has no native bf16); its estimate is a CUDA run's, less the GPU libraries'
+workspaces, which are not tensors a CPU can count (``memory.GPU_WORKSPACE_BYTES``).
 
 Each row gives the models' weights, the peak over them during localization and during the two
 steps, their sum, and :func:`engine.memory.estimate_memory`'s total without the process itself.
@@ -32,7 +34,8 @@ from .bench_runs import HOLISTIC_PROMPT, PART_PROMPT, ZERO_THRESHOLDS, default_f
 from .config import PRECISION_STAGES, settings_for
 from .devices import resolve_device
 from .errors import PartNotFound
-from .memory import estimate_memory
+from .memory import GPU_WORKSPACE_BYTES, estimate_memory
+from .model_kernels import BF16_COPIES_ON_CUDA, keep_bfloat16_weights
 from .models import ModelStore
 from .parts import PartWeights
 from .prompt import parse_prompt
@@ -106,6 +109,9 @@ def measure_run(
     parts = 0 if holistic else len(parse_prompt(prompt).parts)
     roles = ("clip",) if holistic else ("clip", "grounding", "segmenter")  # a located run loads all three
     bundles = [getattr(store, role)(device) for role in roles]
+    if like_cuda:  # as a CUDA store prepares them: bf16 copies of the image paths' weights
+        for role, bundle in zip(roles, bundles, strict=True):
+            keep_bfloat16_weights(bundle.model, BF16_COPIES_ON_CUDA.get(role, ()))
     weights = sum(t.numel() * t.element_size() for b in bundles for t in [*b.model.parameters(), *b.model.buffers()])
     mesh = sample_mesh("lamp", faces)
     counter = _Counter(device)
@@ -119,9 +125,10 @@ def measure_run(
         stylize(mesh, request, settings=settings, models=store, device=device)
         steps = counter.stage_peak()
     estimate = estimate_memory(mesh.num_vertices, settings, parts, models=store.footprint(), locating=not holistic,
-                               device_type=device.type)
+                               device_type="cuda" if like_cuda else device.type)
+    uncounted = estimate.process + (GPU_WORKSPACE_BYTES if like_cuda else 0)
     return {"preset": preset, "parts": parts, "weights": weights, "locating": locating, "steps": steps,
-            "peak": weights + max(locating, steps), "estimate": estimate.total - estimate.process}
+            "peak": weights + max(locating, steps), "estimate": estimate.total - uncounted}
 
 
 class _Counter:

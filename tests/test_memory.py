@@ -19,6 +19,7 @@ from engine.config import settings_for
 from engine.errors import ResourceError
 from engine.footprint import REAL_MODELS, TINY_MODELS_FOLDER, model_footprint
 from engine.memory import GPU_WORKSPACE_BYTES, check_fits, estimate_memory, is_out_of_memory
+from engine.models import ModelStore
 from engine.samples import sample_mesh
 
 MB = 2**20
@@ -50,6 +51,25 @@ def test_the_estimate_holds_what_a_run_allocates_with_little_to_spare(preset, ho
     row = measure_run(preset, models="tiny", device=torch.device("cpu"), faces=20_000, holistic=holistic)
     assert row["steps"] > 0 and (row["locating"] > 0) != holistic
     assert row["peak"] <= row["estimate"] < 1.5 * row["peak"], row
+
+
+def test_counted_as_on_cuda_the_weights_hold_the_bf16_copies_and_the_estimate_holds_the_run():
+    """``--like-cuda``: the models as a CUDA store prepares them, so the weights column holds the
+    image paths' bf16 copies (2 bytes a weight of the linear layers a CUDA store copies), and the
+    estimate, a CUDA run's less the GPU libraries' workspaces, still holds what the run allocates."""
+    from engine.model_kernels import BF16_COPIES_ON_CUDA, LinearWithBfloat16Copy
+
+    plain = measure_run("fast", models="tiny", device=torch.device("cpu"), faces=5_000)
+    like_cuda = measure_run("fast", models="tiny", device=torch.device("cpu"), faces=5_000, like_cuda=True)
+    store = ModelStore("tiny")
+    copied = 0
+    for role, prefixes in BF16_COPIES_ON_CUDA.items():
+        for name, module in getattr(store, role)("cpu").model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.startswith(prefixes):
+                copied += 2 * sum(p.numel() for p in module.parameters())
+    assert copied > 0 and not any(isinstance(m, LinearWithBfloat16Copy) for m in store.clip("cpu").model.modules())
+    assert like_cuda["weights"] - plain["weights"] == copied
+    assert like_cuda["peak"] <= like_cuda["estimate"] < 1.5 * like_cuda["peak"], like_cuda
 
 
 def test_the_benchmark_prints_a_row_per_preset_with_the_figures_it_returns():
