@@ -142,6 +142,7 @@ def stylize(
     part_weights = work_weights = None
     seconds_locating = 0.0
     part_confidence: dict[str, float] = {}
+    reused: list[str] = []  # measurements taken from an earlier run on this shape (run.json)
     if request.parts is not None:
         part_weights = request.parts.select(parsed.parts)
         work_weights = part_weights if copy is None else copy.reduce_part_weights(part_weights)
@@ -155,12 +156,12 @@ def stylize(
                                   np.zeros(mesh.num_vertices, np.float32)))
 
         located, part_confidence = _located_parts(
-            work if on_copy else mesh, parsed.parts, settings, store, dev, on_event, cancel,
+            work if on_copy else mesh, parsed.parts, settings, store, dev, on_event, cancel, reused,
             on_progress=show_parts if settings.run.preview_every else None)  # no settling unseen
         part_weights = copy.expand_part_weights(located) if on_copy else located
         work_weights = located if on_copy or copy is None else copy.reduce_part_weights(located)
         seconds_locating = time.perf_counter() - locating
-    outward, inward = _relief_bounds(mesh, request, settings, store.measurements, on_event)
+    outward, inward = _relief_bounds(mesh, request, settings, store.measurements, on_event, reused)
     carry, carry_bounds = (None, lambda bounds: bounds) if copy is None else (copy.carry, copy.carry_bounds)
     composition = _composition(work.num_vertices, request, work_weights, normalization, carry=carry)
     composition = composition.with_relief(carry_bounds(outward), carry_bounds(inward))
@@ -223,6 +224,7 @@ def stylize(
         "normalization": {"center": normalization.center.tolist(), "scale": normalization.scale},
         "optimized_vertices": work.num_vertices,
         "optimized_on": "mesh" if copy is None else copy.kind,
+        "reused_from_earlier_run": reused,
         "relief": dict(zip(["whole object"] if parsed.is_holistic else [pair.part for pair in styled],
                            request.relief_fractions, strict=True)),
     }
@@ -258,14 +260,16 @@ def _timing_first_preview(on_event: EventSink, started: float) -> tuple[EventSin
 
 
 def _located_parts(mesh: Mesh, names: tuple[str, ...], settings: Settings, store: ModelStore, device: torch.device,
-                   on_event: EventSink, cancel: CancelToken | None, *, on_progress=None):
+                   on_event: EventSink, cancel: CancelToken | None, reused: list[str], *, on_progress=None):
     """The parts ``names`` located on ``mesh`` (:func:`locate_parts`): (their :class:`PartWeights`,
     each part's confidence). Located once per shape, names, localization settings and device in the
     store's session: a later run with the same ones (other styles, say) takes them from
-    ``store.measurements``, announcing them with one preview (``on_progress``) instead of locating."""
+    ``store.measurements``, announcing them with one preview (``on_progress``) instead of locating,
+    and says so in ``reused``."""
     depends_on = repr((tuple(names), settings.localize, settings.views, settings.render, str(device)))
     kept = store.measurements.known(LOCATED_PARTS, mesh, depends_on)
     if kept is not None:
+        reused.append(LOCATED_PARTS)
         on_event(StageEvent("locating parts", f"{', '.join(names)}: as located on this shape earlier"))
         if on_progress is not None:
             on_progress(kept[0], 1, 1)
@@ -282,16 +286,18 @@ def _located_parts(mesh: Mesh, names: tuple[str, ...], settings: Settings, store
 
 
 def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, measurements: ShapeMeasurements,
-                   on_event: EventSink):
+                   on_event: EventSink, reused: list[str]):
     """[V, P] outward and inward displacement bounds of each styled part (unit frame); zeros, without
     measuring anything, when no part may move. The thickness is measured once per shape
-    (``measurements`` keeps it for the next run on the same shape)."""
+    (``measurements`` keeps it for the next run on the same shape; ``reused`` says when it did)."""
     fractions = request.relief_fractions
     if not any(fractions) or settings.field.max_displacement <= 0:
         zeros = np.zeros((mesh.num_vertices, len(fractions)), np.float32)
         return zeros, zeros
     if measurements.known(THICKNESS, mesh) is None:
         on_event(StageEvent("measuring thickness", f"{mesh.num_vertices} vertices, for relief bounds"))
+    else:
+        reused.append(THICKNESS)
     thickness = measurements.measured(  # the run's CPU threads share the rays
         THICKNESS, mesh, lambda: mesh.local_thickness(workers=torch.get_num_threads()))
     return relief_bounds(thickness, fractions, settings.field.max_displacement)

@@ -140,6 +140,8 @@ def test_a_second_run_on_the_same_shape_skips_the_measurement_and_gives_the_same
         stages.append(events)
     assert measured == [lamp.num_vertices]
     assert "measuring thickness" in stages[0] and "measuring thickness" not in stages[1]
+    assert results[0].record["reused_from_earlier_run"] == []
+    assert results[1].record["reused_from_earlier_run"] == ["local thickness"]  # run.json says so
     assert np.array_equal(results[0].displacement, results[1].displacement)
     assert np.array_equal(results[0].colors_srgb, results[1].colors_srgb)
     assert np.abs(results[1].displacement).max() > 0  # relief was on: the reused thickness bounded it
@@ -161,6 +163,7 @@ def test_a_rerun_with_the_same_part_names_and_other_styles_takes_the_parts_locat
         result = stylize(_rebuilt(lamp), prompt, settings=settings, models=store, device="cpu", on_event=events.append)
         runs.append((result, events))
     assert located == [("base", "shade")]  # the later runs reused the first one's parts
+    assert runs[1][0].record["reused_from_earlier_run"] == ["located parts", "local thickness"]
     (first, _), (other_styles, events), (same_again, _) = runs
     assert np.array_equal(first.parts.weights, other_styles.parts.weights)
     assert first.record["part_confidence"] == other_styles.record["part_confidence"]
