@@ -150,8 +150,8 @@ def frozen_on_device(model: torch.nn.Module, device: torch.device | str, role: s
 
 class ModelStore:
     """Loads models from one source and keeps them for reuse within a process, with what runs
-    measured on the shapes they styled (:attr:`measurements`: the add-on, a batch and a command
-    keep one store for all their runs, so a shape styled again is not measured again)."""
+    measured on the shapes they styled (:attr:`measurements`: the add-on and a batch keep one store
+    for all their runs, so a shape styled again is not measured or located again)."""
 
     def __init__(self, source: str = "tiny", *, allow_download: bool = False, cache_dir: str | None = None,
                  device_kernels: bool = True):

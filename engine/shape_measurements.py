@@ -69,27 +69,30 @@ class ShapeMeasurements:
 
     def known(self, kind: str, mesh: Mesh, depends_on: str = ""):
         """The measurement of ``kind`` made earlier for ``mesh``'s shape and ``depends_on``, or None."""
+        return self._lookup((kind, shape_key(mesh), depends_on))
+
+    def measured(self, kind: str, mesh: Mesh, measure: Callable[[], T], depends_on: str = "") -> T:
+        """The measurement :meth:`known` has, or ``measure()`` (made outside the lock; kept unless it
+        raises)."""
         key = (kind, shape_key(mesh), depends_on)
+        kept = self._lookup(key)
+        if kept is not None:
+            return kept
+        value = measure()
+        with self._lock:
+            self._kept[key] = (value, array_bytes(value))
+            while len(self._kept) > 1 and (len(self._kept) > self.capacity or
+                                           sum(size for _value, size in self._kept.values()) > self.max_bytes):
+                self._kept.popitem(last=False)
+        return value
+
+    def _lookup(self, key: tuple[str, bytes, str]):
         with self._lock:
             kept = self._kept.get(key)
             if kept is None:
                 return None
             self._kept.move_to_end(key)
             return kept[0]
-
-    def measured(self, kind: str, mesh: Mesh, measure: Callable[[], T], depends_on: str = "") -> T:
-        """The measurement :meth:`known` has, or ``measure()`` (made outside the lock; kept unless it
-        raises)."""
-        kept = self.known(kind, mesh, depends_on)
-        if kept is not None:
-            return kept
-        value = measure()
-        with self._lock:
-            self._kept[(kind, shape_key(mesh), depends_on)] = (value, array_bytes(value))
-            while len(self._kept) > 1 and (len(self._kept) > self.capacity or
-                                           sum(size for _value, size in self._kept.values()) > self.max_bytes):
-                self._kept.popitem(last=False)
-        return value
 
 
 def array_bytes(value) -> int:
