@@ -37,9 +37,10 @@ class TriangleTree:
         corners: [F, 3, 3] float64, triangle ``i`` of the sorted order (``corners[i, j]`` is its
             j-th corner).
         order: [F] int64, the input face index of each sorted triangle.
-        lows, highs: per level from the root (one node) down to the leaves, [N_l, 3] float64 box
-            corners; node ``i`` of a level has children ``2i`` and ``2i + 1`` one level down, and
-            leaf ``i`` holds sorted triangles ``LEAF_SIZE * i`` up to the next leaf's.
+        lows, highs: per level from the root (one node) down to the leaves, [3, N_l] float32 box
+            corners, one contiguous row per axis (x, y, z: the traversal gathers and compares one
+            axis at a time); node ``i`` of a level has children ``2i`` and ``2i + 1`` one level
+            down, and leaf ``i`` holds sorted triangles ``LEAF_SIZE * i`` up to the next leaf's.
     """
 
     corners: np.ndarray
@@ -61,9 +62,10 @@ class TriangleTree:
             lows.append(np.minimum.reduceat(lows[-1], pairs))
             highs.append(np.maximum.reduceat(highs[-1], pairs))
         # float32 boxes, widened by one ulp so that rounding never shrinks them: half the memory
-        # traffic of the traversal, which is what its time is made of.
-        lows = [np.nextafter(level.astype(np.float32), np.float32(-np.inf)) for level in reversed(lows)]
-        highs = [np.nextafter(level.astype(np.float32), np.float32(np.inf)) for level in reversed(highs)]
+        # traffic of the traversal, which is what its time is made of; axis-major, so each of its
+        # gathers and comparisons runs over contiguous values (1.4x faster than [N, 3] rows).
+        lows = [np.nextafter(level.astype(np.float32), np.float32(-np.inf)).T.copy() for level in reversed(lows)]
+        highs = [np.nextafter(level.astype(np.float32), np.float32(np.inf)).T.copy() for level in reversed(highs)]
         return TriangleTree(corners, order, tuple(lows), tuple(highs))
 
     @property
@@ -117,9 +119,14 @@ class TriangleTree:
 
         def overlapping(start: int) -> tuple[np.ndarray, np.ndarray]:
             lo, hi = lows[start:start + CHUNK], highs[start:start + CHUNK]
+            lo_axes, hi_axes = np.ascontiguousarray(lo.T), np.ascontiguousarray(hi.T)  # [3, C] each
 
             def meets(q, level, node):
-                return np.all((lo[q] <= self.highs[level][node]) & (hi[q] >= self.lows[level][node]), axis=1)
+                node_lo, node_hi = self.lows[level], self.highs[level]
+                met = (lo_axes[0][q] <= node_hi[0][node]) & (hi_axes[0][q] >= node_lo[0][node])
+                for axis in (1, 2):
+                    met &= (lo_axes[axis][q] <= node_hi[axis][node]) & (hi_axes[axis][q] >= node_lo[axis][node])
+                return met
 
             q, leaf = self._descend(meets, len(lo))
             q, tri = self._leaf_triangles(q, leaf)
@@ -140,7 +147,7 @@ class TriangleTree:
             keep = meets(query, level, node)
             query, node = query[keep], node[keep]
             if level + 1 < len(self.lows):
-                children = len(self.lows[level + 1])
+                children = self.lows[level + 1].shape[1]
                 query = np.repeat(query, 2)
                 node = (2 * node[:, None] + np.arange(2)).reshape(-1)
                 inside = node < children
@@ -157,17 +164,19 @@ class TriangleTree:
     def _trace(self, origins, directions, min_distance: float, max_distance: float) -> np.ndarray:
         """Nearest hit in [min_distance, max_distance] of each ray (inf if none) and its input face (-1)."""
         safe = np.where(np.abs(directions) < 1e-12, np.copysign(1e-12, directions), directions)
-        inverse = (1.0 / safe).astype(np.float32)  # finite: a ray parallel to a slab gets a huge slope
-        start = origins.astype(np.float32)
+        inverse = (1.0 / safe).astype(np.float32).T.copy()  # [3, R]; finite: a ray parallel to a slab gets a huge slope
+        start = origins.astype(np.float32).T.copy()  # [3, R]
         slack = np.float32(1e-5)  # float32 rounding of the slab distances, in unit-frame units
 
         def meets(q, level, node):
-            o, i = start[q], inverse[q]
-            t0 = (self.lows[level][node] - o) * i
-            t1 = (self.highs[level][node] - o) * i
-            low, high = np.minimum(t0, t1), np.maximum(t0, t1)
-            near = np.maximum(np.maximum(low[:, 0], low[:, 1]), low[:, 2])
-            far = np.minimum(np.minimum(high[:, 0], high[:, 1]), high[:, 2])
+            near = far = None
+            for axis in range(3):  # the slab test one axis at a time, over contiguous values
+                o, i = start[axis][q], inverse[axis][q]
+                t0 = (self.lows[level][axis][node] - o) * i
+                t1 = (self.highs[level][axis][node] - o) * i
+                low, high = np.minimum(t0, t1), np.maximum(t0, t1)
+                near = low if near is None else np.maximum(near, low)
+                far = high if far is None else np.minimum(far, high)
             return (near <= far + slack) & (far >= min_distance - slack) & (near <= max_distance + slack)
 
         ray, leaf = self._descend(meets, len(origins))
