@@ -34,8 +34,8 @@ class TriangleTree:
     """Triangles in Morton order with a complete binary tree of boxes above them.
 
     Attributes:
-        corners: [F, 3, 3] float64, triangle ``i`` of the sorted order (``corners[i, j]`` is its
-            j-th corner).
+        corners: [3, 3, F] float64, axis-major: ``corners[j, k, i]`` is axis ``k`` of the j-th
+            corner of triangle ``i`` of the sorted order.
         order: [F] int64, the input face index of each sorted triangle.
         lows, highs: per level from the root (one node) down to the leaves, [3, N_l] float32 box
             corners, one contiguous row per axis (x, y, z: the traversal gathers and compares one
@@ -66,11 +66,11 @@ class TriangleTree:
         # gathers and comparisons runs over contiguous values (1.4x faster than [N, 3] rows).
         lows = [np.nextafter(level.astype(np.float32), np.float32(-np.inf)).T.copy() for level in reversed(lows)]
         highs = [np.nextafter(level.astype(np.float32), np.float32(np.inf)).T.copy() for level in reversed(highs)]
-        return TriangleTree(corners, order, tuple(lows), tuple(highs))
+        return TriangleTree(corners.transpose(1, 2, 0).copy(), order, tuple(lows), tuple(highs))
 
     @property
     def num_triangles(self) -> int:
-        return int(self.corners.shape[0])
+        return int(self.corners.shape[2])
 
     def nearest_hits(
         self, origins: np.ndarray, directions: np.ndarray, max_distance: float, min_distance: float = 0.0, *,
@@ -130,8 +130,11 @@ class TriangleTree:
 
             q, leaf = self._descend(meets, len(lo))
             q, tri = self._leaf_triangles(q, leaf)
-            box_lo, box_hi = self.corners[tri].min(1), self.corners[tri].max(1)
-            keep = np.all((lo[q] <= box_hi) & (hi[q] >= box_lo), axis=1)
+            corners = self.corners[:, :, tri]  # [3 corners, 3 axes, P]
+            box_lo, box_hi = corners.min(0), corners.max(0)
+            keep = (lo_axes[0][q] <= box_hi[0]) & (hi_axes[0][q] >= box_lo[0])
+            for axis in (1, 2):
+                keep &= (lo_axes[axis][q] <= box_hi[axis]) & (hi_axes[axis][q] >= box_lo[axis])
             return q[keep] + start, self.order[tri[keep]]
 
         found = _map(overlapping, range(0, len(lows), CHUNK), workers)
@@ -166,6 +169,7 @@ class TriangleTree:
         safe = np.where(np.abs(directions) < 1e-12, np.copysign(1e-12, directions), directions)
         inverse = (1.0 / safe).astype(np.float32).T.copy()  # [3, R]; finite: a ray parallel to a slab gets a huge slope
         start = origins.astype(np.float32).T.copy()  # [3, R]
+        origin_axes, direction_axes = origins.T.copy(), directions.T.copy()  # [3, R] float64
         slack = np.float32(1e-5)  # float32 rounding of the slab distances, in unit-frame units
 
         def meets(q, level, node):
@@ -181,7 +185,7 @@ class TriangleTree:
 
         ray, leaf = self._descend(meets, len(origins))
         ray, triangle = self._leaf_triangles(ray, leaf)
-        t = ray_triangle_distances(origins[ray], directions[ray], self.corners[triangle])
+        t = _distances_by_axis(origin_axes[:, ray], direction_axes[:, ray], self.corners[:, :, triangle])
         hit = (t >= min_distance) & (t <= max_distance)
         ray, triangle, t = ray[hit], triangle[hit], t[hit]
         first = np.lexsort((t, ray))  # by ray, nearest first
@@ -207,11 +211,18 @@ def _stages(first: float, last: float) -> list[float]:
 
 
 def ray_triangle_distances(origins: np.ndarray, directions: np.ndarray, corners: np.ndarray) -> np.ndarray:
-    """Möller-Trumbore: [N, 3] rays against [N, 3, 3] triangles -> [N] distance along each ray to
-    its triangle's plane where the ray passes through the triangle (either side), else ``nan``.
-    A ray parallel to its triangle's plane counts as a miss."""
-    a = corners[:, 0]
-    ab, ac = corners[:, 1] - a, corners[:, 2] - a
+    """Möller-Trumbore: [N, 3] rays against [N, 3, 3] triangles (``corners[i, j]``: the j-th corner
+    of triangle ``i``) -> [N] distance along each ray to its triangle's plane where the ray passes
+    through the triangle (either side), else ``nan``. A ray parallel to its triangle's plane counts
+    as a miss."""
+    return _distances_by_axis(np.asarray(origins).T, np.asarray(directions).T, np.asarray(corners).transpose(1, 2, 0))
+
+
+def _distances_by_axis(origins: np.ndarray, directions: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """:func:`ray_triangle_distances` of axis-major arrays: [3, N] origins and directions, [3 corners,
+    3 axes, N] triangles (contiguous rows: each operation runs over contiguous values)."""
+    a = corners[0]
+    ab, ac = corners[1] - a, corners[2] - a
     p = _cross(directions, ac)
     det = _dot(ab, p)
     ok = np.abs(det) > 1e-12 * np.sqrt(_dot(ab, ab) * _dot(ac, ac))
@@ -226,14 +237,13 @@ def ray_triangle_distances(origins: np.ndarray, directions: np.ndarray, corners:
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot product of [N, 3] arrays -> [N] (faster than einsum for three columns)."""
-    return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
+    """Dot products of axis-major [3, N] arrays -> [N]."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cross product of [N, 3] arrays -> [N, 3]."""
-    return np.stack((a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
-                     a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]), axis=1)
+    """Cross products of axis-major [3, N] arrays -> [3, N]."""
+    return np.stack((a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]))
 
 
 def morton_codes(points: np.ndarray) -> np.ndarray:
