@@ -413,7 +413,7 @@ def like_cuda_gpu(model: torch.nn.Module, device: torch.device, role: str) -> to
     """``model`` (of ``role``) frozen on ``device`` as the model store prepares it for a CUDA GPU with
     bf16: the library's kernels and the bf16 weight copies, so a CPU can count what such a GPU dispatches."""
     model = frozen_on_device(model, device, role, device_kernels=False)
-    keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA[role])
+    keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA.get(role, ()))  # none for the segmenter
     return model
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import TextIO
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .bench import ITERATION_FACES, benchmark_clip, benchmark_grounding, part_trainers, seconds_of
+from .bench_batch import report_line
 from .devices import resolve_device
 
 STEPS = ("part CLIP step", "grounding step")
@@ -42,10 +44,7 @@ def run_first_use_benchmark(
     ms, first ms, second ms)`` by one-time cost, the largest :data:`LISTED_OPERATIONS`.
     """
 
-    def say(line: str) -> None:
-        out.write(line + "\n")
-        out.flush()
-
+    say = partial(report_line, out)
     dev = resolve_device(device)
     say(f"# first use: a fast 3-part run's first CLIP step and first grounding step, lamp {faces} faces, "
         f"{clip} models, device {dev} (run it as a fresh process's first work)")

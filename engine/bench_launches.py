@@ -16,11 +16,13 @@ also encodes the captions, once a run). Counted twice:
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import TextIO
 
 import torch
 
 from .bench import ITERATION_FACES, benchmark_clip, benchmark_grounding, part_trainers
+from .bench_batch import report_line
 from .bench_operations import operations_of
 from .config import PRECISION_STAGES
 
@@ -30,10 +32,7 @@ STEPS = ("holistic step", "part CLIP step", "grounding step")
 def run_launch_benchmark(*, clip: str = "vit-b-32", faces: int = ITERATION_FACES, out: TextIO = sys.stdout) -> dict:
     """Print and return, per way of running (``cpu``, ``cuda``), the operations of each of :data:`STEPS`."""
 
-    def say(line: str) -> None:
-        out.write(line + "\n")
-        out.flush()
-
+    say = partial(report_line, out)
     say(f"# operations a `fast` step dispatches (about one GPU kernel each), lamp {faces} faces, {clip} models")
     say(f"{'as run by':<26}" + "".join(f"{step:>16}" for step in STEPS))
     figures = {}

@@ -30,12 +30,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .api import locate_parts, stylize
+from .bench import like_cuda_gpu
 from .bench_runs import HOLISTIC_PROMPT, PART_PROMPT, ZERO_THRESHOLDS, default_folder, real_size_model_folder
 from .config import PRECISION_STAGES, settings_for
 from .devices import resolve_device
 from .errors import PartNotFound
 from .memory import GPU_WORKSPACE_BYTES, estimate_memory
-from .model_kernels import BF16_COPIES_ON_CUDA, keep_bfloat16_weights
 from .models import ModelStore
 from .parts import PartWeights
 from .prompt import parse_prompt
@@ -111,7 +111,7 @@ def measure_run(
     bundles = [getattr(store, role)(device) for role in roles]
     if like_cuda:  # as a CUDA store prepares them: bf16 copies of the image paths' weights
         for role, bundle in zip(roles, bundles, strict=True):
-            keep_bfloat16_weights(bundle.model, BF16_COPIES_ON_CUDA.get(role, ()))
+            like_cuda_gpu(bundle.model, device, role)
     weights = sum(t.numel() * t.element_size() for b in bundles for t in [*b.model.parameters(), *b.model.buffers()])
     mesh = sample_mesh("lamp", faces)
     counter = _Counter(device)
