@@ -22,11 +22,11 @@ from .runs import PALETTE, PRESETS, RELIEF_DEFAULT, RELIEF_LEVELS, RELIEF_MAX
 # The times: a 40k-face mesh with located parts on a 2-core laptop CPU (docs/performance.md, docs/settings.md)
 PRESET_HELP = {
     "fast": "CPU-friendly: 300 iterations, 3 views, few crops. On a 2-core laptop CPU about 4 minutes with the "
-            "tiny models, 6-10 with the real ones",
+            "tiny models; with the real ones 3-6 where the CPU has native bf16, 10 without",
     "faithful": "3DStyleGLIP's schedule: 1500 iterations, grounding-space part loss (GPU)",
     "text2mesh": "Text2Mesh's schedule: 1500 iterations, 5 views, many crops (GPU)",
     "preview": "A first look: 60 iterations, 2 views. On a 2-core laptop CPU under a minute with the tiny models, "
-               "about 2.5 with the real ones",
+               "1-2.5 with the real ones",
 }
 DEVICE_ITEMS = [
     ('auto', "Auto", "The GPU when PyTorch sees one, else the CPU"),

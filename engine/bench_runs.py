@@ -80,6 +80,51 @@ RUNS = (
 )
 
 
+@dataclass(frozen=True)
+class Goal:
+    """One of the whole-command goals (docs/performance.md): on ``device`` ("cpu" or "cuda"), the
+    ``measure`` of the run named ``run`` takes at most ``seconds``. Measures: ``located`` (the run with
+    its parts located, estimated as the benchmark prints it), ``full run`` (its whole command, estimated
+    where cut) and ``first parts`` (a located run's first preview, the parts found in the first view,
+    from the start of localization, models loading included)."""
+
+    device: str
+    run: str
+    measure: str
+    seconds: float
+
+    def label(self) -> str:
+        return f"{self.run}, {self.measure} <= {self.seconds:g} s"
+
+
+GOALS = (
+    Goal("cpu", "fast, 3 parts", "located", 300.0),
+    Goal("cpu", "fast, 3 parts", "first parts", 10.0),
+    Goal("cuda", "fast, 3 parts", "located", 10.0),
+    Goal("cuda", "faithful, 3 parts", "located", 60.0),
+    Goal("cuda", "text2mesh, holistic", "full run", 40.0),
+)
+
+
+def goal_verdicts(figures: dict, device: str, goals: tuple[Goal, ...] = GOALS) -> list[tuple[Goal, float, bool]]:
+    """``(goal, measured seconds, met)`` for each goal of ``device`` ("cpu" or "cuda") whose run is in
+    ``figures`` (:func:`run_whole_commands`'s)."""
+    rows = {row["name"]: row for row in figures["runs"]}
+    verdicts = []
+    for goal in goals:
+        if goal.device != device or goal.run not in rows:
+            continue
+        if goal.measure == "located":
+            measured = figures["located"].get(goal.run)
+        elif goal.measure == "full run":
+            measured = rows[goal.run]["full_run"]
+        else:  # first parts: the localization of the run's precision
+            measured = figures["localization"].get(rows[goal.run]["precision"], {}).get("first_progress")
+        if measured is not None:
+            verdicts.append((goal, measured, measured <= goal.seconds))
+    return verdicts
+
+
 def real_size_model_folder(root: str) -> str:
     """``root`` holding ``clip/``, ``grounding/`` and ``segmenter/`` with the real-size
     architectures and random weights (seeded), built unless an earlier call left it complete."""
@@ -152,7 +197,8 @@ def run_whole_commands(
         row = dict(measured[twin])
         per_iteration = row["seconds_optimizing"] / max(row["steps"], 1)
         row.update(name=run.name, iterations=iterations, full_iterations=full, per_iteration=per_iteration,
-                   full_run=row["wall"] + per_iteration * (full - row["steps"]), repeated=repeated)
+                   full_run=row["wall"] + per_iteration * (full - row["steps"]), repeated=repeated,
+                   precision=_precision(run))
         rows.append(row)
         note = ("" if iterations == full else " (est.)") + (" (= auto: no native bf16 here; not run again)"
                                                             if repeated else "")
@@ -183,6 +229,12 @@ def run_whole_commands(
         located = row["full_run"] - paid + phases["total"]
         figures["located"][run.name] = located
         report_line(out, f"  {run.name:<24} {located:>10.1f}")
+    verdicts = goal_verdicts(figures, "cpu" if on_cpu else "cuda")
+    if verdicts:
+        report_line(out, f"# the goals on this device ({'a CPU' if on_cpu else 'a CUDA GPU'}; docs/performance.md)")
+    for goal, measured, met in verdicts:
+        report_line(out, f"  {goal.label():<44} {measured:>8.1f} s  "
+                         + ("met" if met else f"not met ({measured / goal.seconds:.1f}x the goal)"))
     if warm:
         figures["warm"] = _report_warm(runs, rows, source, mesh, device, out)
     return figures

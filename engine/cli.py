@@ -200,13 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def chosen(names: tuple[str, ...], only: list[str] | None) -> tuple[str, ...]:
-    """The benchmark runs ``--only`` picks from ``names``: those named exactly, else those whose name
-    starts with one of its values; every run without ``--only``. Raises :class:`InputError` when it
-    picks none."""
+    """The benchmark runs ``--only`` picks from ``names``, in their order: for each of its values the run
+    named exactly, else the runs whose name starts with it; every run without ``--only``. Raises
+    :class:`InputError` when it picks none."""
     if not only:
         return names
-    exact = tuple(name for name in names if name in only)
-    picked = exact or tuple(name for name in names if any(name.startswith(o) for o in only))
+    wanted = {name for o in only for name in ((o,) if o in names else (n for n in names if n.startswith(o)))}
+    picked = tuple(name for name in names if name in wanted)
     if not picked:
         raise InputError(f"--only {', '.join(repr(o) for o in only)} names no run; the runs are: "
                          f"{', '.join(repr(name) for name in names)} (a whole name, or the start of names)")

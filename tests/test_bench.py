@@ -159,6 +159,31 @@ def test_whole_command_benchmark_times_each_run_and_the_localization():
     for name, row in (("fast, 3 parts", fast), ("faithful, 3 parts", faithful)):
         assert figures["located"][name] == row["full_run"] + located["total"] - located["grounding_load"]
     assert figures["located"]["preview, 3 parts"] == preview["full_run"] + located["total"]
+    # the CPU's goals are judged on these figures and printed (the cut fast run estimated in full)
+    goals = out.getvalue().split("# the goals on this device (a CPU")[1].splitlines()[1:]
+    assert len(goals) == 2  # faithful has no CPU goal
+    assert goals[0].startswith("  fast, 3 parts, located <= 300 s")
+    assert f"{figures['located']['fast, 3 parts']:.1f} s" in goals[0]
+    assert goals[1].startswith("  fast, 3 parts, first parts <= 10 s")
+    assert f"{located['first_progress']:.1f} s" in goals[1]
+
+
+def test_goals_are_judged_for_the_device_on_the_runs_measured():
+    from engine.bench_runs import GOALS, goal_verdicts
+
+    figures = {
+        "runs": [{"name": "fast, 3 parts", "full_run": 250.0, "precision": "auto"},
+                 {"name": "text2mesh, holistic", "full_run": 88.7, "precision": "auto"}],
+        "localization": {"auto": {"first_progress": 12.5}},
+        "located": {"fast, 3 parts": 280.0},
+    }
+    cpu = [(goal.label(), measured, met) for goal, measured, met in goal_verdicts(figures, "cpu")]
+    assert cpu == [("fast, 3 parts, located <= 300 s", 280.0, True),
+                   ("fast, 3 parts, first parts <= 10 s", 12.5, False)]
+    # on a GPU the same figures miss its goals; faithful was not measured, so it is not judged
+    cuda = [(goal.run, measured, met) for goal, measured, met in goal_verdicts(figures, "cuda")]
+    assert cuda == [("fast, 3 parts", 280.0, False), ("text2mesh, holistic", 88.7, False)]
+    assert {goal.device for goal in GOALS} == {"cpu", "cuda"}
 
 
 def test_float32_runs_are_not_repeated_where_auto_already_is_float32(monkeypatch):
@@ -247,6 +272,8 @@ def test_only_picks_runs_named_exactly_before_runs_named_so_far():
     assert chosen(names, ["fast"]) == ("fast, 3 parts", "fast, 3 parts, float32")
     assert chosen(names, ["text2mesh", "faithful"]) == ("faithful, 3 parts", "text2mesh, holistic")
     assert chosen(names, None) == names
+    # each value on its own: an exact name does not drop another value's prefix matches
+    assert chosen(names, ["fast, 3 parts, float32", "preview"]) == ("fast, 3 parts, float32", "preview, 3 parts")
 
 
 def test_only_that_names_no_run_is_refused_with_the_runs_names(capsys):
