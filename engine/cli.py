@@ -373,6 +373,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     )
     print(f"devices: cpu ({torch.get_num_threads()} threads)" + "".join(f", cuda:{i} {n}" for i, n in enumerate(cuda)))
+    for name in ("cpu", *(f"cuda:{i}" for i in range(len(cuda)))):
+        print(f"precision: {name} {precision_note(torch.device(name))}")
     print("models: tiny (built in): available")
     on_disk = models_on_disk()
     for s in MODEL_SOURCES:
@@ -380,6 +382,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"models: default {s.role} {s.repo_id} revision {s.revision} ({format_size(s.size_bytes)}, {s.license}): "
               f"{state}")
     return 0
+
+
+def precision_note(device) -> str:
+    """What ``auto`` precision runs on ``device`` and why, for ``info`` (docs/settings.md, "Arithmetic")."""
+    from .devices import native_bfloat16
+
+    if native_bfloat16(device):
+        return "computes bf16 in hardware: `auto` precision runs bf16 (faster, docs/performance.md)"
+    return "has no bf16 in hardware: `auto` precision runs float32 (bf16 would be emulated, slower)"
 
 
 def cmd_settings(args: argparse.Namespace) -> int:

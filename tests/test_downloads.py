@@ -439,6 +439,17 @@ def test_info_lists_each_model_with_revision_size_and_whether_it_is_on_disk(tmp_
     assert "missing" in lines[0] and "missing" in lines[1] and f"present at {folder}" in lines[2]
 
 
+def test_info_says_what_auto_precision_runs_on_this_cpu(monkeypatch, capsys):
+    from engine import devices
+    from engine.cli import main
+
+    for native, expected in ((True, "`auto` precision runs bf16"), (False, "`auto` precision runs float32")):
+        monkeypatch.setattr(devices, "native_bfloat16", lambda device, native=native: native)
+        assert main(["info"]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("precision: cpu ")]
+        assert len(lines) == 1 and expected in lines[0]
+
+
 def test_run_json_records_each_model_used(tmp_path, monkeypatch):
     from engine.api import stylize
     from engine.config import settings_for
