@@ -153,7 +153,10 @@ class StyleTrainer:
         self.sampling = seeded_generator(seed, "sampling")
         opt = settings.optim
         optimizer_cls = torch.optim.AdamW if opt.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_cls(self.field.parameters(), lr=opt.learning_rate, weight_decay=opt.weight_decay)
+        # One multi-tensor update of all the field's tensors on every device (a CUDA GPU's default; on a CPU
+        # the same arithmetic bit for bit, in about 10 operations a step instead of 8 for each of its 22 tensors).
+        self.optimizer = optimizer_cls(self.field.parameters(), lr=opt.learning_rate, weight_decay=opt.weight_decay,
+                                       foreach=True)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=opt.lr_decay_every, gamma=opt.lr_decay
         )

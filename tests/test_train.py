@@ -316,3 +316,18 @@ def test_the_finiteness_check_is_exact_and_one_set_of_operations_for_any_number_
             all_finite(same_dtype)
         counts.append(operations.count)
     assert counts[0] == counts[1] < 10  # not one check per tensor
+
+
+def test_the_field_is_updated_by_one_set_of_operations_for_all_its_tensors(blob):
+    from engine.bench_operations import operations_of
+
+    counts = {}
+    for width, depth in ((32, 1), (32, 4)):  # 16 and 22 parameter tensors
+        trainer = trainer_with(blob, set(), f"field.width={width}", f"field.trunk_depth={depth}")
+        tensors = list(trainer.field.parameters())
+        for tensor in tensors:
+            tensor.grad = torch.full_like(tensor, 1e-3)
+        trainer.optimizer.step()  # the first update creates Adam's state
+        counts[len(tensors)] = operations_of(trainer.optimizer.step)
+    (few, few_ops), (many, many_ops) = sorted(counts.items())
+    assert many > few and many_ops == few_ops < few  # not one update per tensor (about 8 operations each)
