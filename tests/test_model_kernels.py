@@ -19,6 +19,7 @@ from engine.model_kernels import (
     adapt_clip_to_device,
     adapt_grounding_to_device,
     is_patch_embedding,
+    swin_backbone,
 )
 from engine.models import ModelStore
 from engine.tiny_models import build_tiny_clip, build_tiny_grounding_dino
@@ -239,13 +240,15 @@ def test_deformable_bags_return_float32_under_cpu_autocast_as_the_library_does()
 
 
 def _with_the_librarys_kernel(model):
-    """A copy of an adapted Grounding DINO with the library's deformable attention back in place."""
+    """A copy of an adapted Grounding DINO with the library's deformable attention and its Swin
+    backbone's default attention (``sdpa``) back in place."""
     from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
 
     restored = copy.deepcopy(model)
     for module in restored.modules():
         if isinstance(getattr(module, "attn", None), DeformableBags):
             module.attn = MultiScaleDeformableAttention()
+    swin_backbone(restored).set_attn_implementation("sdpa")
     return restored
 
 
@@ -270,6 +273,9 @@ def test_an_adapted_grounding_dino_gives_the_same_detections_and_image_gradients
     config = adapted.model.config
     assert len(replaced) == config.encoder_layers + config.decoder_layers
     library = dataclasses.replace(adapted, model=_with_the_librarys_kernel(adapted.model))
+    # the Swin backbone's window attention runs eager on a CPU; the library's default is sdpa
+    assert swin_backbone(adapted.model).config._attn_implementation == "eager"
+    assert swin_backbone(library.model).config._attn_implementation == "sdpa"
     assert list(library.model.state_dict()) == list(adapted.model.state_dict())  # saved models keep their keys
     images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(5))
     weights = torch.tensor([1.0, -0.5])  # a loss that weighs the phrases differently
@@ -288,6 +294,7 @@ def test_grounding_dino_on_other_devices_keeps_the_librarys_kernel():
     model, _ = build_tiny_grounding_dino()
     adapt_grounding_to_device(model, "cuda")  # only the device's type is read: no GPU needed
     assert not any(isinstance(m, DeformableBags) for m in model.modules())
+    assert swin_backbone(model).config._attn_implementation == "sdpa"
 
 
 def test_the_store_and_the_benchmark_adapt_grounding_dino_on_a_cpu():
