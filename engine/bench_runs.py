@@ -118,8 +118,10 @@ def goal_verdicts(figures: dict, device: str, goals: tuple[Goal, ...] = GOALS) -
             measured = figures["located"].get(goal.run)
         elif goal.measure == "full run":
             measured = rows[goal.run]["full_run"]
-        else:  # first parts: the localization of the run's precision
+        elif goal.measure == "first parts":  # the localization of the run's precision
             measured = figures["localization"].get(rows[goal.run]["precision"], {}).get("first_progress")
+        else:
+            raise ValueError(f"unknown goal measure {goal.measure!r}")
         if measured is not None:
             verdicts.append((goal, measured, measured <= goal.seconds))
     return verdicts

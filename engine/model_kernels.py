@@ -262,9 +262,9 @@ def adapt_grounding_to_device(model: nn.Module, device: torch.device | str) -> N
 def swin_backbone(model: nn.Module) -> nn.Module | None:
     """A Grounding DINO's image backbone when it is transformers' Swin (the released checkpoints'),
     else None (a timm backbone, another architecture)."""
-    backbone = getattr(getattr(getattr(getattr(model, "model", None), "backbone", None), "conv_encoder", None),
-                       "model", None)
-    config = getattr(backbone, "config", None)
-    if getattr(config, "model_type", None) == "swin" and hasattr(backbone, "set_attn_implementation"):
-        return backbone
-    return None
+    try:
+        backbone = model.model.backbone.conv_encoder.model
+    except AttributeError:
+        return None
+    swin = getattr(getattr(backbone, "config", None), "model_type", None) == "swin"
+    return backbone if swin and hasattr(backbone, "set_attn_implementation") else None
