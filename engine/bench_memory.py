@@ -112,7 +112,7 @@ def measure_run(
     if like_cuda:  # as a CUDA store prepares them: bf16 copies of the image paths' weights
         for role, bundle in zip(roles, bundles, strict=True):
             like_cuda_gpu(bundle.model, device, role)
-    weights = sum(t.numel() * t.element_size() for b in bundles for t in [*b.model.parameters(), *b.model.buffers()])
+    weights = storage_bytes(t for b in bundles for t in (*b.model.parameters(), *b.model.buffers()))
     mesh = sample_mesh("lamp", faces)
     counter = _Counter(device)
     with counter:
@@ -129,6 +129,16 @@ def measure_run(
     uncounted = estimate.process + (GPU_WORKSPACE_BYTES if like_cuda else 0)
     return {"preset": preset, "parts": parts, "weights": weights, "locating": locating, "steps": steps,
             "peak": weights + max(locating, steps), "estimate": estimate.total - uncounted}
+
+
+def storage_bytes(tensors) -> int:
+    """The bytes of the memory under ``tensors``, each block once: a view (a fused projection's
+    layers' parameters are rows of its stacked weight, ``model_kernels.FusedProjections``) adds nothing."""
+    blocks = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        blocks[(storage.device, storage.data_ptr())] = storage.nbytes()
+    return sum(blocks.values())
 
 
 class _Counter:

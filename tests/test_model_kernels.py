@@ -14,10 +14,12 @@ from engine.grounding import INVALID_PROPOSAL_LOGIT, GroundingDetector
 from engine.guidance.clip_image import image_embeddings
 from engine.model_kernels import (
     DeformableBags,
+    FusedProjections,
     LinearWithBfloat16Copy,
     PatchMatmul,
     adapt_clip_to_device,
     adapt_grounding_to_device,
+    fuse_attention_projections,
     is_patch_embedding,
     swin_backbone,
 )
@@ -59,6 +61,44 @@ def test_only_a_patch_embedding_is_rewritten():
             PatchMatmul(module)
 
 
+def test_fused_projections_give_each_layers_output_from_one_product_over_the_layers_own_memory():
+    generator = torch.Generator().manual_seed(5)
+    layers = [torch.nn.Linear(8, out) for out in (8, 8, 4)]
+    inputs = torch.randn(2, 3, 8, generator=generator)
+    with torch.no_grad():
+        expected = [layer(inputs) for layer in layers]
+        fused = FusedProjections(layers)
+        assert_close(fused(inputs), torch.cat(expected, -1), rel=SAME_MATH)
+        for layer, output in zip(layers, expected, strict=True):  # each layer still computes alone
+            assert isinstance(layer.weight, torch.nn.Parameter) and torch.equal(layer(inputs), output)
+    # the layers' parameters are rows of the stack: one copy of the weights, not two
+    assert layers[1].weight.data_ptr() == fused.weight.data_ptr() + 8 * 8 * fused.weight.element_size()
+    assert layers[2].bias.data_ptr() == fused.bias.data_ptr() + 16 * fused.bias.element_size()
+    with pytest.raises(ValueError, match="only some have a bias"):
+        FusedProjections([torch.nn.Linear(8, 8), torch.nn.Linear(8, 8, bias=False)])
+
+
+def test_a_clip_with_fused_projections_keeps_its_state_and_does_two_products_fewer_a_layer():
+    model, _ = build_tiny_clip(num_hidden_layers=3)
+    with pytest.raises(ValueError, match="frozen"):  # the products would not reach the parameters
+        fuse_attention_projections(model)
+    model.requires_grad_(False)
+    library = copy.deepcopy(model)
+    assert fuse_attention_projections(model) == 3
+    assert {k: v.tolist() for k, v in model.state_dict().items()} == {k: v.tolist() for k, v in
+                                                                     library.state_dict().items()}
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(6))
+    products = []
+    for m in (library, model):
+        with OperationCounter() as counter:
+            image_embeddings(m, images)
+        # the linear products with a bias (the last layer's class-token query, of a slice, is a bmm without fusion)
+        products.append(counter.by_name["addmm"] + counter.by_name["bmm"])
+    assert products[0] - products[1] == 2 * 3  # q, k and v in one product, in every layer (the last one too)
+    upstream = torch.zeros(2, library.config.projection_dim)
+    assert_close(image_embeddings(model, images), _features_and_gradient(library, images, upstream)[0], rel=SAME_MATH)
+
+
 def _features_and_gradient(model, images, upstream):
     x = images.clone().requires_grad_(True)
     features = model.get_image_features(pixel_values=x)
@@ -74,6 +114,7 @@ def test_an_adapted_clip_gives_the_same_embeddings_and_image_gradients():
     adapt_clip_to_device(adapted, "cpu")
     assert isinstance(adapted.vision_model.embeddings.patch_embedding, PatchMatmul)
     assert adapted.config.vision_config._attn_implementation == "eager"
+    assert all(isinstance(layer.self_attn.qkv_proj, FusedProjections) for layer in adapted.vision_model.encoder.layers)
     assert list(adapted.state_dict()) == list(model.state_dict())  # saved models keep their keys
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(3, 3, 224, 224, generator=generator)
@@ -87,11 +128,13 @@ def test_an_adapted_clip_gives_the_same_embeddings_and_image_gradients():
 def test_other_devices_keep_the_librarys_kernels(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # a GPU without bf16
     model, _ = build_tiny_clip()
+    model.requires_grad_(False)
     assert model.config.vision_config._attn_implementation == "sdpa"
     adapt_clip_to_device(model, "cuda")  # only the device's type is read: no GPU needed
     assert isinstance(model.vision_model.embeddings.patch_embedding, torch.nn.Conv2d)
     assert model.config.vision_config._attn_implementation == "sdpa"
     assert not any(isinstance(m, LinearWithBfloat16Copy) for m in model.modules())
+    assert isinstance(model.vision_model.encoder.layers[0].self_attn.qkv_proj, FusedProjections)  # every device
 
 
 def _clip_image_path_under(model, images: torch.Tensor, bfloat16: bool):
@@ -123,11 +166,17 @@ def test_a_gpu_with_bf16_keeps_bf16_copies_of_clips_image_path_that_compute_what
     for bfloat16 in (True, False):
         actual, actual_grad = _clip_image_path_under(model, images, bfloat16)
         assert torch.equal(actual, expected[bfloat16][0]) and torch.equal(actual_grad, expected[bfloat16][1])
+    for layer in model.vision_model.encoder.layers:  # the fused projection's copy is the three layers' copies
+        attention = layer.self_attn
+        assert attention.qkv_proj.weight_bf16.data_ptr() == attention.q_proj.weight_bf16.data_ptr()
+        assert torch.equal(attention.qkv_proj.weight_bf16[-len(attention.v_proj.weight_bf16):],
+                           attention.v_proj.weight.to(torch.bfloat16))
     with OperationCounter() as after, torch.autocast("cpu", torch.bfloat16):
         image_embeddings(model, images)
     counts = [before.total, after.total]
-    # the weight and the bias of every linear layer (the projection has no bias) were cast on each forward
-    assert counts[0] - counts[1] == 2 * len(copies) - 1
+    # the weight and the bias of every linear product (the fused q, k, v one, out, fc1 and fc2 a layer, and
+    # the projection, which has no bias) were cast on each forward
+    assert counts[0] - counts[1] == 2 * (4 * layers + 1) - 1
 
 
 def test_a_gpu_with_bf16_keeps_bf16_copies_of_the_grounding_models_image_path(monkeypatch):
