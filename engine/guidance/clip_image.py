@@ -114,5 +114,5 @@ def _attend(attention: nn.Module, queries: torch.Tensor, keys: torch.Tensor, val
         mixed = weights.to(values.dtype) @ values
     else:
         mixed = F.scaled_dot_product_attention(queries, keys, values, scale=attention.scale)
-    batch, _heads_count, rows, _ = mixed.shape
+    batch, _, rows, _ = mixed.shape
     return mixed.transpose(1, 2).reshape(batch, rows, -1)
