@@ -239,7 +239,7 @@ def test_proposals_give_the_library_image_gradient_without_running_its_decoder()
 
 def test_one_image_encoding_serves_several_captions():
     detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))
-    backbone_calls = count_calls(detector.model.model.backbone)
+    backbone_calls = count_calls(detector.model.model.backbone.conv_encoder.model)  # the image backbone (Swin)
     images = random_images(2, 128, 128, seed=5)
     captions = [detector.caption(["base", "shade"]), detector.caption(["pottery base", "linen shade"])]
     with torch.no_grad():
@@ -252,6 +252,35 @@ def test_one_image_encoding_serves_several_captions():
         assert torch.equal(boxes, shared_boxes) and torch.equal(scores, shared_scores)
     with pytest.raises(ValueError, match="decoder's queries need the images"):
         detector.phrase_scores(encoding, captions[0], proposals=False)
+
+
+def test_a_frozen_models_image_layout_is_computed_once_per_batch_shape_and_changes_nothing():
+    """The feature levels' masks and position embeddings do not depend on the pixels: a grounding step
+    after the first takes them from the first (``ImageLayout``), with the same proposals and gradient."""
+    detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))
+    positions = count_calls(detector.model.model.backbone.position_embedding)
+    levels = detector.model.config.num_feature_levels
+    caption = detector.caption(["pottery base", "linen shade"])
+    images = random_images(2, 128, 128, seed=7)
+    steps = []
+    for _ in range(2):
+        x = images.clone().requires_grad_(True)
+        boxes, scores = detector.phrase_scores(detector.encode_images(x), caption)
+        scores.square().sum().backward()
+        steps.append((boxes, scores.detach(), x.grad))
+    assert positions == [levels]  # the first step's; the second took its layout
+    assert all(torch.equal(first, second) for first, second in zip(*steps, strict=True))
+    detector.encode_images(random_images(1, 128, 128, seed=8))  # another batch shape: a layout of its own
+    assert positions == [2 * levels]
+    # a model that takes gradients (one being trained) could change its level embeddings: nothing kept
+    detector.model.requires_grad_(True)
+    try:
+        learning = GroundingDetector(detector.bundle)
+        for _ in range(2):
+            learning.encode_images(images)
+        assert positions == [4 * levels]
+    finally:
+        detector.model.requires_grad_(False)
 
 
 def test_a_caption_encoded_once_gives_the_same_proposals():

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..devices import bfloat16_autocast
 from ..errors import PromptError
 from ..models import GroundingBundle
-from .proposals import ImageEncoding, TextEncoding, encode_images, encode_text, encoder_proposals
+from .proposals import ImageEncoding, ImageLayout, TextEncoding, encode_images, encode_text, encoder_proposals
 
 # Logit given to dense proposals the library itself marks invalid (on padding, or centred within 1 %
 # of the image border: their coordinate logits are +inf). Finite, so sums and products stay finite;
@@ -180,6 +180,9 @@ class GroundingDetector:
         self.size = int(size if size is not None else bundle.size)
         self.max_size = int(max_size if max_size is not None else bundle.max_size)
         self.max_text_len = int(self.model.config.max_text_len)
+        # batch shape [N, 3, h, w] -> the ImageLayout of such a batch (proposals.py): a frozen model's
+        # grounding steps encode images of one shape each time, and their layout does not change
+        self._layouts: dict[tuple[int, ...], ImageLayout] = {}
 
     @property
     def device(self) -> torch.device:
@@ -212,8 +215,12 @@ class GroundingDetector:
         model's device), differentiable; pass it to :meth:`phrase_logits` / :meth:`phrase_scores` in
         place of the images to score them under several captions with one backbone pass."""
         pixel_values, pixel_mask = self._model_inputs(images)
+        batch_shape = tuple(pixel_values.shape)
         with bfloat16_autocast(self.device, self.bfloat16):
-            return encode_images(self.model.model, pixel_values, pixel_mask)
+            encoding = encode_images(self.model.model, pixel_values, pixel_mask, self._layouts.get(batch_shape))
+        if not any(parameter.requires_grad for parameter in self.model.parameters()):  # frozen: the same each time
+            self._layouts[batch_shape] = encoding.layout
+        return encoding
 
     def _model_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`preprocess`, with the pixel values in the model's parameter dtype."""

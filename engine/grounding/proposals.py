@@ -10,7 +10,8 @@ while the image backbone (Swin) does not read the caption.
 
 So the forward is split at the one place the caption enters the image path, the encoder's fusion:
 - :func:`encode_images`: backbone, projections to the model width and flattening of the feature
-  levels; depends on the images alone.
+  levels; depends on the images alone. Its masks and position embeddings (:class:`ImageLayout`)
+  depend only on the batch's shape, so a caller that encodes batches of one shape keeps them.
 - :func:`encode_text`: the text backbone (BERT) and its projection to the model width; depends on
   the caption alone, so a run that scores the same captions at every grounding step computes it
   once (without gradient: the model is frozen and the gradient goes to the images).
@@ -33,61 +34,86 @@ from torch import nn
 
 
 @dataclass(frozen=True, eq=False)
+class ImageLayout:
+    """What an :class:`ImageEncoding` holds besides the features: it depends on how many images
+    there are, their size and the frozen model, not on their pixels (images are never padded here).
+    So a caller that encodes images of one size again and again (a run's grounding steps) computes
+    it once (:class:`~engine.grounding.detector.GroundingDetector` keeps one per batch shape).
+
+    Attributes:
+        padding: [N, S] bool, True where a position is padding (never, for unpadded images).
+        position: [N, S, D] position embeddings plus each level's learned embedding.
+        shapes: the L levels' ``(h_l, w_l)`` (S = sum of h_l * w_l).
+        valid_ratios: [N, L, 2] the unpadded share of each level, ``(width, height)``.
+        spatial_shapes: [L, 2] int64 the levels' ``(h_l, w_l)``.
+        level_start_index: [L] int64 where each level starts in S.
+    """
+
+    padding: torch.Tensor
+    position: torch.Tensor
+    shapes: tuple[tuple[int, int], ...]
+    valid_ratios: torch.Tensor
+    spatial_shapes: torch.Tensor
+    level_start_index: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
 class ImageEncoding:
     """The caption-independent half of a Grounding DINO forward, for N images.
 
     Attributes:
         features: [N, S, D] the L feature levels' projected features, flattened and concatenated
-            (S = sum of h_l * w_l; D = the model width).
-        padding: [N, S] bool, True where a position is padding (never, for unpadded images).
-        position: [N, S, D] position embeddings plus each level's learned embedding.
-        shapes: the L levels' ``(h_l, w_l)``.
-        valid_ratios: [N, L, 2] the unpadded share of each level, ``(width, height)``.
+            (S = sum of h_l * w_l; D = the model width); differentiable.
+        layout: the rest, which does not depend on the pixels (:class:`ImageLayout`).
     """
 
     features: torch.Tensor
-    padding: torch.Tensor
-    position: torch.Tensor
-    shapes: tuple[tuple[int, int], ...]
-    valid_ratios: torch.Tensor
-
-    @property
-    def spatial_shapes(self) -> torch.Tensor:
-        """[L, 2] int64 the levels' ``(h_l, w_l)``."""
-        return torch.as_tensor(self.shapes, dtype=torch.long, device=self.features.device)
-
-    @property
-    def level_start_index(self) -> torch.Tensor:
-        """[L] int64 where each level starts in S."""
-        sizes = self.spatial_shapes.prod(1)
-        return torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+    layout: ImageLayout
 
 
-def encode_images(model: nn.Module, pixel_values: torch.Tensor,
-                  pixel_mask: torch.Tensor) -> ImageEncoding:
+def encode_images(model: nn.Module, pixel_values: torch.Tensor, pixel_mask: torch.Tensor,
+                  layout: ImageLayout | None = None) -> ImageEncoding:
     """Backbone features of ``pixel_values`` [N, 3, h, w] (``pixel_mask`` [N, h, w], 1 = valid),
     projected to the model width at every feature level and flattened; differentiable.
 
     ``model`` is a transformers ``GroundingDinoModel`` (``GroundingDinoForObjectDetection.model``).
+    ``layout``: the :class:`ImageLayout` an earlier call returned for images of this count and size
+    (the feature levels' masks and position embeddings are then not computed again), or None.
     """
-    backbone_levels, positions = model.backbone(pixel_values, pixel_mask)
+    if layout is None:
+        backbone_levels, positions = model.backbone(pixel_values, pixel_mask)
+        feature_maps = [source for source, _ in backbone_levels]
+    else:  # the backbone's image model alone: its levels' masks and positions are the layout's
+        feature_maps = model.backbone.conv_encoder.model(pixel_values, return_dict=True).feature_maps
     # One projection per feature level; the backbone gives the first few levels.
-    maps = [project(source) for project, (source, _) in zip(model.input_proj_vision, backbone_levels, strict=False)]
-    masks = [mask for _, mask in backbone_levels]
-    positions = list(positions)
+    maps = [project(source) for project, source in zip(model.input_proj_vision, feature_maps, strict=False)]
     # Levels past the backbone's: stride-2 convolutions on the last backbone map, then on each other.
     for level in range(len(maps), model.config.num_feature_levels):
-        source = model.input_proj_vision[level](backbone_levels[-1][0] if level == len(backbone_levels) else maps[-1])
-        mask = F.interpolate(pixel_mask[None].float(), size=source.shape[-2:]).to(torch.bool)[0]
-        maps.append(source)
-        masks.append(mask)
-        positions.append(model.backbone.position_embedding(source, mask).to(source.dtype))
+        maps.append(model.input_proj_vision[level](feature_maps[-1] if level == len(feature_maps) else maps[-1]))
     features = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
+    if layout is None:
+        masks, positions = [mask for _, mask in backbone_levels], list(positions)
+        for source in maps[len(masks):]:
+            mask = F.interpolate(pixel_mask[None].float(), size=source.shape[-2:]).to(torch.bool)[0]
+            masks.append(mask)
+            positions.append(model.backbone.position_embedding(source, mask).to(source.dtype))
+        layout = _layout(model, masks, positions, features.dtype)
+    return ImageEncoding(features, layout)
+
+
+def _layout(model: nn.Module, masks: list[torch.Tensor], positions: list[torch.Tensor],
+            dtype: torch.dtype) -> ImageLayout:
+    """The :class:`ImageLayout` of the L levels' [N, h_l, w_l] masks and [N, D, h_l, w_l] position
+    embeddings (the library's ``GroundingDinoModel.forward`` flattens them so)."""
     padding = ~torch.cat([m.flatten(1) for m in masks], 1)
     position = torch.cat([p.flatten(2).transpose(1, 2) + model.level_embed[level].view(1, 1, -1)
                           for level, p in enumerate(positions)], 1)
-    valid_ratios = torch.stack([model.get_valid_ratio(m, dtype=features.dtype) for m in masks], 1)
-    return ImageEncoding(features, padding, position, tuple((m.shape[-2], m.shape[-1]) for m in maps), valid_ratios)
+    valid_ratios = torch.stack([model.get_valid_ratio(m, dtype=dtype) for m in masks], 1)
+    shapes = tuple((m.shape[-2], m.shape[-1]) for m in masks)
+    spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=padding.device)
+    sizes = spatial_shapes.prod(1)
+    level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+    return ImageLayout(padding, position, shapes, valid_ratios, spatial_shapes, level_start_index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,14 +163,15 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding,
         token_logits: [N, S, max_text_len] per text token, ``-inf`` past the caption (as
             ``enc_outputs_class``).
     """
+    layout = encoding.layout
     encoded = model.encoder(
         vision_features=encoding.features,
-        vision_attention_mask=encoding.padding,
-        vision_position_embedding=encoding.position,
-        spatial_shapes=encoding.spatial_shapes,
-        spatial_shapes_list=list(encoding.shapes),
-        level_start_index=encoding.level_start_index,
-        valid_ratios=encoding.valid_ratios,
+        vision_attention_mask=layout.padding,
+        vision_position_embedding=layout.position,
+        spatial_shapes=layout.spatial_shapes,
+        spatial_shapes_list=list(layout.shapes),
+        level_start_index=layout.level_start_index,
+        valid_ratios=layout.valid_ratios,
         text_features=text.features,
         text_attention_mask=~text.token_mask,
         text_position_embedding=None,
@@ -153,7 +180,7 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding,
         return_dict=True,
     )
     queries, anchors = model.generate_encoder_output_proposals(
-        encoded.last_hidden_state_vision, encoding.padding, list(encoding.shapes)
+        encoded.last_hidden_state_vision, layout.padding, list(layout.shapes)
     )
     token_logits = model.encoder_output_class_embed(queries, encoded.last_hidden_state_text, text.token_mask)
     return model.encoder_output_bbox_embed(queries) + anchors, token_logits
