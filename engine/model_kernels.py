@@ -78,6 +78,12 @@ def is_patch_embedding(module: nn.Module) -> bool:
     )
 
 
+def _bfloat16_autocast(inputs: torch.Tensor) -> bool:
+    """Whether bf16 autocast is on for ``inputs``' device type."""
+    kind = inputs.device.type
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
+
+
 class LinearWithBfloat16Copy(nn.Module):
     """An ``nn.Linear`` of a frozen model that also holds its weight and bias in bf16, for bf16 autocast.
 
@@ -174,12 +180,6 @@ def fuse_attention_projections(model: nn.Module) -> int:
         attention = layer.self_attn
         attention.qkv_proj = FusedProjections([attention.q_proj, attention.k_proj, attention.v_proj])
     return len(layers)
-
-
-def _bfloat16_autocast(inputs: torch.Tensor) -> bool:
-    """Whether bf16 autocast is on for ``inputs``' device type."""
-    kind = inputs.device.type
-    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
 
 
 #: The parts of a ``CLIPModel`` every step's forward runs: the vision tower and its projection.

@@ -279,6 +279,8 @@ def test_a_frozen_models_image_layout_is_computed_once_per_batch_shape_and_chang
         for _ in range(2):
             learning.encode_images(images)
         assert positions == [4 * levels]
+        detector.encode_images(images)  # nor is a layout kept before used once the model takes gradients
+        assert positions == [5 * levels]
     finally:
         detector.model.requires_grad_(False)
 

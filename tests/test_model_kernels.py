@@ -92,8 +92,7 @@ def test_a_clip_with_fused_projections_keeps_its_state_and_does_two_products_few
     for m in (library, model):
         with OperationCounter() as counter:
             image_embeddings(m, images)
-        # the linear products with a bias (the last layer's class-token query, of a slice, is a bmm without fusion)
-        products.append(counter.by_name["addmm"] + counter.by_name["bmm"])
+        products.append(counter.by_name["addmm"] + counter.by_name["bmm"])  # the linear products with a bias
     assert products[0] - products[1] == 2 * 3  # q, k and v in one product, in every layer (the last one too)
     upstream = torch.zeros(2, library.config.projection_dim)
     assert_close(image_embeddings(model, images), _features_and_gradient(library, images, upstream)[0], rel=SAME_MATH)

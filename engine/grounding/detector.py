@@ -216,10 +216,13 @@ class GroundingDetector:
         place of the images to score them under several captions with one backbone pass."""
         pixel_values, pixel_mask = self._model_inputs(images)
         batch_shape = tuple(pixel_values.shape)
+        # frozen: the layout is the same each time; a model that takes gradients could change its level embeddings
+        frozen = not any(parameter.requires_grad for parameter in self.model.parameters())
         with bfloat16_autocast(self.device, self.bfloat16):
-            encoding = encode_images(self.model.model, pixel_values, pixel_mask, self._layouts.get(batch_shape))
-        if not any(parameter.requires_grad for parameter in self.model.parameters()):  # frozen: the same each time
-            self._layouts[batch_shape] = encoding.layout
+            encoding = encode_images(self.model.model, pixel_values, pixel_mask,
+                                     self._layouts.get(batch_shape) if frozen else None)
+        if frozen:
+            self._layouts.setdefault(batch_shape, encoding.layout)
         return encoding
 
     def _model_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,10 +62,10 @@ def encoder_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 def class_token_of_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """One ``CLIPEncoderLayer``'s output for the class token alone.
 
-    Every token's keys and values are computed (the class token's attention reads them), and with a
-    fused projection every token's queries too (inside the one product: 49 query rows unused, some
-    0.7% of the vision tower's work, for fewer operations); the attention, output projection and MLP
-    for the class token only.
+    Every token's keys and values are computed (the class token's attention reads them), and every
+    token's queries too (with a fused projection they are the same product: 49 query rows unused,
+    some 0.7% of the vision tower's work, for fewer operations); the attention, output projection and
+    MLP for the class token only.
 
     Args:
         layer: the encoder layer (pre-norm attention, then pre-norm MLP, each with its residual).
@@ -75,15 +75,8 @@ def class_token_of_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor
         [B, C] what the layer's output holds at token 0.
     """
     attention = layer.self_attn
-    normed = layer.layer_norm1(hidden)
-    if getattr(attention, "qkv_proj", None) is None:  # one product per projection: the query of one row only
-        queries = _heads(attention.q_proj(normed[:, :1]), attention.num_heads)
-        keys, values = (_heads(projection(normed), attention.num_heads)
-                        for projection in (attention.k_proj, attention.v_proj))
-    else:
-        queries, keys, values = _queries_keys_values(attention, normed)
-        queries = queries[:, :, :1]
-    token = hidden[:, :1] + attention.out_proj(_attend(attention, queries, keys, values))
+    queries, keys, values = _queries_keys_values(attention, layer.layer_norm1(hidden))
+    token = hidden[:, :1] + attention.out_proj(_attend(attention, queries[:, :, :1], keys, values))
     token = token + layer.mlp(layer.layer_norm2(token))
     return token[:, 0]
 
