@@ -254,11 +254,27 @@ def test_one_image_encoding_serves_several_captions():
         detector.phrase_scores(encoding, captions[0], proposals=False)
 
 
-def test_a_frozen_models_image_layout_is_computed_once_per_batch_shape_and_changes_nothing():
-    """The feature levels' masks and position embeddings do not depend on the pixels: a grounding step
-    after the first takes them from the first (``ImageLayout``), with the same proposals and gradient."""
+def count_method_calls(monkeypatch, owner, name: str) -> list[int]:
+    """A one-element list counting calls of ``owner``'s method ``name`` from now on (the method
+    still runs)."""
+    calls, method = [0], getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_a_frozen_models_image_layout_is_computed_once_per_batch_shape_and_changes_nothing(monkeypatch):
+    """The feature levels' masks and position embeddings, the encoder's reference points and the
+    proposals' anchors do not depend on the pixels: a grounding step after the first takes them from
+    the first (``ImageLayout``), with the same proposals and gradient."""
     detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))
     positions = count_calls(detector.model.model.backbone.position_embedding)
+    references = count_method_calls(monkeypatch, detector.model.model.encoder, "get_reference_points")
+    anchors = count_method_calls(monkeypatch, detector.model.model, "generate_encoder_output_proposals")
     levels = detector.model.config.num_feature_levels
     caption = detector.caption(["pottery base", "linen shade"])
     images = random_images(2, 128, 128, seed=7)
@@ -269,6 +285,7 @@ def test_a_frozen_models_image_layout_is_computed_once_per_batch_shape_and_chang
         scores.square().sum().backward()
         steps.append((boxes, scores.detach(), x.grad))
     assert positions == [levels]  # the first step's; the second took its layout
+    assert references == [1] and anchors == [1]
     assert all(torch.equal(first, second) for first, second in zip(*steps, strict=True))
     detector.encode_images(random_images(1, 128, 128, seed=8))  # another batch shape: a layout of its own
     assert positions == [2 * levels]
@@ -296,6 +313,7 @@ def test_a_caption_encoded_once_gives_the_same_proposals():
     assert text_calls == [2] and not text.features.requires_grad
     again = [detector.phrase_scores(images, caption, text=text) for _ in range(3)]
     assert text_calls == [2]  # the text backbone ran for none of them
+    assert len(text._positions) == 1  # nor the text position embeddings, float32 in every fusion layer
     for boxes, scores in again:
         assert torch.equal(boxes, fresh[0]) and torch.equal(scores, fresh[1])
     gradients = [torch.autograd.grad(scores.sum(), images)[0] for scores in (fresh[1], again[0][1])]
@@ -304,6 +322,29 @@ def test_a_caption_encoded_once_gives_the_same_proposals():
         detector.phrase_scores(images[:1], caption, text=text)
     with pytest.raises(ValueError, match="dense proposals only"):
         detector.phrase_scores(images, caption, proposals=False, text=text)
+
+
+def test_bfloat16_proposals_are_the_library_forwards_under_the_same_autocast():
+    """Under bf16 autocast (a GPU's, or a CPU's with bf16) the kept inputs (image layout, anchors, the
+    caption's text position embeddings: one per dtype the fusion layers read) are what the library's
+    forward computes in that arithmetic, so the proposals are its own, step after step."""
+    detector = GroundingDetector(ModelStore("tiny").grounding("cpu"), bfloat16=True)
+    caption = detector.caption(["base", "lamp shade"])
+    images = random_images(2, 160, 192, seed=9)
+    with torch.no_grad():
+        pixel_values, pixel_mask = detector.preprocess(images)
+        with torch.autocast("cpu", torch.bfloat16):
+            out = detector.model(pixel_values=pixel_values, pixel_mask=pixel_mask,
+                                 input_ids=caption.input_ids.expand(2, -1))
+        valid = torch.isfinite(out.enc_outputs_coord_logits).all(-1)
+        library = span_mean(out.enc_outputs_class.float(), caption.token_spans)[valid]
+        text = detector.encode_caption(caption, 2)
+        for _ in range(2):  # the second with everything kept
+            boxes, logits = detector.phrase_logits(detector.encode_images(images), caption, text=text)
+            assert_close(logits[valid], library, rel=SAME_MATH, what="bf16 proposal logits")
+            assert_close(boxes[valid], out.enc_outputs_coord_logits.float().sigmoid()[valid], rel=SAME_MATH,
+                         what="bf16 boxes")
+    assert len(text._positions) == 2  # the first layer reads bf16 text features, the others float32
 
 
 # --- detection ------------------------------------------------------------------------------------

@@ -10,13 +10,15 @@ while the image backbone (Swin) does not read the caption.
 
 So the forward is split at the one place the caption enters the image path, the encoder's fusion:
 - :func:`encode_images`: backbone, projections to the model width and flattening of the feature
-  levels; depends on the images alone. Its masks and position embeddings (:class:`ImageLayout`)
-  depend only on the batch's shape, so a caller that encodes batches of one shape keeps them.
+  levels; depends on the images alone. Its masks, position embeddings, the encoder's reference
+  points and the proposals' anchors (:class:`ImageLayout`) depend only on the batch's shape, so a
+  caller that encodes batches of one shape keeps them.
 - :func:`encode_text`: the text backbone (BERT) and its projection to the model width; depends on
   the caption alone, so a run that scores the same captions at every grounding step computes it
   once (without gradient: the model is frozen and the gradient goes to the images).
-- :func:`encoder_proposals`: the fusion encoder and the proposal heads; runs once per caption on
-  the same :class:`ImageEncoding`, and never the decoder.
+- :func:`encoder_proposals`: the fusion encoder's layers and the proposal heads; runs once per
+  caption on the same :class:`ImageEncoding`, and never the decoder. The text position embeddings
+  its layers add are kept with the caption's encoding.
 
 Both call the library's own submodules in the order its ``GroundingDinoModel.forward`` does, so the
 arithmetic is the library's; ``tests/test_grounding_detector.py`` checks the outputs and the
@@ -26,7 +28,7 @@ Images are never padded here (a batch shares one size), so every pixel is valid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,8 @@ class ImageLayout:
         valid_ratios: [N, L, 2] the unpadded share of each level, ``(width, height)``.
         spatial_shapes: [L, 2] int64 the levels' ``(h_l, w_l)``.
         level_start_index: [L] int64 where each level starts in S.
+        reference_points: [N, S, L, 2] where each position's deformable attention samples around, in
+            0..1 of each level (the library's ``GroundingDinoEncoder.get_reference_points``).
     """
 
     padding: torch.Tensor
@@ -55,6 +59,22 @@ class ImageLayout:
     valid_ratios: torch.Tensor
     spatial_shapes: torch.Tensor
     level_start_index: torch.Tensor
+    reference_points: torch.Tensor
+    # encoder output dtype -> ([N, S, 4] anchors, [N, S, 1] bool True where a proposal is invalid)
+    _anchors: dict = field(default_factory=dict, repr=False)
+
+    def anchors(self, model: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each position's anchor box, ``(cx, cy, w, h)`` before the sigmoid ([N, S, 4], ``inf`` where
+        a proposal is invalid: padded, or an anchor at the image's border), and [N, S, 1] bool, True
+        there, for an encoder output of ``dtype``. They depend on the layout alone, so they are the
+        library's ``generate_encoder_output_proposals`` of a zero output, computed once per dtype
+        (under the caller's autocast, as the library computes them in its forward)."""
+        if dtype not in self._anchors:
+            zeros = torch.zeros(*self.padding.shape, self.position.shape[-1], dtype=dtype, device=self.padding.device)
+            with torch.no_grad():
+                _, anchors = model.generate_encoder_output_proposals(zeros, self.padding, list(self.shapes))
+            self._anchors[dtype] = (anchors, torch.isinf(anchors[..., :1]))
+        return self._anchors[dtype]
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,7 +133,8 @@ def _layout(model: nn.Module, masks: list[torch.Tensor], positions: list[torch.T
     spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=padding.device)
     sizes = spatial_shapes.prod(1)
     level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
-    return ImageLayout(padding, position, shapes, valid_ratios, spatial_shapes, level_start_index)
+    reference_points = model.encoder.get_reference_points(shapes, valid_ratios, padding.device)
+    return ImageLayout(padding, position, shapes, valid_ratios, spatial_shapes, level_start_index, reference_points)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,11 +152,23 @@ class TextEncoding:
     token_mask: torch.Tensor
     self_attention: torch.Tensor
     position_ids: torch.Tensor
+    # dtype of the text features a fusion layer reads -> their [N, T, D] sine position embeddings
+    _positions: dict = field(default_factory=dict, repr=False)
 
     @property
     def images(self) -> int:
         """N, the number of images this encoding serves."""
         return int(self.features.shape[0])
+
+    def position_embedding(self, layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """[N, T, D] the sine embedding of :attr:`position_ids` that the fusion encoder's ``layer``
+        adds to text ``features`` (the library's ``get_text_position_embeddings``, which computes it
+        in the features' dtype, again in every layer of every forward): computed once per dtype
+        (under the caller's autocast), since it depends on the caption alone."""
+        if features.dtype not in self._positions:
+            with torch.no_grad():
+                self._positions[features.dtype] = layer.get_text_position_embeddings(features, None, self.position_ids)
+        return self._positions[features.dtype]
 
 
 def encode_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEncoding:
@@ -164,23 +197,24 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding,
             ``enc_outputs_class``).
     """
     layout = encoding.layout
-    encoded = model.encoder(
-        vision_features=encoding.features,
-        vision_attention_mask=layout.padding,
-        vision_position_embedding=layout.position,
-        spatial_shapes=layout.spatial_shapes,
-        spatial_shapes_list=list(layout.shapes),
-        level_start_index=layout.level_start_index,
-        valid_ratios=layout.valid_ratios,
-        text_features=text.features,
-        text_attention_mask=~text.token_mask,
-        text_position_embedding=None,
-        text_self_attention_masks=~text.self_attention,
-        text_position_ids=text.position_ids,
-        return_dict=True,
-    )
-    queries, anchors = model.generate_encoder_output_proposals(
-        encoded.last_hidden_state_vision, layout.padding, list(layout.shapes)
-    )
-    token_logits = model.encoder_output_class_embed(queries, encoded.last_hidden_state_text, text.token_mask)
+    vision, words = encoding.features, text.features
+    for layer in model.encoder.layers:  # the library's GroundingDinoEncoder.forward, with the kept inputs
+        (vision, words), _ = layer(
+            vision_features=vision,
+            vision_position_embedding=layout.position,
+            spatial_shapes=layout.spatial_shapes,
+            spatial_shapes_list=list(layout.shapes),
+            level_start_index=layout.level_start_index,
+            key_padding_mask=layout.padding,
+            reference_points=layout.reference_points,
+            text_features=words,
+            text_attention_mask=~text.token_mask,
+            text_position_embedding=text.position_embedding(layer, words),
+            text_self_attention_masks=~text.self_attention,
+            text_position_ids=text.position_ids,
+        )
+    # the library's generate_encoder_output_proposals, its anchors kept: each position is a query
+    anchors, invalid = layout.anchors(model, vision.dtype)
+    queries = model.enc_output_norm(model.enc_output(vision.masked_fill(invalid, 0.0)))
+    token_logits = model.encoder_output_class_embed(queries, words, text.token_mask)
     return model.encoder_output_bbox_embed(queries) + anchors, token_logits
