@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.config import GuidanceSettings
 from engine.guidance import ClipGuidance
-from engine.guidance.augment import crop_boxes, identity_grid, perspective_grid, resample
+from engine.guidance.augment import crop_boxes, grid_base, identity_grid, perspective_grid, resample
 from engine.guidance.preprocess import clip_preprocess
 from engine.models import CLIP_MEAN, CLIP_STD, ModelStore
 
@@ -80,6 +80,49 @@ def test_perspective_probability_is_respected():
     # a warp moves the corners by up to 0.5 of the half side: far beyond CHANGED of the [-1, 1] grid
     warped = (grid - identity_grid(400, 8)).abs().flatten(1).amax(1) > CHANGED
     assert 0.18 < float(warped.float().mean()) < 0.32
+
+
+def test_one_batched_product_warps_some_images_and_leaves_the_others_exactly_alone():
+    """The grids are one product of the pixel centres with a homography per image, the identity
+    for an image left unwarped: that image's grid is the identity exactly, a warped one's is its
+    own homography's map."""
+    from engine.guidance.augment import _homography
+
+    size, seed = 24, 11
+    grid = perspective_grid(12, size, p=0.5, distortion=0.5, generator=torch.Generator().manual_seed(seed))
+    draws = torch.Generator().manual_seed(seed)  # perspective_grid's draws, in its order
+    apply = torch.rand(12, generator=draws) < 0.5
+    shifts = torch.rand(12, 4, 2, generator=draws, dtype=torch.float64) * 0.5
+    assert 0 < int(apply.sum()) < 12
+    identity = identity_grid(12, size, dtype=torch.float64).float()  # float64 pixel centres, as the grids'
+    assert torch.equal(grid[~apply], identity[~apply])
+    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    for image in apply.nonzero().squeeze(1).tolist():
+        h = _homography((corners - torch.sign(corners) * shifts[image])[None], corners[None])[0]
+        pixels = identity_grid(1, size, dtype=torch.float64).reshape(-1, 2)
+        mapped = torch.cat((pixels, torch.ones(size * size, 1, dtype=torch.float64)), 1) @ h.T
+        expected = (mapped[:, :2] / mapped[:, 2:]).reshape(size, size, 2).float()
+        assert_close(grid[image], expected, rel=SAME_MATH, what=f"warped grid {image}")
+    kept = perspective_grid(12, size, p=0.5, distortion=0.5, generator=torch.Generator().manual_seed(seed),
+                            base=grid_base(size))
+    assert torch.equal(kept, grid)
+
+
+def test_guidance_makes_the_pixel_centres_of_its_grids_once(tiny_clip, monkeypatch):
+    import engine.guidance.clip as clip_module
+
+    made = []
+
+    def counted(size, device):
+        made.append(size)
+        return grid_base(size, device=device)
+
+    monkeypatch.setattr(clip_module, "grid_base", counted)
+    guidance = ClipGuidance(tiny_clip, GuidanceSettings(global_augmentations=2, local_crops=3, geometry_crops=1))
+    color = torch.rand(2, 3, 96, 96)
+    batches = [guidance.augment(color, color, torch.Generator().manual_seed(0)) for _ in range(2)]
+    assert made == [tiny_clip.image_size]  # three grid calls a step, two steps
+    assert torch.equal(batches[0].images, batches[1].images)
 
 
 class _LargeOutputs(TorchDispatchMode):

@@ -23,36 +23,44 @@ def identity_grid(count: int, size: int, *, dtype=torch.float32, device: torch.d
     return torch.stack((x, y), dim=-1).expand(count, size, size, 2)
 
 
+def grid_base(size: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[size * size, 3] float64 homogeneous ``(x, y, 1)`` of the output pixel centres (row-major,
+    normalized as :func:`identity_grid`), on the device that builds grids for ``device``
+    (:func:`float64_device`). It depends on the size alone: a caller that builds many grids of one
+    size keeps it and passes it to :func:`perspective_grid`."""
+    plane = identity_grid(1, size, dtype=torch.float64, device=float64_device(torch.device(device)))
+    return torch.cat((plane.reshape(-1, 2), plane.new_ones(size * size, 1)), 1)
+
+
 def perspective_grid(
     count: int, size: int, *, p: float, distortion: float, generator: torch.Generator,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", base: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[count, size, size, 2] float32 grids on ``device``; each is, with probability ``p``, a random
     perspective warp.
 
     Like torchvision's RandomPerspective: each image corner moves inwards by up to
     ``distortion`` of the half side, and the image is warped so that the corners land there.
-    The draws and the [k, 3, 3] homographies are computed on the CPU; the grid, on ``device`` (the
-    same float64 arithmetic on every device; an Apple GPU has no float64, so its grids are built on
-    the CPU and copied over).
+    The draws and the [count, 3, 3] homographies (the identity for an image left unwarped) are
+    computed on the CPU; the grids, on ``device``, as one batched product with ``base`` (the
+    :func:`grid_base` of this size and device; made here when None), in float64 on every device
+    (an Apple GPU has no float64, so its grids are built on the CPU and copied over).
     """
     target = torch.device(device)
-    grid = identity_grid(count, size, dtype=torch.float64, device=float64_device(target)).clone()
+    base = grid_base(size, device=target) if base is None else base
     apply = torch.rand(count, generator=generator) < p
     shifts = torch.rand(count, 4, 2, generator=generator, dtype=torch.float64) * distortion
     warped = apply.nonzero().squeeze(1)  # on the CPU: no wait for the device
     if warped.numel() == 0 or distortion == 0.0:
-        return grid.float().to(target)
+        return base[:, :2].float().view(1, size, size, 2).expand(count, size, size, 2).to(target)
     corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
     inward = -torch.sign(corners)  # direction to move each corner into the image
     moved = corners + inward * shifts  # where each source corner lands in the output
-    homography = _homography(moved[warped], corners.expand(warped.numel(), 4, 2))  # output -> source
-    rows = warped.to(grid.device)
-    pts = grid.index_select(0, rows).reshape(warped.numel(), -1, 2)
-    ones = torch.ones(*pts.shape[:2], 1, dtype=torch.float64, device=grid.device)
-    mapped = torch.cat((pts, ones), -1) @ homography.to(grid.device).transpose(1, 2)
-    grid.index_copy_(0, rows, (mapped[..., :2] / mapped[..., 2:]).reshape(-1, size, size, 2))
-    return grid.float().to(target)
+    homography = torch.eye(3, dtype=torch.float64).repeat(count, 1, 1)  # output -> source
+    homography[warped] = _homography(moved[warped], corners.expand(warped.numel(), 4, 2))
+    # the identity maps (x, y, 1) to itself exactly (x * 1 + y * 0 + 0, then / 1)
+    mapped = base @ homography.to(base.device).transpose(1, 2)  # [count, size * size, 3]
+    return (mapped[..., :2] / mapped[..., 2:]).view(count, size, size, 2).float().to(target)
 
 
 def float64_device(device: torch.device) -> torch.device:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..config import GuidanceSettings
 from ..devices import bfloat16_autocast, use_bfloat16
 from ..models import ClipBundle
-from .augment import crop_boxes, perspective_grid, resample
+from .augment import crop_boxes, grid_base, perspective_grid, resample
 from .clip_image import image_embeddings
 from .preprocess import center_crop, normalize, resize_shortest_side
 
@@ -40,6 +40,7 @@ class ClipGuidance:
     def __init__(self, bundle: ClipBundle, settings: GuidanceSettings):
         self.bundle = bundle
         self.settings = settings
+        self._grid_bases: dict[torch.device, torch.Tensor] = {}  # device -> augment.grid_base at the model size
 
     @property
     def device(self) -> torch.device:
@@ -96,8 +97,7 @@ class ClipGuidance:
         if s.global_augmentations:
             whole = center_crop(resize_shortest_side(color, size), size)
             count = n * s.global_augmentations
-            grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion,
-                                    generator=generator, device=color.device)
+            grid = self._perspective_grids(count, generator, color.device)
             add("global", resample(whole, torch.arange(count) % n, grid))
         if local and s.local_crops:
             add("local", self._crops(color, s.local_crops, generator))
@@ -211,7 +211,6 @@ class ClipGuidance:
         view shows with ``part_min_pixels`` pixels gets no crop.
         """
         s = self.settings
-        size = self.bundle.image_size
         hard = (masks.detach() > 0.5).cpu()  # [N, P, H, W]: one read from the device, for the counts and the boxes
         counts = hard.flatten(2).sum(-1)  # [N, P]
         views, parts = [], []
@@ -231,8 +230,7 @@ class ClipGuidance:
         half = boxes[:, 2:] * scale[:, None]
         half = torch.maximum(half, half.amax(1, keepdim=True) / 2.0).clamp(max=1.0)  # aspect <= 2:1
         centre = boxes[:, :2] + shift * half
-        grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion,
-                                generator=generator, device=color.device)
+        grid = self._perspective_grids(count, generator, color.device)
         centre, half = centre.to(color.device), half.to(color.device)
         grid = centre[:, None, None, :] + half[:, None, None, :] * grid
         on_device = views.to(color.device), parts.to(color.device)
@@ -242,14 +240,21 @@ class ClipGuidance:
         rgb, alpha = sampled[:, :3], sampled[:, 3:].clamp(0.0, 1.0)
         return rgb * alpha + (1.0 - alpha), parts
 
+    def _perspective_grids(self, count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """[count, S, S, 2] :func:`perspective_grid` s at the model size S on ``device``, with this
+        guidance's settings; the pixel centres they map (``grid_base``) are made once per device."""
+        s, size = self.settings, self.bundle.image_size
+        if device not in self._grid_bases:
+            self._grid_bases[device] = grid_base(size, device=device)
+        return perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion,
+                                generator=generator, device=device, base=self._grid_bases[device])
+
     def _crops(self, images: torch.Tensor, per_view: int, generator: torch.Generator) -> torch.Tensor:
         """``per_view`` random crops of each image, perspective-distorted, at the model size."""
         s = self.settings
-        size = self.bundle.image_size
         count = images.shape[0] * per_view
         boxes = crop_boxes(count, area=s.local_crop_area, generator=generator)
-        grid = perspective_grid(count, size, p=s.perspective_p, distortion=s.perspective_distortion,
-                                generator=generator, device=images.device)
+        grid = self._perspective_grids(count, generator, images.device)
         boxes = boxes.to(images.device)
         grid = boxes[:, None, None, :2] + boxes[:, None, None, 2:] * grid
         return resample(images, torch.arange(count) % images.shape[0], grid)
