@@ -1,20 +1,26 @@
 """``python -m engine``: see :mod:`engine.cli`.
 
-Two settings of the process itself come first, before anything imports torch:
+Settings of the process itself come first, before anything imports torch:
 - Apple GPUs' CPU fallback is switched on (PyTorch reads it once, on import); a value the user set
   is kept. See :func:`engine.devices.enable_mps_fallback`.
 - glibc's malloc keeps freed memory for the next large block instead of mapping fresh pages for
   each (``PARTSTYLE_KEEP_FREED_MEMORY=0`` leaves it as it is). See :mod:`engine.allocator`.
+- Python's garbage collector neither walks the imported modules again nor, at exit, everything the
+  command kept. See :mod:`engine.collector`.
 """
 
 import sys
 
 from .allocator import keep_freed_memory
+from .collector import exit_without_collecting, kept_for_good
 from .devices import enable_mps_fallback
 
 enable_mps_fallback()
 keep_freed_memory()
 
-from .cli import main  # noqa: E402  (after the fallback: importing the command line imports torch)
+with kept_for_good():  # after the fallback: importing the command line imports torch
+    from .cli import main
 
-sys.exit(main())
+status = main()
+exit_without_collecting()
+sys.exit(status)
