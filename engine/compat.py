@@ -19,6 +19,14 @@ Shims and version checks:
   (``GroundingDinoImageLoss._get_target_classes_one_hot``) offsets each image's phrase indices by
   that image's own phrase count rather than the running total, so a training batch is labelled
   correctly only when every image has the same caption (checked with 5.0 and 5.24).
+- :func:`skip_tensor_checks`: transformers 5.x's ``torch_compilable_check`` asserts a condition on
+  tensors inside model forwards; where the condition is a tensor on a GPU, reading it makes the host
+  wait for the GPU. Of the models the engine runs only Grounding DINO has one: each multi-scale
+  deformable attention layer checks that its levels' shapes add up to its sequence length, 12 waits
+  of a grounding step (6 encoder layers, 2 captions) for a fact the engine's inputs hold by
+  construction. transformers 5.23 and 5.24 skip every such check while
+  ``TRANSFORMERS_DISABLE_TORCH_CHECK`` is ``1`` (read at each check; documented there for production
+  use), so ``python -m engine`` sets it unless the user set it; the tests run with the checks on.
 - :func:`plain_http_downloads`: huggingface_hub 1.31 to 2.4 download a file over plain HTTP in
   ``file_download.http_get``, which calls the ``tqdm_class`` bar's ``update`` inline in its read loop
   (an exception raised there stops that download and removes its temporary file), in chunks of
@@ -32,12 +40,16 @@ Shims and version checks:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 from .errors import DependencyError
 
 #: The first transformers release whose Grounding DINO gives phrase delimiters the right position ids.
 GROUNDING_MIN_TRANSFORMERS = "5.23"
+
+#: transformers' switch for its in-forward tensor checks (see :func:`skip_tensor_checks`).
+TENSOR_CHECKS_VARIABLE = "TRANSFORMERS_DISABLE_TORCH_CHECK"
 
 #: The tokens Grounding DINO treats as phrase delimiters -> their ids in bert-base-uncased's
 #: vocabulary (the tiny tokenizers keep that layout). transformers 5.0-5.24 split at these ids.
@@ -60,6 +72,14 @@ def require_grounding_support(version: str | None = None) -> None:
             f"Update it: pip install -U \"transformers>={GROUNDING_MIN_TRANSFORMERS},<6\" (or give the parts by "
             "hand, which needs no detector)."
         )
+
+
+def skip_tensor_checks() -> bool:
+    """Set ``TRANSFORMERS_DISABLE_TORCH_CHECK=1`` unless the user set it (their value is kept): the
+    engine's own processes skip transformers' in-forward tensor checks, each a wait for the GPU (see
+    the module docstring). Returns whether the checks are now skipped."""
+    os.environ.setdefault(TENSOR_CHECKS_VARIABLE, "1")
+    return os.environ[TENSOR_CHECKS_VARIABLE] == "1"
 
 
 def grounding_delimiter_ids(model) -> tuple[int, ...]:

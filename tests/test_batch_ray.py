@@ -14,6 +14,7 @@ from page_faults import BLOCK_PAGES, GLIBC, NOT_GLIBC
 
 from engine.batch.ray_executor import AssetWorker, RayExecutor
 from engine.batch.run import AssetEvent, LocalExecutor, run_batch
+from engine.compat import TENSOR_CHECKS_VARIABLE
 from engine.events import CancelToken
 from engine.export import RESULT_FILES
 
@@ -138,8 +139,9 @@ def test_an_asset_whose_worker_dies_twice_fails_alone(tmp_path, local_ray):
     assert "died twice" in json.loads((tmp_path / "out" / "lamp" / "failure.json").read_text())["error"]
 
 
-def test_a_worker_keeps_freed_memory(local_ray):
-    """A Ray worker's process keeps freed memory for reuse, as `python -m engine` does (test_allocator.py)."""
+def test_a_worker_keeps_freed_memory_and_skips_tensor_checks(local_ray):
+    """A Ray worker's process keeps freed memory for reuse (test_allocator.py) and skips transformers'
+    in-forward tensor checks (test_compat.py), as `python -m engine` does."""
     if not GLIBC:
         pytest.skip(NOT_GLIBC)
     tests = os.path.dirname(os.path.abspath(__file__))
@@ -153,6 +155,10 @@ def test_a_worker_keeps_freed_memory(local_ray):
 
             return steady_step_faults()
 
+        def tensor_checks(self) -> str | None:
+            return os.environ.get(TENSOR_CHECKS_VARIABLE)
+
     actor = ray.remote(CountingFaults).remote("tiny", "cpu", False, 1)
     assert ray.get(actor.faults.remote()) < BLOCK_PAGES // 10
+    assert ray.get(actor.tensor_checks.remote()) == "1"
     ray.kill(actor)

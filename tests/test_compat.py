@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -12,9 +16,11 @@ from packaging.version import Version
 from engine.compat import (
     GROUNDING_DELIMITER_IDS,
     GROUNDING_MIN_TRANSFORMERS,
+    TENSOR_CHECKS_VARIABLE,
     check_caption_batch,
     grounding_delimiter_ids,
     require_grounding_support,
+    skip_tensor_checks,
 )
 from engine.errors import DependencyError, PartstyleError
 from engine.tiny_models import build_tiny_grounding_dino
@@ -77,3 +83,66 @@ def test_plain_http_downloads_switch_xet_off_and_read_a_megabyte_at_a_time():
         assert constants.DOWNLOAD_CHUNK_SIZE == DOWNLOAD_CHUNK_BYTES == 1 << 20
     assert (file_download.is_xet_available(), constants.HF_HUB_DISABLE_XET, constants.DOWNLOAD_CHUNK_SIZE) == before
     assert "constants.DOWNLOAD_CHUNK_SIZE" in inspect.getsource(file_download.http_get)
+
+
+def _device_reads_of_a_proposals_forward() -> tuple[int, int]:
+    """Values a tiny Grounding DINO's dense-proposals forward reads back from its tensors (each a wait
+    for the device on a GPU): ``_local_scalar_dense`` calls, counted; and the model's encoder layers."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from engine.grounding import GroundingDetector
+    from engine.models import ModelStore
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Reads.count += func.overloadpacket.__name__ == "_local_scalar_dense"
+            return func(*args, **(kwargs or {}))
+
+    detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), Reads():
+        detector.phrase_logits(images, detector.caption(["base", "shade"]))
+    return Reads.count, detector.model.config.encoder_layers
+
+
+def test_the_switch_skips_grounding_dinos_checks_in_the_installed_transformers(monkeypatch):
+    """transformers reads TRANSFORMERS_DISABLE_TORCH_CHECK at each check (5.23 and 5.24): with it, a
+    proposals forward reads one value fewer from the device for each deformable attention layer."""
+    from transformers.utils.import_utils import torch_compilable_check
+
+    monkeypatch.delenv(TENSOR_CHECKS_VARIABLE, raising=False)
+    with pytest.raises(ValueError, match="the check"):
+        torch_compilable_check(torch.tensor(False), "the check")
+    checked, layers = _device_reads_of_a_proposals_forward()
+    monkeypatch.setenv(TENSOR_CHECKS_VARIABLE, "1")
+    torch_compilable_check(torch.tensor(False), "the check")  # skipped
+    assert checked - _device_reads_of_a_proposals_forward()[0] == layers
+
+
+def test_skip_tensor_checks_keeps_a_value_the_user_set(monkeypatch):
+    monkeypatch.delenv(TENSOR_CHECKS_VARIABLE, raising=False)
+    assert skip_tensor_checks() is True and os.environ[TENSOR_CHECKS_VARIABLE] == "1"
+    monkeypatch.setenv(TENSOR_CHECKS_VARIABLE, "0")
+    assert skip_tensor_checks() is False and os.environ[TENSOR_CHECKS_VARIABLE] == "0"
+
+
+_SWITCH = """
+import json, os, runpy, sys
+sys.argv = ["engine", "settings"]
+try:
+    runpy.run_module("engine", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+sys.stderr.write(json.dumps(os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")))
+"""
+
+
+def test_the_command_line_skips_the_checks():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != TENSOR_CHECKS_VARIABLE}
+    done = subprocess.run([sys.executable, "-c", _SWITCH], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == "1"

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..allocator import keep_freed_memory
+from ..compat import skip_tensor_checks
 from ..errors import DependencyError
 from .runner import AssetRunner
 from .state import AssetOutcome, write_failure
@@ -37,12 +38,14 @@ def import_ray():
 
 class AssetWorker:
     """The actor's class: an :class:`AssetRunner` in the actor's own process, with its thread count;
-    the process keeps freed memory for reuse, as ``python -m engine`` does (:mod:`engine.allocator`)."""
+    the process keeps freed memory for reuse and skips transformers' in-forward tensor checks, as
+    ``python -m engine`` does (:mod:`engine.allocator`, :func:`engine.compat.skip_tensor_checks`)."""
 
     def __init__(self, models: str, device: str, allow_download: bool, threads: int):
         import torch
 
         keep_freed_memory()
+        skip_tensor_checks()
         torch.set_num_threads(threads)
         self.runner = AssetRunner(models, device=device, allow_download=allow_download)
 
