@@ -52,7 +52,7 @@ def perspective_grid(
     shifts = torch.rand(count, 4, 2, generator=generator, dtype=torch.float64) * distortion
     warped = apply.nonzero().squeeze(1)  # on the CPU: no wait for the device
     if warped.numel() == 0 or distortion == 0.0:
-        return base[:, :2].float().view(1, size, size, 2).expand(count, size, size, 2).to(target)
+        return base[:, :2].float().view(1, size, size, 2).repeat(count, 1, 1, 1).to(target)
     corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
     inward = -torch.sign(corners)  # direction to move each corner into the image
     moved = corners + inward * shifts  # where each source corner lands in the output
