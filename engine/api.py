@@ -161,7 +161,7 @@ def stylize(
         part_weights = copy.expand_part_weights(located) if on_copy else located
         work_weights = located if on_copy or copy is None else copy.reduce_part_weights(located)
         seconds_locating = time.perf_counter() - locating
-    outward, inward = _relief_bounds(mesh, request, settings, store.measurements, on_event, reused)
+    outward, inward = _relief_bounds(mesh, request, settings, store.measurements, on_event, reused, dev)
     carry, carry_bounds = (None, lambda bounds: bounds) if copy is None else (copy.carry, copy.carry_bounds)
     composition = _composition(work.num_vertices, request, work_weights, normalization, carry=carry)
     composition = composition.with_relief(carry_bounds(outward), carry_bounds(inward))
@@ -286,7 +286,7 @@ def _located_parts(mesh: Mesh, names: tuple[str, ...], settings: Settings, store
 
 
 def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, measurements: ShapeMeasurements,
-                   on_event: EventSink, reused: list[str]):
+                   on_event: EventSink, reused: list[str], device: torch.device):
     """[V, P] outward and inward displacement bounds of each styled part (unit frame); zeros, without
     measuring anything, when no part may move. The thickness is measured once per shape
     (``measurements`` keeps it for the next run on the same shape; ``reused`` says when it did)."""
@@ -298,8 +298,9 @@ def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, measur
         on_event(StageEvent("measuring thickness", f"{mesh.num_vertices} vertices, for relief bounds"))
     else:
         reused.append(THICKNESS)
-    thickness = measurements.measured(  # the run's CPU threads share the rays
-        THICKNESS, mesh, lambda: mesh.local_thickness(workers=torch.get_num_threads()))
+    tracer = device if device.type == "cuda" else None  # a GPU traces the rays; else the run's CPU threads share them
+    thickness = measurements.measured(
+        THICKNESS, mesh, lambda: mesh.local_thickness(workers=torch.get_num_threads(), device=tracer))
     return relief_bounds(thickness, fractions, settings.field.max_displacement)
 
 

@@ -154,6 +154,10 @@ def run_benchmarks(
             figures["geometry"][count][workers] = {"thickness_s": thickness, "intersections_s": check}
             say(f"  lamp {count:>7} faces  {workers:>2} threads  thickness {thickness:>6.2f}  "
                 f"self-intersections {check:>6.2f}")
+        if dev.type == "cuda":  # what a run on this GPU measures instead: the rays traced there
+            first, again = device_thickness_timing(count, dev)
+            figures["geometry"][count]["device_thickness_s"] = {"first": first, "again": again}
+            say(f"  lamp {count:>7} faces  traced on {dev}: thickness {first:>6.2f} first, {again:>6.2f} again")
 
     figures["peak_rss_mb"] = peak_memory_mb(torch.device("cpu"))
     say(f"\npeak process memory: {figures['peak_rss_mb']:.0f} MB")
@@ -332,6 +336,20 @@ def geometry_timing(faces: int, workers: int) -> tuple[float, float]:
     middle = time.perf_counter()
     intersecting_pairs(vertices, mesh.faces, workers=workers)
     return middle - started, time.perf_counter() - middle
+
+
+def device_thickness_timing(faces: int, device: torch.device) -> tuple[float, float]:
+    """Seconds for the lamp's local thickness with its rays traced by torch on ``device``, as a run
+    there measures it: the first time in this process (which pays its kernels' first use, as a fresh
+    command does) and again."""
+    mesh = sample_mesh("lamp", faces)
+    vertices = mesh.unit_vertices()
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        local_thickness(vertices, mesh.faces, mesh.vertex_normals, device=device)  # returns on the host: waited for
+        seconds.append(time.perf_counter() - started)
+    return seconds[0], seconds[1]
 
 
 def localization_timing(size: int, device: torch.device, *, models: BenchmarkModels) -> dict[str, float]:

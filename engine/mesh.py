@@ -70,14 +70,16 @@ class Mesh:
         """
         return vertex_normals(self.vertices, self.faces)
 
-    def local_thickness(self, workers: int = 1):
+    def local_thickness(self, workers: int = 1, device=None):
         """The shape's :class:`~engine.geometry.thickness.LocalThickness` at each vertex, unit frame:
         measured on first use (a few seconds at 100k faces on one CPU core; ``workers`` threads
-        share its rays, with the same result), then kept with the mesh."""
+        share its rays, or a torch ``device`` traces them, with the same result), then kept with the
+        mesh."""
         from .geometry.thickness import local_thickness
 
         if (measured := self.__dict__.get("_local_thickness")) is None:  # the frozen dataclass's own cache
-            measured = local_thickness(self.unit_vertices(), self.faces, self.vertex_normals, workers=workers)
+            measured = local_thickness(self.unit_vertices(), self.faces, self.vertex_normals, workers=workers,
+                                       device=device)
             self.__dict__["_local_thickness"] = measured
         return measured
 

@@ -283,3 +283,11 @@ def test_only_that_names_no_run_is_refused_with_the_runs_names(capsys):
     message = capsys.readouterr().err
     assert "--only 'fastest' names no run" in message
     assert "'fast, 3 parts'" in message and "'text2mesh, holistic'" in message  # what it could have named
+
+
+def test_the_thickness_traced_on_a_device_is_timed_first_and_again():
+    """What `bench --device cuda` prints for a GPU's thickness (the CPU stands in for the device)."""
+    from engine.bench import device_thickness_timing
+
+    first, again = device_thickness_timing(2000, torch.device("cpu"))
+    assert first > 0 and again > 0

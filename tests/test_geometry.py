@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from engine.geometry.intersections import face_components, intersecting_pairs, new_intersections
 from engine.geometry.thickness import MAX_DISTANCE, local_thickness
@@ -84,6 +85,53 @@ def test_threads_share_the_queries_with_the_same_results_bit_for_bit(monkeypatch
     pairs = intersecting_pairs(vertices, mesh.faces)
     assert len(pairs) > 0 and mesh.num_faces > triangle_tree.CHUNK  # the tube passes into the base
     np.testing.assert_array_equal(intersecting_pairs(vertices, mesh.faces, workers=3), pairs)
+
+
+def _cone_rays(mesh, vertices, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The thickness's rays from ``count`` random vertices: [R, 3] origins and unit directions, both sides."""
+    from engine.geometry.thickness import _cone
+
+    chosen = np.random.default_rng(seed).choice(mesh.num_vertices, count, replace=False)
+    directions, _ = _cone(np.asarray(mesh.vertex_normals, np.float64)[chosen])
+    origins = np.repeat(vertices[chosen], directions.shape[1], axis=0)
+    rays = directions.reshape(-1, 3)
+    return np.concatenate((origins, origins)), np.concatenate((-rays, rays))
+
+
+def _device_trace_matches_numpy(device: str, *, chunk: int | None = None) -> None:
+    from engine.geometry.device_trace import DEVICE_CHUNK, DeviceTree
+
+    for name, faces in (("lamp", 6000), ("chair", 4000)):
+        mesh = _mesh(name, faces)
+        vertices = _unit(mesh)
+        tree = TriangleTree.build(vertices, mesh.faces)
+        origins, directions = _cone_rays(mesh, vertices, 600, seed=faces)
+        for near, far in ((1e-6, MAX_DISTANCE), (0.05, 0.3)):
+            expected = tree.nearest_hits(origins, directions, far, near)
+            assert 0 < np.isfinite(expected).sum() < len(expected)  # hits and misses
+            got = DeviceTree(tree, device).nearest_hits(origins, directions, far, near, chunk=chunk or DEVICE_CHUNK)
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_torch_traces_the_trees_rays_to_the_same_distances_bit_for_bit():
+    """The device traversal (device_trace.py) runs numpy's operations in numpy's precisions: on the
+    CPU its distances are numpy's exactly, in one chunk or several."""
+    _device_trace_matches_numpy("cpu")
+    _device_trace_matches_numpy("cpu", chunk=1000)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to PyTorch here")
+def test_a_gpu_traces_the_trees_rays_to_numpys_distances():
+    _device_trace_matches_numpy("cuda")
+
+
+def test_the_thickness_traced_by_torch_is_numpys():
+    mesh = _mesh("lamp", 6000)
+    vertices = _unit(mesh)
+    on_threads = local_thickness(vertices, mesh.faces, mesh.vertex_normals, workers=2)
+    by_torch = local_thickness(vertices, mesh.faces, mesh.vertex_normals, device=torch.device("cpu"))
+    for field in ("inside", "outside", "bend"):
+        np.testing.assert_array_equal(getattr(by_torch, field), getattr(on_threads, field))
 
 
 def _part_median(mesh, values, part):

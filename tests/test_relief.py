@@ -145,6 +145,30 @@ def test_relief_none_leaves_positions_bit_identical_and_skips_geometry():
     assert result.colors_srgb.std() > 0  # the colors were still styled
 
 
+@pytest.mark.parametrize(("device", "tracer"), [("cpu", None), ("cuda", "cuda")])
+def test_a_gpu_run_traces_the_thickness_on_the_gpu(monkeypatch, device, tracer):
+    """The relief bounds' thickness is traced by torch on a CUDA run's device (device_trace.py, the
+    same distances) and by numpy on the CPU's threads otherwise."""
+    from engine.api import _relief_bounds
+    from engine.mesh import Mesh
+    from engine.shape_measurements import ShapeMeasurements
+
+    lamp = _mesh("lamp")
+    asked = []
+    measure = Mesh.local_thickness
+
+    def recording(self, workers=1, device=None):
+        asked.append(None if device is None else torch.device(device).type)
+        return measure(self, workers=workers)  # measured on this CPU whatever was asked
+
+    monkeypatch.setattr(Mesh, "local_thickness", recording)
+    parts = PartWeights.from_labels(lamp.labels, lamp.label_names)
+    request = StyleRequest("red base, yellow tube, blue shade", parts=parts)
+    outward, inward = _relief_bounds(lamp, request, settings_for("fast"), ShapeMeasurements(), lambda _: None, [],
+                                     torch.device(device))
+    assert asked == [tracer] and outward.shape == (lamp.num_vertices, 3) and inward.max() > 0
+
+
 def test_trained_displacement_stays_within_each_parts_bound():
     lamp = _mesh("lamp")
     settings = settings_for("preview", {"optim.iterations": 8, "optim.learning_rate": 0.02})

@@ -22,6 +22,7 @@ Frame: the unit frame (the mesh fills the unit sphere); distances are in unit-fr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -64,13 +65,15 @@ def local_thickness(
     tree: TriangleTree | None = None,
     max_origins: int = MAX_ORIGINS,
     workers: int = 1,
+    device=None,
 ) -> LocalThickness:
     """The local thickness at ``vertices`` [V, 3] (unit frame) of the mesh (``faces`` [F, 3]) with
     unit vertex ``normals`` [V, 3].
 
     Rays leave at most ``max_origins`` vertices, evenly spread along a Morton curve through the
     vertices; the others take the value of the nearest sampled vertex along the vertex graph.
-    ``workers`` threads trace the rays (the result does not depend on it).
+    ``workers`` threads trace the rays; or, with a torch ``device`` (a run's GPU), torch traces them
+    there (``device_trace.py``). The result depends on neither.
     """
     vertices = np.asarray(vertices, np.float64)
     tree = tree or TriangleTree.build(vertices, faces)
@@ -81,10 +84,16 @@ def local_thickness(
     directions, cosines = _cone(np.asarray(normals, np.float64)[chosen])  # [S, K, 3], [K]
     start = np.repeat(vertices[chosen], directions.shape[1], axis=0)
     min_distance = 1e-6
+    if device is None:
+        trace = partial(tree.nearest_hits, workers=workers)
+    else:
+        from .device_trace import DeviceTree  # torch, imported only for a device
+
+        trace = DeviceTree(tree, device).nearest_hits
     sides = []
     for sign, pool in ((-1.0, np.median), (1.0, np.min)):
         rays = (sign * directions).reshape(-1, 3)
-        hits = tree.nearest_hits(start, rays, MAX_DISTANCE, min_distance, workers=workers).reshape(len(chosen), -1)
+        hits = trace(start, rays, MAX_DISTANCE, min_distance).reshape(len(chosen), -1)
         sides.append(pool(np.minimum(hits * cosines, MAX_DISTANCE), axis=1))
     graph = VertexGraph(np.asarray(faces, np.int64), len(vertices))
     lengths = np.linalg.norm(vertices[graph.source] - vertices[graph.target], axis=1)

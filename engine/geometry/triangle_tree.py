@@ -99,7 +99,7 @@ class TriangleTree:
         face = np.full(len(origins), -1, np.int64)
         pending = np.arange(len(origins))
         near = min_distance
-        for far in _stages(min_distance, max_distance):  # short segments first: most rays stop early
+        for far in ray_stages(min_distance, max_distance):  # short segments first: most rays stop early
             chunks = [pending[start:start + CHUNK] for start in range(0, len(pending), CHUNK)]
 
             def trace(rays: np.ndarray, near: float = near, far: float = far) -> tuple[np.ndarray, np.ndarray]:
@@ -205,7 +205,7 @@ def _map(work: Callable[..., _Result], items: Sequence, workers: int) -> list[_R
         return list(pool.map(work, items))
 
 
-def _stages(first: float, last: float) -> list[float]:
+def ray_stages(first: float, last: float) -> list[float]:
     """Growing ray lengths up to ``last``: 1/64, 1/16, 1/4 of it, then all of it."""
     return [d for d in (last / 64, last / 16, last / 4) if d > first] + [last]
 
