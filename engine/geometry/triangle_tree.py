@@ -22,6 +22,8 @@ from typing import TypeVar
 import numpy as np
 
 LEAF_SIZE = 4
+#: float32 rounding of the slab distances, in the tree's units: the box test's margin.
+SLACK = float(np.float32(1e-5))
 #: Rays (or boxes) traced together: bounds the size of the per-level pair arrays, which at this
 #: size stay in the CPU's caches (32,768 was about 1.1x slower on one thread) and give threads work to share.
 CHUNK = 4_096
@@ -170,22 +172,10 @@ class TriangleTree:
         inverse = (1.0 / safe).astype(np.float32).T.copy()  # [3, R]; finite: a ray parallel to a slab gets a huge slope
         start = origins.astype(np.float32).T.copy()  # [3, R]
         origin_axes, direction_axes = origins.T.copy(), directions.T.copy()  # [3, R] float64
-        slack = np.float32(1e-5)  # float32 rounding of the slab distances, in unit-frame units
-
-        def meets(q, level, node):
-            near = far = None
-            for axis in range(3):  # the slab test one axis at a time, over contiguous values
-                o, i = start[axis][q], inverse[axis][q]
-                t0 = (self.lows[level][axis][node] - o) * i
-                t1 = (self.highs[level][axis][node] - o) * i
-                low, high = np.minimum(t0, t1), np.maximum(t0, t1)
-                near = low if near is None else np.maximum(near, low)
-                far = high if far is None else np.minimum(far, high)
-            return (near <= far + slack) & (far >= min_distance - slack) & (near <= max_distance + slack)
-
+        meets = slab_test(start, inverse, self.lows, self.highs, min_distance, max_distance)
         ray, leaf = self._descend(meets, len(origins))
         ray, triangle = self._leaf_triangles(ray, leaf)
-        t = _distances_by_axis(origin_axes[:, ray], direction_axes[:, ray], self.corners[:, :, triangle])
+        t = distances_by_axis(origin_axes[:, ray], direction_axes[:, ray], self.corners[:, :, triangle])
         hit = (t >= min_distance) & (t <= max_distance)
         ray, triangle, t = ray[hit], triangle[hit], t[hit]
         first = np.lexsort((t, ray))  # by ray, nearest first
@@ -195,6 +185,31 @@ class TriangleTree:
         best[ray[keep]] = t[keep]
         face[ray[keep]] = self.order[triangle[keep]]
         return best, face
+
+
+def slab_test(start, inverse, lows, highs, min_distance: float, max_distance: float, xp=np):
+    """The traversal's box test of rays against a level's boxes: a function ``(ray, level, node) ->
+    bool`` over pairs of [P] indices, True where ray ``ray`` passes through box ``node`` of ``level``
+    within ``min_distance`` .. ``max_distance`` (widened by float32's rounding of the slab distances).
+
+    ``start`` and ``inverse`` are the rays' [3, R] float32 origins and inverse directions, ``lows``
+    and ``highs`` the tree's per-level [3, N_l] float32 boxes; numpy arrays (``xp=np``) or torch
+    tensors (``xp=torch``), with the same arithmetic either way."""
+    slack = SLACK
+    below, beyond = min_distance - slack, max_distance + slack  # Python floats, compared in float32
+
+    def meets(ray, level, node):
+        near = far = None
+        for axis in range(3):  # the slab test one axis at a time, over contiguous values
+            o, i = start[axis][ray], inverse[axis][ray]
+            t0 = (lows[level][axis][node] - o) * i
+            t1 = (highs[level][axis][node] - o) * i
+            low, high = xp.minimum(t0, t1), xp.maximum(t0, t1)
+            near = low if near is None else xp.maximum(near, low)
+            far = high if far is None else xp.minimum(far, high)
+        return (near <= far + slack) & (far >= below) & (near <= beyond)
+
+    return meets
 
 
 def _map(work: Callable[..., _Result], items: Sequence, workers: int) -> list[_Result]:
@@ -215,35 +230,36 @@ def ray_triangle_distances(origins: np.ndarray, directions: np.ndarray, corners:
     of triangle ``i``) -> [N] distance along each ray to its triangle's plane where the ray passes
     through the triangle (either side), else ``nan``. A ray parallel to its triangle's plane counts
     as a miss."""
-    return _distances_by_axis(np.asarray(origins).T, np.asarray(directions).T, np.asarray(corners).transpose(1, 2, 0))
+    return distances_by_axis(np.asarray(origins).T, np.asarray(directions).T, np.asarray(corners).transpose(1, 2, 0))
 
 
-def _distances_by_axis(origins: np.ndarray, directions: np.ndarray, corners: np.ndarray) -> np.ndarray:
+def distances_by_axis(origins, directions, corners, xp=np):
     """:func:`ray_triangle_distances` of axis-major arrays: [3, N] origins and directions, [3 corners,
-    3 axes, N] triangles (contiguous rows: each operation runs over contiguous values)."""
+    3 axes, N] triangles (contiguous rows: each operation runs over contiguous values); numpy arrays
+    (``xp=np``) or torch tensors (``xp=torch``), with the same arithmetic in the same order."""
     a = corners[0]
     ab, ac = corners[1] - a, corners[2] - a
-    p = _cross(directions, ac)
+    p = _cross(directions, ac, xp)
     det = _dot(ab, p)
-    ok = np.abs(det) > 1e-12 * np.sqrt(_dot(ab, ab) * _dot(ac, ac))
-    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    ok = xp.abs(det) > 1e-12 * xp.sqrt(_dot(ab, ab) * _dot(ac, ac))
+    inv = xp.where(ok, 1.0 / xp.where(ok, det, 1.0), 0.0)
     s = origins - a
     u = _dot(s, p) * inv
-    q = _cross(s, ab)
+    q = _cross(s, ab, xp)
     v = _dot(directions, q) * inv
     t = _dot(ac, q) * inv
     inside = ok & (u >= 0.0) & (v >= 0.0) & (u + v <= 1.0)
-    return np.where(inside, t, np.nan)
+    return xp.where(inside, t, xp.nan)
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _dot(a, b):
     """Dot products of axis-major [3, N] arrays -> [N]."""
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _cross(a, b, xp=np):
     """Cross products of axis-major [3, N] arrays -> [3, N]."""
-    return np.stack((a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]))
+    return xp.stack((a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]))
 
 
 def morton_codes(points: np.ndarray) -> np.ndarray:
