@@ -289,7 +289,8 @@ def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, measur
                    on_event: EventSink, reused: list[str], device: torch.device):
     """[V, P] outward and inward displacement bounds of each styled part (unit frame); zeros, without
     measuring anything, when no part may move. The thickness is measured once per shape
-    (``measurements`` keeps it for the next run on the same shape; ``reused`` says when it did)."""
+    (``measurements`` keeps it for the next run on the same shape; ``reused`` says when it did), its
+    rays traced on the run's ``device`` when that is a CUDA GPU."""
     fractions = request.relief_fractions
     if not any(fractions) or settings.field.max_displacement <= 0:
         zeros = np.zeros((mesh.num_vertices, len(fractions)), np.float32)
