@@ -1,4 +1,5 @@
-"""A bounding-volume tree over a mesh's triangles: nearest ray hits and box overlaps, in numpy.
+"""A bounding-volume tree over a mesh's triangles: nearest ray hits and box overlaps, in numpy (a GPU
+run traces the same rays with the same arithmetic in torch: ``device_trace.py``).
 
 The tree is built once per mesh in O(F log F): triangles are sorted along a Morton (Z-order)
 curve of their centroids, cut into leaves of ``LEAF_SIZE`` consecutive triangles, and leaves are
