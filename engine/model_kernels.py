@@ -84,6 +84,14 @@ def _bfloat16_autocast(inputs: torch.Tensor) -> bool:
     return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
 
 
+def _linear_with_copies(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``module``'s linear product of ``inputs``: with its bf16 copies (``weight_bf16``, ``bias_bf16``)
+    under bf16 autocast where it has them, else with its float32 ``weight`` and ``bias``."""
+    if module.weight_bf16 is not None and _bfloat16_autocast(inputs):
+        return F.linear(inputs, module.weight_bf16, module.bias_bf16)
+    return F.linear(inputs, module.weight, module.bias)
+
+
 class LinearWithBfloat16Copy(nn.Module):
     """An ``nn.Linear`` of a frozen model that also holds its weight and bias in bf16, for bf16 autocast.
 
@@ -105,9 +113,7 @@ class LinearWithBfloat16Copy(nn.Module):
         self.register_buffer("bias_bf16", bias, persistent=False)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if _bfloat16_autocast(inputs):
-            return F.linear(inputs, self.weight_bf16, self.bias_bf16)
-        return F.linear(inputs, self.weight, self.bias)
+        return _linear_with_copies(self, inputs)
 
 
 def keep_bfloat16_weights(model: nn.Module, prefixes: tuple[str, ...] = ("",)) -> int:
@@ -145,9 +151,7 @@ class FusedProjections(nn.Module):
         self.register_buffer("bias_bf16", _stacked(layers, "bias_bf16") if copies else None, persistent=False)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.weight_bf16 is not None and _bfloat16_autocast(inputs):
-            return F.linear(inputs, self.weight_bf16, self.bias_bf16)
-        return F.linear(inputs, self.weight, self.bias)
+        return _linear_with_copies(self, inputs)
 
 
 def _stacked(layers: list[nn.Module], name: str) -> torch.Tensor | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .triangle_tree import LEAF_SIZE, TriangleTree, distances_by_axis, ray_stages, slab_test
+from .triangle_tree import TriangleTree, descend, distances_by_axis, leaf_triangles, ray_stages, slab_test
 
 #: Rays traced together: bounds the (ray, triangle) pairs held at once (about 1.3 million, 0.4 GB, for
 #: the lamp at 40k or 100k faces).
@@ -35,6 +35,7 @@ class DeviceTree:
         self.lows = [torch.from_numpy(level).to(self.device) for level in tree.lows]
         self.highs = [torch.from_numpy(level).to(self.device) for level in tree.highs]
         self.num_triangles = tree.num_triangles
+        self.level_sizes = tree.level_sizes
 
     def nearest_hits(self, origins: np.ndarray, directions: np.ndarray, max_distance: float,
                      min_distance: float = 0.0, *, chunk: int = DEVICE_CHUNK) -> np.ndarray:
@@ -62,29 +63,9 @@ class DeviceTree:
         inverse = (1.0 / safe).float().T.contiguous()  # [3, R]; a ray parallel to a slab gets a huge slope
         start = origins.float().T.contiguous()  # [3, R]
         meets = slab_test(start, inverse, self.lows, self.highs, min_distance, max_distance, xp=torch)
-        ray, leaf = self._descend(meets, len(origins))
-        ray = ray.repeat_interleave(LEAF_SIZE)
-        triangle = (LEAF_SIZE * leaf[:, None] + torch.arange(LEAF_SIZE, device=self.device)).reshape(-1)
-        inside = triangle < self.num_triangles
-        ray, triangle = ray[inside], triangle[inside]
+        ray, leaf = descend(meets, torch.arange(len(origins), device=self.device), self.level_sizes)
+        ray, triangle = leaf_triangles(ray, leaf, self.num_triangles)
         t = distances_by_axis(origins.T[:, ray], directions.T[:, ray], self.corners[:, :, triangle], xp=torch)
         hit = (t >= min_distance) & (t <= max_distance)  # nan (a miss) compares False
         best = torch.full((len(origins),), torch.inf, dtype=torch.float64, device=self.device)
         return best.scatter_reduce(0, ray[hit], t[hit], reduce="amin")
-
-    def _descend(self, meets, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query, leaf) pairs whose boxes ``meets(query, level, node)`` at every level."""
-        query = torch.arange(count, device=self.device)
-        node = torch.zeros(count, dtype=torch.int64, device=self.device)
-        pair = torch.arange(2, device=self.device)
-        for level in range(len(self.lows)):
-            keep = meets(query, level, node)
-            query, node = query[keep], node[keep]
-            if level + 1 < len(self.lows):
-                children = self.lows[level + 1].shape[1]
-                query = query.repeat_interleave(2)
-                node = (2 * node[:, None] + pair).reshape(-1)
-                inside = node < children
-                query, node = query[inside], node[inside]
-        return query, node
-

@@ -75,6 +75,11 @@ class TriangleTree:
     def num_triangles(self) -> int:
         return int(self.corners.shape[2])
 
+    @property
+    def level_sizes(self) -> list[int]:
+        """The number of nodes at each level, from the root down."""
+        return [level.shape[1] for level in self.lows]
+
     def nearest_hits(
         self, origins: np.ndarray, directions: np.ndarray, max_distance: float, min_distance: float = 0.0, *,
         workers: int = 1,
@@ -131,8 +136,8 @@ class TriangleTree:
                     met &= (lo_axes[axis][q] <= node_hi[axis][node]) & (hi_axes[axis][q] >= node_lo[axis][node])
                 return met
 
-            q, leaf = self._descend(meets, len(lo))
-            q, tri = self._leaf_triangles(q, leaf)
+            q, leaf = descend(meets, np.arange(len(lo)), self.level_sizes)
+            q, tri = leaf_triangles(q, leaf, self.num_triangles)
             corners = self.corners[:, :, tri]  # [3 corners, 3 axes, P]
             box_lo, box_hi = corners.min(0), corners.max(0)
             keep = (lo_axes[0][q] <= box_hi[0]) & (hi_axes[0][q] >= box_lo[0])
@@ -145,28 +150,6 @@ class TriangleTree:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _descend(self, meets, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(query, leaf) pairs whose boxes ``meets(query, level, node)`` at every level."""
-        query = np.arange(count)
-        node = np.zeros(count, np.int64)
-        for level in range(len(self.lows)):
-            keep = meets(query, level, node)
-            query, node = query[keep], node[keep]
-            if level + 1 < len(self.lows):
-                children = self.lows[level + 1].shape[1]
-                query = np.repeat(query, 2)
-                node = (2 * node[:, None] + np.arange(2)).reshape(-1)
-                inside = node < children
-                query, node = query[inside], node[inside]
-        return query, node
-
-    def _leaf_triangles(self, query: np.ndarray, leaf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(query, leaf) pairs -> (query, sorted triangle) pairs for every triangle of the leaf."""
-        query = np.repeat(query, LEAF_SIZE)
-        triangle = (LEAF_SIZE * leaf[:, None] + np.arange(LEAF_SIZE)).reshape(-1)
-        inside = triangle < self.num_triangles
-        return query[inside], triangle[inside]
-
     def _trace(self, origins, directions, min_distance: float, max_distance: float) -> np.ndarray:
         """Nearest hit in [min_distance, max_distance] of each ray (inf if none) and its input face (-1)."""
         safe = np.where(np.abs(directions) < 1e-12, np.copysign(1e-12, directions), directions)
@@ -174,8 +157,8 @@ class TriangleTree:
         start = origins.astype(np.float32).T.copy()  # [3, R]
         origin_axes, direction_axes = origins.T.copy(), directions.T.copy()  # [3, R] float64
         meets = slab_test(start, inverse, self.lows, self.highs, min_distance, max_distance)
-        ray, leaf = self._descend(meets, len(origins))
-        ray, triangle = self._leaf_triangles(ray, leaf)
+        ray, leaf = descend(meets, np.arange(len(origins)), self.level_sizes)
+        ray, triangle = leaf_triangles(ray, leaf, self.num_triangles)
         t = distances_by_axis(origin_axes[:, ray], direction_axes[:, ray], self.corners[:, :, triangle])
         hit = (t >= min_distance) & (t <= max_distance)
         ray, triangle, t = ray[hit], triangle[hit], t[hit]
@@ -211,6 +194,45 @@ def slab_test(start, inverse, lows, highs, min_distance: float, max_distance: fl
         return (near <= far + slack) & (far >= below) & (near <= beyond)
 
     return meets
+
+
+def descend(meets, queries, level_sizes: Sequence[int]):
+    """The breadth-first descent: (query, leaf) pairs whose boxes ``meets(query, level, node)`` at
+    every level, from ``queries`` [Q] int64 (all at the root) through levels of ``level_sizes`` nodes
+    (node ``i`` has children ``2i`` and ``2i + 1``). numpy arrays or torch tensors, as ``queries``."""
+    query, node = queries, queries * 0
+    for level in range(len(level_sizes)):
+        keep = meets(query, level, node)
+        query, node = query[keep], node[keep]
+        if level + 1 < len(level_sizes):
+            query = _repeat(query, 2)
+            node = (2 * node[:, None] + _arange_like(node, 2)).reshape(-1)
+            inside = node < level_sizes[level + 1]
+            query, node = query[inside], node[inside]
+    return query, node
+
+
+def leaf_triangles(query, leaf, num_triangles: int):
+    """(query, leaf) pairs -> (query, sorted triangle) pairs for every triangle of the leaf; numpy
+    arrays or torch tensors."""
+    query = _repeat(query, LEAF_SIZE)
+    triangle = (LEAF_SIZE * leaf[:, None] + _arange_like(leaf, LEAF_SIZE)).reshape(-1)
+    inside = triangle < num_triangles
+    return query[inside], triangle[inside]
+
+
+def _repeat(values, count: int):
+    """Each value ``count`` times in a row: numpy's ``repeat``, torch's ``repeat_interleave``."""
+    return np.repeat(values, count) if isinstance(values, np.ndarray) else values.repeat_interleave(count)
+
+
+def _arange_like(values, count: int):
+    """0 .. ``count`` - 1 where ``values`` live (a numpy array, or a tensor on its device)."""
+    if isinstance(values, np.ndarray):
+        return np.arange(count)
+    import torch  # only for tensors: this module is numpy's
+
+    return torch.arange(count, device=values.device)
 
 
 def _map(work: Callable[..., _Result], items: Sequence, workers: int) -> list[_Result]:

@@ -198,6 +198,7 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding,
     """
     layout = encoding.layout
     vision, words = encoding.features, text.features
+    text_padding, text_blocked = ~text.token_mask, ~text.self_attention  # the masks as the layers take them
     for layer in model.encoder.layers:  # the library's GroundingDinoEncoder.forward, with the kept inputs
         (vision, words), _ = layer(
             vision_features=vision,
@@ -208,9 +209,9 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding,
             key_padding_mask=layout.padding,
             reference_points=layout.reference_points,
             text_features=words,
-            text_attention_mask=~text.token_mask,
+            text_attention_mask=text_padding,
             text_position_embedding=text.position_embedding(layer, words),
-            text_self_attention_masks=~text.self_attention,
+            text_self_attention_masks=text_blocked,
             text_position_ids=text.position_ids,
         )
     # the library's generate_encoder_output_proposals, its anchors kept: each position is a query
