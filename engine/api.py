@@ -28,7 +28,7 @@ from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .memory import check_fits, peak_memory_mb, reporting_out_of_memory
-from .mesh import Mesh, Normalization
+from .mesh import Mesh, Normalization, repeated_positions
 from .models import ModelStore
 from .parts import PartWeights, part_colors
 from .prompt import StylePrompt, check_part_names
@@ -295,6 +295,12 @@ def _relief_bounds(mesh: Mesh, request: StyleRequest, settings: Settings, measur
     if not any(fractions) or settings.field.max_displacement <= 0:
         zeros = np.zeros((mesh.num_vertices, len(fractions)), np.float32)
         return zeros, zeros
+    if repeated := repeated_positions(mesh.vertices):  # each copy moves along its own face's normal
+        on_event(NoticeEvent(
+            f"{mesh.name}: {repeated} of its {mesh.num_vertices} vertices repeat another's position (an STL stores "
+            "every triangle apart; a UV-mapped file is split at its seams), so relief moves the copies apart and "
+            "opens cracks there. Weld them when loading: --merge-vertices (load_mesh(..., merge_vertices=True)), "
+            "or use --relief none."))
     if measurements.known(THICKNESS, mesh) is None:
         on_event(StageEvent("measuring thickness", f"{mesh.num_vertices} vertices, for relief bounds"))
     else:

@@ -221,6 +221,12 @@ def weld_equal_positions(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.nd
     return unique[order], rank[inverse.reshape(-1)][faces]
 
 
+def repeated_positions(vertices: np.ndarray) -> int:
+    """How many of the [V, 3] ``vertices`` repeat an earlier one's position: 0 for a welded mesh, and
+    what :func:`weld_equal_positions` would remove."""
+    return len(vertices) - len(np.unique(vertices, axis=0))
+
+
 @dataclass(frozen=True)
 class Normalization:
     """The map between the object frame and the unit frame: ``unit = (object - center) / scale``.

@@ -169,6 +169,30 @@ def test_a_gpu_run_traces_the_thickness_on_the_gpu(monkeypatch, device, tracer):
     assert asked == [tracer] and outward.shape == (lamp.num_vertices, 3) and inward.max() > 0
 
 
+def test_relief_on_a_mesh_with_repeated_positions_says_it_would_crack_and_how_to_weld():
+    """An STL stores every triangle apart: relief moves each copy of a corner along its own face's
+    normal and tears the surface. The run says so, with the fix; a welded mesh and relief none do not."""
+    from engine.api import _relief_bounds
+    from engine.events import NoticeEvent
+    from engine.mesh import mesh_from_arrays
+    from engine.shape_measurements import ShapeMeasurements
+
+    mug = _mesh("mug")
+    soup = mesh_from_arrays(mug.vertices[mug.faces].reshape(-1, 3), np.arange(3 * mug.num_faces).reshape(-1, 3),
+                            name="soup")
+    repeated = 3 * mug.num_faces - mug.num_vertices
+
+    def notices(mesh, relief):
+        sent = []
+        _relief_bounds(mesh, StyleRequest("a red mug", relief=relief), settings_for("fast"), ShapeMeasurements(),
+                       sent.append, [], torch.device("cpu"))
+        return [event.message for event in sent if isinstance(event, NoticeEvent)]
+
+    (said,) = notices(soup, "subtle")
+    assert f"{repeated} of its {soup.num_vertices} vertices repeat" in said and "--merge-vertices" in said
+    assert notices(mug, "subtle") == [] and notices(soup, "none") == []
+
+
 def test_trained_displacement_stays_within_each_parts_bound():
     lamp = _mesh("lamp")
     settings = settings_for("preview", {"optim.iterations": 8, "optim.learning_rate": 0.02})
