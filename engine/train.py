@@ -247,11 +247,9 @@ class StyleTrainer:
         losses, part_losses = self.guidance.step_losses(
             out.color, out.geometry, self.objective.text, self.sampling,
             masks=out.attributes if part_mode else None, part_texts=self.objective.part_texts)
-        if part_losses is not None:
-            for name, value in zip(self.objective.part_names, part_losses, strict=True):
-                if value is not None:
-                    losses[f"part:{name}"] = value
-                    losses["total"] = losses["total"] + s.guidance.part_weight * value
+        if part_losses is not None:  # already in the total, weighted by guidance.part_weight
+            losses.update((f"part:{name}", value) for name, value in zip(self.objective.part_names, part_losses,
+                                                                         strict=True) if value is not None)
         return losses, out.color[0].detach()
 
     def step(self) -> tuple[dict[str, float], torch.Tensor | None, bool]:

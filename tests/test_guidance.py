@@ -267,10 +267,54 @@ def test_a_steps_images_go_through_clip_in_one_forward_with_the_same_losses(tiny
         hook.remove()
     assert forwards == [3 + 3 + 3 * 2]  # global + geometry + 2 crops of each of 3 parts, in one batch
     assert together.keys() == separate.keys() == {"global", "geometry", "total"}
-    for name in together:
+    for name in ("global", "geometry"):
         assert_close(together[name].detach(), separate[name].detach(), rel=SAME_MATH, what=name)
     for mine, theirs in zip(parts, separate_parts, strict=True):
         assert_close(mine.detach(), theirs.detach(), rel=SAME_MATH, what="part loss")
+    # the step's total also counts the parts, each weighted by part_weight
+    weight = guidance.settings.part_weight
+    expected = separate["total"] + sum(weight * part for part in separate_parts)
+    assert_close(together["total"].detach(), expected.detach(), rel=SAME_MATH, what="total")
+
+
+def test_a_steps_losses_and_their_gradient_are_those_computed_one_by_one(tiny_clip):
+    """The losses of a step come out of one vector (segment_losses) and the total is one weighted sum;
+    they and the image gradient equal the same losses computed group by group and part by part."""
+    import torch.nn.functional as F
+
+    settings = GuidanceSettings(local_crops=1, geometry_crops=1, part_crops=2, part_min_pixels=16,
+                                precision="float32", geometry_weight=0.5, part_weight=2.0)
+    guidance = ClipGuidance(tiny_clip, settings)
+    color, masks = _lamp_renders()
+    masks[:, 1] = 0.0  # the tube shows in no view: it gets no loss and no weight in the total
+    text = guidance.encode_text(["a lamp"])[0]
+    part_texts = guidance.encode_text(["red base", "gold tube", "linen shade"])
+    image = color.clone().requires_grad_(True)
+    losses, parts = guidance.step_losses(image, image, text, torch.Generator().manual_seed(4), masks=masks,
+                                         part_texts=part_texts)
+    losses["total"].backward()
+    assert parts[1] is None and parts[0] is not None and parts[2] is not None
+
+    one_by_one = image.detach().clone().requires_grad_(True)
+    generator = torch.Generator().manual_seed(4)
+    batch = guidance.augment(one_by_one, one_by_one, generator, local=False)
+    crops, owner = guidance.part_crops(one_by_one, masks, generator)
+    embeddings = guidance.encode_images(torch.cat((batch.images, crops)))
+
+    def loss_of(rows, target):
+        return 1.0 - (F.normalize(embeddings[rows].mean(0), dim=-1) * target).sum()
+
+    expected = {name: loss_of(rows, text) for name, rows in batch.groups.items()}
+    count = batch.images.shape[0]
+    expected_parts = {part: loss_of(count + (owner == part).nonzero().squeeze(1), part_texts[part]) for part in (0, 2)}
+    total = expected["global"] + 0.5 * expected["geometry"] + 2.0 * (expected_parts[0] + expected_parts[2])
+    total.backward()
+    for name, value in expected.items():
+        assert_close(losses[name].detach(), value.detach(), rel=SAME_MATH, what=name)
+    for part, value in expected_parts.items():
+        assert_close(parts[part].detach(), value.detach(), rel=SAME_MATH, what=f"part {part}")
+    assert_close(losses["total"].detach(), total.detach(), rel=SAME_MATH, what="total")
+    assert_close(image.grad, one_by_one.grad, rel=SAME_MATH, what="image gradient")
 
 
 def test_bfloat16_guidance_keeps_the_direction_of_the_image_gradient(tiny_clip):
@@ -286,8 +330,8 @@ def test_bfloat16_guidance_keeps_the_direction_of_the_image_gradient(tiny_clip):
         image = color.clone().requires_grad_(True)
         losses, parts = guidance.step_losses(image, image, text, torch.Generator().manual_seed(5), masks=masks,
                                              part_texts=part_texts)
-        total = losses["total"] + sum(parts)
-        assert total.dtype == torch.float32
+        total = losses["total"]  # the parts' losses are in it
+        assert total.dtype == torch.float32 and all(part is not None for part in parts)
         total.backward()
         gradients[precision], totals[precision] = image.grad.flatten(), float(total.detach())
     cosine = torch.nn.functional.cosine_similarity(gradients["float32"], gradients["bfloat16"], dim=0)
