@@ -93,7 +93,7 @@ def fragments_from_face_ids(
     # correction: b_k / z_k renormalized.
     d1, d2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
     area2 = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
-    area2 = torch.where(area2.abs() > 1e-12, area2, torch.full_like(area2, 1e-12))
+    area2 = torch.where(area2.abs() > 1e-12, area2, 1e-12)
     dx = px.to(tri.dtype) + 0.5 - tri[:, 0, 0]
     dy = py.to(tri.dtype) + 0.5 - tri[:, 0, 1]
     b1 = (dx * d2[:, 1] - d2[:, 0] * dy) / area2

@@ -52,8 +52,9 @@ def rasterize(
         raise ValueError("meshes with 2^31 faces or more are not supported")
     size = resolution
     tri = xy[:, faces].to(torch.float32)  # [N, F, 3, 2]
-    inv_z = 1.0 / depth[:, faces].to(torch.float32).clamp(min=near)  # [N, F, 3]
-    in_front = (depth[:, faces] > near).all(-1)
+    corner_depth = depth[:, faces].to(torch.float32)  # [N, F, 3]
+    inv_z = 1.0 / corner_depth.clamp(min=near)
+    in_front = (corner_depth > near).all(-1)
 
     xs, ys = tri[..., 0], tri[..., 1]
     x_lo = torch.ceil(xs.amin(-1) - 0.5).clamp(min=0)
@@ -68,13 +69,13 @@ def rasterize(
     (x0, x1, x2), (y0, y1, y2) = xs.unbind(-1), ys.unbind(-1)
     area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
     usable = in_front & (area2.abs() > 1e-12)
-    count = torch.where(usable, width * height, torch.zeros_like(width)).to(torch.int64).flatten()
+    count = torch.where(usable, width * height, 0.0).to(torch.int64).flatten()
     candidates = count.nonzero().squeeze(1)
     zbuf = torch.full((n_views * size * size,), _NO_FACE, dtype=torch.int64, device=xy.device)
     if candidates.numel() == 0:
         return torch.full((n_views, size, size), -1, dtype=torch.int64, device=xy.device)
 
-    inv_area = 1.0 / torch.where(usable, area2, torch.ones_like(area2))
+    inv_area = 1.0 / torch.where(usable, area2, 1.0)
     coeffs = torch.stack(
         (
             x0, y0,
