@@ -10,8 +10,10 @@ All initialization draws from an explicit generator, so a seed fixes the field e
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import FieldSettings
@@ -67,21 +69,73 @@ class StyleField(nn.Module):
         return self.encoding(points)
 
     def decode(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features [V, D] (optionally masked by a [D] frequency mask) -> per-part outputs.
+        """Features [V, D] (optionally masked by a [D] frequency mask) -> per-part outputs. Under
+        autocast to a lower precision the layers read their parameters cast together, once a call
+        (:func:`_parameters_in_autocast_dtype`): the same values as autocast's own casts.
 
         Returns:
             colors: [V, P, 3] sRGB in (0, 1), one color per styled part.
             relief: [V, P] in (-1, 1): each part's displacement as a share of its bound at the
                 vertex, outward when positive (the composition applies the bounds, ``compose.py``).
         """
-        hidden = self.trunk(features if mask is None else features * mask)
-        colors = BASE_COLOR + 0.5 * torch.tanh(self.color_head(hidden))
-        relief = torch.tanh(self.settings.relief_gain * self.displacement_head(hidden))
+        inputs = features if mask is None else features * mask
+        weights = _parameters_in_autocast_dtype(self, inputs.device)
+        hidden = _run(self.trunk, inputs, weights)
+        colors = BASE_COLOR + 0.5 * torch.tanh(_run(self.color_head, hidden, weights))
+        relief = torch.tanh(self.settings.relief_gain * _run(self.displacement_head, hidden, weights))
         return colors.view(-1, self.parts, 3), relief
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[V, 3] unit frame -> ([V, P, 3] sRGB colors, [V, P] relief in (-1, 1)); see :meth:`decode`."""
         return self.decode(self.encode(points))
+
+
+def _parameters_in_autocast_dtype(field: nn.Module, device: torch.device) -> Iterator[torch.Tensor] | None:
+    """Under autocast to a lower precision on ``device``: the field's parameters (weights and biases in
+    layer order) cast to it all at once (:class:`_CastTogether`), for :func:`_run` to use; else None.
+
+    Autocast would cast each layer's weight and bias on its own (22 casts for `fast`'s field, and as
+    many casts of their gradients back), because the parameters take gradients and autocast casts
+    those at every use; on a GPU each is a kernel launch. The values are the same: each parameter
+    rounded to the autocast dtype, each gradient brought back to the parameter's dtype."""
+    kind = device.type
+    if not torch.is_autocast_enabled(kind):
+        return None
+    dtype = torch.get_autocast_dtype(kind)
+    parameters = list(field.parameters())
+    if not parameters or parameters[0].dtype == dtype:
+        return None
+    return iter(_CastTogether.apply(dtype, *parameters))
+
+
+def _run(layers: nn.Sequential, inputs: torch.Tensor, weights: Iterator[torch.Tensor] | None) -> torch.Tensor:
+    """``layers(inputs)``, each Linear with the next weight and bias of ``weights`` when given."""
+    if weights is None:
+        return layers(inputs)
+    for layer in layers:
+        inputs = F.linear(inputs, next(weights), next(weights)) if isinstance(layer, nn.Linear) else layer(inputs)
+    return inputs
+
+
+class _CastTogether(torch.autograd.Function):
+    """Tensors of one dtype -> their copies in ``dtype``, with one multi-tensor copy
+    (``torch._foreach_copy_``, a single launch on a GPU) forward, and one for the gradients backward."""
+
+    @staticmethod
+    def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.source_dtype = tensors[0].dtype
+        return _copied(tensors, dtype)
+
+    @staticmethod
+    def backward(ctx, *gradients: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, *_copied(gradients, ctx.source_dtype))
+
+
+def _copied(tensors, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Copies of ``tensors`` in ``dtype``, each laid out as its source (so one multi-tensor copy fills them)."""
+    copies = tuple(torch.empty_like(tensor, dtype=dtype) for tensor in tensors)
+    torch._foreach_copy_(list(copies), list(tensors))
+    return copies
 
 
 def _linear(n_in: int, n_out: int, generator: torch.Generator, *, zero: bool = False) -> nn.Linear:

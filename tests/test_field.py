@@ -63,3 +63,51 @@ def test_progressive_mask_opens_the_lowest_frequencies_first():
     assert mask[:3].tolist() == [1, 1, 1]
     assert mask[3:11].tolist() == [1, 1, 0, 0, 0, 0, 0, 0] and mask[11:].tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
     assert torch.all(f.encoding.frequency_mask(1.0) == 1)
+
+
+def _moved(f: StyleField) -> StyleField:
+    """``f`` with its zero-initialized last layers drawn at random, so every layer carries a gradient."""
+    with torch.no_grad():
+        for head in (f.color_head, f.displacement_head):
+            head[-1].weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+    return f
+
+
+def _library_decode(f: StyleField, features: torch.Tensor):
+    """What ``decode`` computed before it cast its parameters together: each layer's own forward, with
+    autocast casting every weight and bias where the layer uses it."""
+    hidden = f.trunk(features)
+    colors = 0.5 + 0.5 * torch.tanh(f.color_head(hidden))
+    relief = torch.tanh(f.settings.relief_gain * f.displacement_head(hidden))
+    return colors.view(-1, f.parts, 3), relief
+
+
+def test_under_bf16_autocast_the_parameters_are_cast_together_with_the_same_values_and_gradients():
+    from engine.bench_operations import OperationCounter
+
+    f = _moved(field(parts=3))
+    features = f.encode(points())
+    results = {}
+    for name, decode in (("together", f.decode), ("one by one", lambda x: _library_decode(f, x))):
+        f.zero_grad(set_to_none=True)
+        with OperationCounter() as counter, torch.autocast("cpu", dtype=torch.bfloat16):
+            colors, relief = decode(features)
+            (colors.float().square().sum() + relief.float().sum()).backward()
+        results[name] = (colors, relief, [p.grad.clone() for p in f.parameters()], counter.by_name)
+    together, one_by_one = results["together"], results["one by one"]
+    assert torch.equal(together[0], one_by_one[0]) and torch.equal(together[1], one_by_one[1])
+    for mine, theirs in zip(together[2], one_by_one[2], strict=True):
+        assert mine.dtype == torch.float32 and torch.equal(mine, theirs)
+    parameters = len(list(f.parameters()))
+    assert one_by_one[3]["_to_copy"] >= 2 * parameters  # each parameter cast, and its gradient cast back
+    assert together[3]["_foreach_copy_"] == 2  # all parameters forward, all gradients backward
+    assert together[3]["_to_copy"] <= one_by_one[3]["_to_copy"] - 2 * parameters + 2
+
+
+def test_without_autocast_the_field_uses_its_float32_parameters_directly():
+    f = _moved(field())
+    features = f.encode(points())
+    colors, relief = f.decode(features)
+    expected_colors, expected_relief = _library_decode(f, features)
+    assert colors.dtype == torch.float32
+    assert torch.equal(colors, expected_colors) and torch.equal(relief, expected_relief)
