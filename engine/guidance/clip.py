@@ -170,9 +170,9 @@ class ClipGuidance:
         shown = _part_rows(crops[1], masks.shape[1], start=count)  # part -> its rows, for the parts some view shows
         group_names = list(batch.groups)
         values = segment_losses(embeddings, [*batch.groups.values(), *shown.values()],
-                                torch.cat((text.expand(len(group_names), -1), part_texts[list(shown)])))
+                                torch.cat((text.expand(len(group_names), -1), *_rows_of(part_texts, shown))))
         weights = [*self._group_weights(group_names), *[self.settings.part_weight] * len(shown)]
-        losses = dict(zip(group_names, values, strict=False))
+        losses = dict(zip(group_names, values[:len(group_names)], strict=True))
         losses["total"] = self._weighted_sum(values, weights)
         for index, part in enumerate(shown, start=len(group_names)):
             parts[part] = values[index]
@@ -197,7 +197,7 @@ class ClipGuidance:
         shown = _part_rows(owner, texts.shape[0])
         losses: list[torch.Tensor | None] = [None] * texts.shape[0]
         if shown:
-            values = segment_losses(embeddings, list(shown.values()), texts[list(shown)])
+            values = segment_losses(embeddings, list(shown.values()), torch.cat(_rows_of(texts, shown)))
             for index, part in enumerate(shown):
                 losses[part] = values[index]
         return losses
@@ -303,6 +303,12 @@ def _part_rows(owner: torch.Tensor, parts: int, *, start: int = 0) -> dict[int, 
             rows[part] = slice(start, start + count)
         start += count
     return rows
+
+
+def _rows_of(table: torch.Tensor, indices) -> list[torch.Tensor]:
+    """[1, ...] views of ``table``'s rows at ``indices``, to concatenate: unlike indexing with a list,
+    no index is copied to the table's device (on a GPU, a copy that waits for it)."""
+    return [table[index:index + 1] for index in indices]
 
 
 def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
