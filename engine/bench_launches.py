@@ -5,7 +5,8 @@ On a GPU a step waits on the host issuing its kernels, about one per computing o
 machine can take (``bench_operations.OperationCounter``). Three steps of the `fast` preset on the
 40k-face lamp (real-size architectures, random weights): a holistic step, a 3-part CLIP step and a
 3-part grounding step, each counted after one uncounted step of its kind (the first grounding step
-also encodes the captions, once a run). Counted twice:
+also encodes the captions, once a run). Counted twice (and the part CLIP step, as a GPU runs it, by
+the engine function that dispatched each operation: ``bench_operations.OperationsByFunction``):
 
 - as this CPU runs them: the CPU's kernels, ``auto`` precision (float32 without native bf16);
 - as a CUDA GPU with bf16 runs them: the library's kernels, bf16 autocast and the bf16 weight
@@ -23,10 +24,12 @@ import torch
 
 from .bench import ITERATION_FACES, benchmark_clip, benchmark_grounding, part_trainers
 from .bench_batch import report_line
-from .bench_operations import operations_of
+from .bench_operations import operations_by_function, operations_of
 from .config import PRECISION_STAGES
 
 STEPS = ("holistic step", "part CLIP step", "grounding step")
+#: Engine functions listed for the part CLIP step, those that dispatch most first.
+LISTED_FUNCTIONS = 25
 
 
 def run_launch_benchmark(*, clip: str = "vit-b-32", faces: int = ITERATION_FACES, out: TextIO = sys.stdout) -> dict:
@@ -51,4 +54,13 @@ def run_launch_benchmark(*, clip: str = "vit-b-32", faces: int = ITERATION_FACES
             counts[step] = operations_of(trainer.step)
         figures[key] = counts
         say(f"{label:<26}" + "".join(f"{counts[step]:>16,}" for step in STEPS))
+        if like_cuda:
+            parts.step_index = 0
+            figures["cuda_part_step_by_function"] = operations_by_function(parts.step).by_function
+    by_function = figures["cuda_part_step_by_function"]
+    say(f"# where a part CLIP step's {sum(by_function.values()):,} operations come from, as a CUDA GPU with bf16 "
+        f"dispatches them: the engine function that dispatched each (a backward's: the function whose forward "
+        f"made its node), the {LISTED_FUNCTIONS} that dispatch most")
+    for function, count in by_function.most_common(LISTED_FUNCTIONS):
+        say(f"{count:>8,}  {function}")
     return figures

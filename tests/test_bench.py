@@ -70,13 +70,44 @@ def test_operations_are_counted_as_this_cpu_and_as_a_cuda_gpu_run_a_step():
     assert not any(isinstance(m, LinearWithBfloat16Copy) for m in benchmark_clip("tiny", cpu).model.modules())
     out = io.StringIO()
     figures = run_launch_benchmark(clip="tiny", faces=5_000, out=out)
-    rows = {line[:26].strip(): [int(n.replace(",", "")) for n in line[26:].split()]
-            for line in out.getvalue().splitlines()[2:]}
+    lines = out.getvalue().splitlines()
+    rows = {line[:26].strip(): [int(n.replace(",", "")) for n in line[26:].split()] for line in lines[2:4]}
     assert rows["this CPU"] == list(figures["cpu"].values()) and rows["a CUDA GPU with bf16"] == list(
         figures["cuda"].values())
     assert rows.keys() == {"this CPU", "a CUDA GPU with bf16"}
     for holistic, part_clip, grounding_step in rows.values():
         assert 300 < holistic < part_clip < grounding_step  # crops and parts add; a grounding step is a larger model
+    # the GPU's part CLIP step, by the engine function that dispatched each operation: all of them, most first
+    by_function = figures["cuda_part_step_by_function"]
+    assert sum(by_function.values()) == figures["cuda"]["part CLIP step"]
+    assert lines[4].startswith(f"# where a part CLIP step's {figures['cuda']['part CLIP step']:,} operations")
+    listed = [(line[10:], int(line[:8].replace(",", ""))) for line in lines[5:]]
+    assert listed == by_function.most_common(len(listed)) and len(listed) == 25
+    assert by_function["render/raster.py:rasterize"] > 0 and by_function["backward of field.py:_run"] > 0
+
+
+def test_operations_are_attributed_to_the_engine_function_that_dispatched_them():
+    import torch.nn.functional as F
+
+    from engine.bench_operations import operations_by_function
+    from engine.guidance.clip import segment_losses
+
+    embeddings = torch.randn(6, 8, requires_grad=True)
+    targets = F.normalize(torch.randn(2, 8), dim=-1)
+
+    def work():
+        losses = segment_losses(embeddings, [slice(0, 2), slice(2, 6)], targets)
+        (losses.sum() * 2).backward()
+
+    counter = operations_by_function(work)
+    functions = counter.by_function
+    assert sum(functions.values()) == counter.total
+    # forward: two means, the stack, normalization, product, sum and subtraction in segment_losses (the means
+    # in its list comprehension, a function of its own before Python 3.12)
+    forward = functions["guidance/clip.py:segment_losses"] + functions["guidance/clip.py:<listcomp>"]
+    assert forward >= 7 and functions["guidance/clip.py:segment_losses"] >= 5
+    assert functions["backward of guidance/clip.py:segment_losses"] > 0  # their backward, by the node's forward
+    assert functions["outside the engine"] >= 2  # the test's own sum and product, and their backward
 
 
 def test_bench_operations_is_the_operations_benchmark(monkeypatch, capsys):
