@@ -107,12 +107,11 @@ def resample(
 def _homography(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """[B, 3, 3] homographies mapping 4 points ``src`` [B, 4, 2] to ``dst`` [B, 4, 2]."""
     b = src.shape[0]
-    x, y = src[..., 0], src[..., 1]
-    u, v = dst[..., 0], dst[..., 1]
-    zeros, ones = torch.zeros_like(x), torch.ones_like(x)
-    rows_u = torch.stack((x, y, ones, zeros, zeros, zeros, -u * x, -u * y), -1)
-    rows_v = torch.stack((zeros, zeros, zeros, x, y, ones, -v * x, -v * y), -1)
+    ones, zeros = torch.ones_like(src[..., :1]), torch.zeros_like(src)  # [B, 4, 1], [B, 4, 2]
+    products = -dst[..., :, None] * src[..., None, :]  # [B, 4, 2, 2]: (-u x, -u y), (-v x, -v y)
+    rows_u = torch.cat((src, ones, zeros, zeros[..., :1], products[..., 0, :]), -1)  # x, y, 1, 0, 0, 0, -ux, -uy
+    rows_v = torch.cat((zeros, zeros[..., :1], src, ones, products[..., 1, :]), -1)  # 0, 0, 0, x, y, 1, -vx, -vy
     a = torch.cat((rows_u, rows_v), dim=1)  # [B, 8, 8]
-    rhs = torch.cat((u, v), dim=1).unsqueeze(-1)  # [B, 8, 1]
+    rhs = dst.transpose(1, 2).reshape(b, 8, 1)  # u0..u3, v0..v3
     h = torch.linalg.solve(a, rhs).squeeze(-1)
-    return torch.cat((h, torch.ones(b, 1, dtype=h.dtype)), dim=1).view(b, 3, 3)
+    return torch.cat((h, h.new_ones(b, 1)), dim=1).view(b, 3, 3)
