@@ -132,6 +132,15 @@ def use_bfloat16(choice: str, device: torch.device) -> bool:
     return choice == "bfloat16" or (choice == "auto" and native_bfloat16(device))
 
 
+def autocast_dtype(device: torch.device):
+    """The dtype autocast gives ``device``'s matrix products where the caller runs, or None where
+    autocast is off for that device type."""
+    import torch
+
+    kind = device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
 def bfloat16_autocast(device: torch.device, enabled: bool):
     """The context that runs matrix products and convolutions on ``device`` in bf16 when ``enabled``
     (reductions and the rest stay float32; outputs may be bf16: callers cast what they keep)."""

@@ -10,13 +10,13 @@ All initialization draws from an explicit generator, so a seed fixes the field e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import FieldSettings
+from .devices import autocast_dtype
 
 BASE_COLOR = 0.5  # the color head adds tanh(x) / 2 to this gray (T2M)
 
@@ -79,10 +79,10 @@ class StyleField(nn.Module):
                 vertex, outward when positive (the composition applies the bounds, ``compose.py``).
         """
         inputs = features if mask is None else features * mask
-        weights = _parameters_in_autocast_dtype(self, inputs.device)
-        hidden = _run(self.trunk, inputs, weights)
-        colors = BASE_COLOR + 0.5 * torch.tanh(_run(self.color_head, hidden, weights))
-        relief = torch.tanh(self.settings.relief_gain * _run(self.displacement_head, hidden, weights))
+        cast = _parameters_in_autocast_dtype(self, inputs.device)
+        hidden = _run(self.trunk, inputs, cast)
+        colors = BASE_COLOR + 0.5 * torch.tanh(_run(self.color_head, hidden, cast))
+        relief = torch.tanh(self.settings.relief_gain * _run(self.displacement_head, hidden, cast))
         return colors.view(-1, self.parts, 3), relief
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,30 +90,28 @@ class StyleField(nn.Module):
         return self.decode(self.encode(points))
 
 
-def _parameters_in_autocast_dtype(field: nn.Module, device: torch.device) -> Iterator[torch.Tensor] | None:
-    """Under autocast to a lower precision on ``device``: the field's parameters (weights and biases in
-    layer order) cast to it all at once (:class:`_CastTogether`), for :func:`_run` to use; else None.
+def _parameters_in_autocast_dtype(field: nn.Module, device: torch.device) -> dict[torch.Tensor, torch.Tensor] | None:
+    """Under autocast to a lower precision on ``device``: each of the field's parameters -> its copy in
+    that precision, all cast at once (:class:`_CastTogether`), for :func:`_run` to use; else None.
 
     Autocast would cast each layer's weight and bias on its own (22 casts for `fast`'s field, and as
     many casts of their gradients back), because the parameters take gradients and autocast casts
     those at every use; on a GPU each is a kernel launch. The values are the same: each parameter
     rounded to the autocast dtype, each gradient brought back to the parameter's dtype."""
-    kind = device.type
-    if not torch.is_autocast_enabled(kind):
-        return None
-    dtype = torch.get_autocast_dtype(kind)
+    dtype = autocast_dtype(device)
     parameters = list(field.parameters())
-    if not parameters or parameters[0].dtype == dtype:
+    if dtype is None or not parameters or parameters[0].dtype == dtype:
         return None
-    return iter(_CastTogether.apply(dtype, *parameters))
+    return dict(zip(parameters, _CastTogether.apply(dtype, *parameters), strict=True))  # tensors hash by identity
 
 
-def _run(layers: nn.Sequential, inputs: torch.Tensor, weights: Iterator[torch.Tensor] | None) -> torch.Tensor:
-    """``layers(inputs)``, each Linear with the next weight and bias of ``weights`` when given."""
-    if weights is None:
+def _run(layers: nn.Sequential, inputs: torch.Tensor, cast: dict[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``layers(inputs)``, each Linear with its weight's and bias's copies in ``cast`` when given."""
+    if cast is None:
         return layers(inputs)
     for layer in layers:
-        inputs = F.linear(inputs, next(weights), next(weights)) if isinstance(layer, nn.Linear) else layer(inputs)
+        linear = isinstance(layer, nn.Linear)
+        inputs = F.linear(inputs, cast[layer.weight], cast[layer.bias]) if linear else layer(inputs)
     return inputs
 
 

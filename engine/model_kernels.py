@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import native_bfloat16
+from .devices import autocast_dtype, native_bfloat16
 from .footprint import GROUNDING_IMAGE_PATH
 
 
@@ -78,16 +78,10 @@ def is_patch_embedding(module: nn.Module) -> bool:
     )
 
 
-def _bfloat16_autocast(inputs: torch.Tensor) -> bool:
-    """Whether bf16 autocast is on for ``inputs``' device type."""
-    kind = inputs.device.type
-    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
-
-
 def _linear_with_copies(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """``module``'s linear product of ``inputs``: with its bf16 copies (``weight_bf16``, ``bias_bf16``)
     under bf16 autocast where it has them, else with its float32 ``weight`` and ``bias``."""
-    if module.weight_bf16 is not None and _bfloat16_autocast(inputs):
+    if module.weight_bf16 is not None and autocast_dtype(inputs.device) == torch.bfloat16:
         return F.linear(inputs, module.weight_bf16, module.bias_bf16)
     return F.linear(inputs, module.weight, module.bias)
 

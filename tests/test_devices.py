@@ -15,6 +15,7 @@ import torch
 from engine import api
 from engine.devices import (
     MPS_FALLBACK_VARIABLE,
+    autocast_dtype,
     enable_mps_fallback,
     mps_fallback_notice,
     mps_fallback_requested,
@@ -192,3 +193,13 @@ def test_precision_settings_resolve_auto_by_the_hardware(monkeypatch):
         monkeypatch.setattr(devices, "native_bfloat16", lambda device, native=native: native)
         assert devices.use_bfloat16("auto", cpu) is native
         assert devices.use_bfloat16("bfloat16", cpu) is True and devices.use_bfloat16("float32", cpu) is False
+
+
+def test_autocast_dtype_is_the_lower_precision_of_the_callers_autocast_for_that_device_type():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_dtype(cpu) == torch.bfloat16
+        assert autocast_dtype(torch.device("cuda")) is None  # another device type's autocast is off
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        assert autocast_dtype(cpu) is None
