@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from tolerances import SAME_MATH, assert_close
 
 from engine.cameras import fixed_views
 from engine.config import RenderSettings, ViewSettings
 from engine.render import Renderer, rasterize
+from engine.render.fragments import fragments_from_face_ids
 
 RENDER = RenderSettings()
 VIEWS = ViewSettings()
@@ -95,6 +97,66 @@ def test_barycentrics_are_a_partition_of_unity_on_covered_pixels():
     covered = out.face_id >= 0
     assert torch.allclose(bary.sum(1)[covered], torch.ones(int(covered.sum())), atol=1e-5)
     assert bary.min() > -1e-3 and torch.all(bary.permute(0, 2, 3, 1)[~covered] == 0)
+
+
+def component_barycentrics(face_id, xy, depth, faces):
+    """The perspective-correct barycentrics [K, 3] of the covered pixels, each quantity a [K] column
+    of its own (the formula the renderer's batched version must reproduce)."""
+    _views, h, w = face_id.shape
+    pixel = (face_id.reshape(-1) >= 0).nonzero().squeeze(1)
+    view, rem = pixel // (h * w), pixel % (h * w)
+    py, px = rem // w, rem % w
+    corners = view.unsqueeze(1) * xy.shape[1] + faces[face_id.reshape(-1)[pixel]]
+    tri, z = xy.reshape(-1, 2)[corners], depth.reshape(-1)[corners]
+    d1, d2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    area2 = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    area2 = torch.where(area2.abs() > 1e-12, area2, 1e-12)
+    dx, dy = px.float() + 0.5 - tri[:, 0, 0], py.float() + 0.5 - tri[:, 0, 1]
+    b1 = (dx * d2[:, 1] - d2[:, 0] * dy) / area2
+    b2 = (d1[:, 0] * dy - dx * d1[:, 1]) / area2
+    weighted = torch.stack((1.0 - b1 - b2, b1, b2), dim=-1) / z.clamp(min=1e-6)
+    return weighted / weighted.sum(-1, keepdim=True)
+
+
+def test_batched_barycentrics_equal_the_formula_and_its_gradient():
+    """The fragments' barycentrics are the component-by-component formula bit for bit; their gradients
+    are its gradients up to the order in which a vertex's contributions are summed."""
+    scene = occluding_scene()
+    vertices = torch.tensor(scene.vertices, dtype=torch.float32)
+    faces = torch.tensor(scene.faces)
+    xy, depth = cameras([20.0, -10.0], [70.0, 160.0]).project(vertices, 64)
+    face_id = rasterize(xy, depth, faces, 64)
+    weights = torch.rand(int((face_id >= 0).sum()), 3, generator=torch.Generator().manual_seed(0))
+    results = []
+    for barycentrics in (lambda *a: fragments_from_face_ids(*a).bary, component_barycentrics):
+        inputs = xy.detach().requires_grad_(True), depth.detach().requires_grad_(True)
+        bary = barycentrics(face_id, *inputs, faces)
+        (bary * weights).sum().backward()
+        results.append((bary.detach(), *(tensor.grad for tensor in inputs)))
+    (batched, xy_grad, depth_grad), (formula, xy_grad_formula, depth_grad_formula) = results
+    assert torch.equal(batched, formula)
+    assert_close(xy_grad, xy_grad_formula, rel=SAME_MATH)
+    assert_close(depth_grad, depth_grad_formula, rel=SAME_MATH)
+
+
+def test_barycentrics_take_few_operations_forward_and_backward():
+    """A GPU launches a kernel for each operation: the batched barycentrics, forward and backward, take
+    some 30% fewer than the formula's columns (91 against 128 when written)."""
+    from engine.bench_operations import operations_of
+
+    scene = occluding_scene()
+    vertices = torch.tensor(scene.vertices, dtype=torch.float32)
+    faces = torch.tensor(scene.faces)
+    xy, depth = cameras([20.0], [70.0]).project(vertices, 32)
+    face_id = rasterize(xy, depth, faces, 32)
+
+    def forward_and_backward(barycentrics):
+        inputs = xy.detach().requires_grad_(True), depth.detach().requires_grad_(True)
+        return lambda: barycentrics(face_id, *inputs, faces).sum().backward()
+
+    batched = operations_of(forward_and_backward(lambda *a: fragments_from_face_ids(*a).bary))
+    formula = operations_of(forward_and_backward(component_barycentrics))
+    assert batched < 0.75 * formula, (batched, formula)
 
 
 def test_sphere_silhouette_matches_the_analytic_projection():

@@ -89,16 +89,19 @@ def fragments_from_face_ids(
     tri = gather_rows(xy.reshape(-1, 2), gather)  # [K, 3, 2]
     z = gather_rows(depth.reshape(-1), gather)  # [K, 3]
 
-    # Screen-space barycentrics from vertex 0 (precise for small triangles), then perspective
-    # correction: b_k / z_k renormalized.
-    d1, d2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
-    area2 = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    # Screen-space barycentrics from vertex 0 (precise for small triangles): with the pixel centre's
+    # offset d = p - v0 and the edges e1 = v1 - v0, e2 = v2 - v0, b1 = (d x e2) / (e1 x e2) and
+    # b2 = (e1 x d) / (e1 x e2). The three 2D cross products come together, few operations on a GPU
+    # forward and backward: of the rows (e2, d, e1, e2), each with the next (u x v = -(v x u) exactly).
+    centre = torch.stack((px, py), dim=-1).to(tri.dtype) + 0.5  # [K, 2]
+    rows = torch.cat((tri[:, 2:], centre.unsqueeze(1), tri[:, 1:]), dim=1) - tri[:, :1]  # [K, 4, 2]
+    products = rows[:, :3] * rows[:, 1:].flip(-1)  # [K, 3, 2]: u_x v_y, u_y v_x of each row u and the next v
+    crosses = products[..., 0] - products[..., 1]  # [K, 3]: -(d x e2), -(e1 x d), e1 x e2
+    area2 = crosses[:, 2:]
     area2 = torch.where(area2.abs() > 1e-12, area2, 1e-12)
-    dx = px.to(tri.dtype) + 0.5 - tri[:, 0, 0]
-    dy = py.to(tri.dtype) + 0.5 - tri[:, 0, 1]
-    b1 = (dx * d2[:, 1] - d2[:, 0] * dy) / area2
-    b2 = (d1[:, 0] * dy - dx * d1[:, 1]) / area2
-    screen = torch.stack((1.0 - b1 - b2, b1, b2), dim=-1)
+    b12 = crosses[:, :2] / -area2  # [K, 2]: b1, b2
+    screen = torch.cat(((1.0 - b12[:, :1]) - b12[:, 1:], b12), dim=-1)  # [K, 3]
+    # Perspective correction: b_k / z_k renormalized.
     weighted = screen / z.clamp(min=1e-6)
     bary = weighted / weighted.sum(-1, keepdim=True)
     return Fragments(pixel=pixel, view=view, face=face, vertex=vertex, bary=bary, shape=(n, h, w))
