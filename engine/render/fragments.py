@@ -85,23 +85,26 @@ def fragments_from_face_ids(
     py = torch.div(rem, w, rounding_mode="floor")
     px = rem - py * w
     vertex = faces[face]  # [K, 3]
-    gather = view.unsqueeze(1) * n_vertices + vertex
-    tri = gather_rows(xy.reshape(-1, 2), gather)  # [K, 3, 2]
-    z = gather_rows(depth.reshape(-1), gather)  # [K, 3]
+    # The corners' coordinates as planes with the fragments innermost, [2 (x, y), 3 corners, K] and
+    # [3, K]: each operation below is then one vectorized pass over K on a CPU, and one kernel on a GPU
+    # (index_select for its deterministic backward, as in gather_rows).
+    corner_rows = (view * n_vertices + vertex.t()).reshape(-1)  # [3 * K] rows of [N * V], corner-major
+    tri = xy.reshape(-1, 2).t().index_select(1, corner_rows).view(2, 3, -1)
+    z = depth.reshape(-1).index_select(0, corner_rows).view(3, -1)
 
     # Screen-space barycentrics from vertex 0 (precise for small triangles): with the pixel centre's
     # offset d = p - v0 and the edges e1 = v1 - v0, e2 = v2 - v0, b1 = (d x e2) / (e1 x e2) and
-    # b2 = (e1 x d) / (e1 x e2). The three 2D cross products come together, few operations on a GPU
-    # forward and backward: of the rows (e2, d, e1, e2), each with the next (u x v = -(v x u) exactly).
-    centre = torch.stack((px, py), dim=-1).to(tri.dtype) + 0.5  # [K, 2]
-    rows = torch.cat((tri[:, 2:], centre.unsqueeze(1), tri[:, 1:]), dim=1) - tri[:, :1]  # [K, 4, 2]
-    products = rows[:, :3] * rows[:, 1:].flip(-1)  # [K, 3, 2]: u_x v_y, u_y v_x of each row u and the next v
-    crosses = products[..., 0] - products[..., 1]  # [K, 3]: -(d x e2), -(e1 x d), e1 x e2
-    area2 = crosses[:, 2:]
+    # b2 = (e1 x d) / (e1 x e2). The three 2D cross products come together: of the rows (e2, d, e1, e2),
+    # each with the next (u x v = u_x v_y - v_x u_y, and u x v = -(v x u) exactly).
+    centre = torch.stack((px, py)).to(tri.dtype) + 0.5  # [2, K]
+    rows = torch.cat((tri[:, 2:], centre.unsqueeze(1), tri[:, 1:]), dim=1) - tri[:, :1]  # [2, 4, K]
+    products = rows[:, :3] * rows[:, 1:].flip(0)  # [2, 3, K]: u_x v_y and u_y v_x of each row u and the next v
+    crosses = products[0] - products[1]  # [3, K]: -(d x e2), -(e1 x d), e1 x e2
+    area2 = crosses[2:]
     area2 = torch.where(area2.abs() > 1e-12, area2, 1e-12)
-    b12 = crosses[:, :2] / -area2  # [K, 2]: b1, b2
-    screen = torch.cat(((1.0 - b12[:, :1]) - b12[:, 1:], b12), dim=-1)  # [K, 3]
+    b12 = crosses[:2] / -area2  # [2, K]: b1, b2
+    screen = torch.cat(((1.0 - b12[:1]) - b12[1:], b12))  # [3, K]
     # Perspective correction: b_k / z_k renormalized.
     weighted = screen / z.clamp(min=1e-6)
-    bary = weighted / weighted.sum(-1, keepdim=True)
+    bary = (weighted / weighted.sum(0, keepdim=True)).t().contiguous()  # [K, 3]
     return Fragments(pixel=pixel, view=view, face=face, vertex=vertex, bary=bary, shape=(n, h, w))

@@ -16,8 +16,7 @@ from .fragments import Fragments, gather_rows
 def fragment_face_normals(fragments: Fragments, vertices: torch.Tensor) -> torch.Tensor:
     """[K, 3] unit normals of each fragment's face, from [V, 3] vertex positions (unit frame)."""
     tri = gather_rows(vertices, fragments.vertex)  # [K, 3, 3]
-    edges = tri[:, 1:] - tri[:, :1]  # [K, 2, 3]: v1 - v0, v2 - v0 in one operation (fewer GPU launches)
-    normal = torch.linalg.cross(edges[:, 0], edges[:, 1], dim=-1)
+    normal = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
     return normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
