@@ -252,6 +252,16 @@ def test_chunked_rasterization_gives_the_same_image():
     assert torch.equal(whole, chunked)
 
 
+def test_rasterization_takes_few_operations():
+    """A GPU launches a kernel for each operation: the visibility pass computes x and y as planes,
+    one operation for both (91 for two views in one chunk when written; 125 one coordinate at a time)."""
+    from engine.bench_operations import operations_of
+
+    scene = occluding_scene()
+    xy, depth = cameras([20.0, 50.0], [70.0, 10.0]).project(torch.tensor(scene.vertices, dtype=torch.float32), 32)
+    assert operations_of(lambda: rasterize(xy, depth, torch.tensor(scene.faces), 32)) < 100
+
+
 def test_chunks_cover_the_faces_in_order_and_carry_their_pixel_sums():
     from engine.render.raster import _chunks_by_total
 

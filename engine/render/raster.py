@@ -51,45 +51,44 @@ def rasterize(
     if n_faces >= 2**31:
         raise ValueError("meshes with 2^31 faces or more are not supported")
     size = resolution
-    tri = xy[:, faces].to(torch.float32)  # [N, F, 3, 2]
+    corners = xy.permute(2, 0, 1)[:, :, faces].to(torch.float32)  # [2 (x, y), N, F, 3]
     corner_depth = depth[:, faces].to(torch.float32)  # [N, F, 3]
     inv_z = 1.0 / corner_depth.clamp(min=near)
     in_front = (corner_depth > near).all(-1)
 
-    xs, ys = tri[..., 0], tri[..., 1]
-    x_lo = torch.ceil(xs.amin(-1) - 0.5).clamp(min=0)
-    x_hi = torch.floor(xs.amax(-1) - 0.5).clamp(max=size - 1)
-    y_lo = torch.ceil(ys.amin(-1) - 0.5).clamp(min=0)
-    y_hi = torch.floor(ys.amax(-1) - 0.5).clamp(max=size - 1)
-    width = (x_hi - x_lo + 1).clamp(min=0)
-    height = (y_hi - y_lo + 1).clamp(min=0)
+    # x and y together ([2, N, F] planes): the pixel centres inside each face's bounding box.
+    low = torch.ceil(corners.amin(-1) - 0.5).clamp(min=0)  # x_lo, y_lo
+    high = torch.floor(corners.amax(-1) - 0.5).clamp(max=size - 1)
+    extent = (high - low + 1).clamp(min=0)  # width, height
 
     # Barycentrics are affine in the pixel position; measured from vertex 0 so that float32 keeps
-    # its precision on tiny triangles: b1 = e1 * dx + e2 * dy, b2 = e3 * dx + e4 * dy.
-    (x0, x1, x2), (y0, y1, y2) = xs.unbind(-1), ys.unbind(-1)
-    area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    # its precision on tiny triangles: b1 = ((y2 - y0) dx - (x2 - x0) dy) / area2 and
+    # b2 = ((x1 - x0) dy - (y1 - y0) dx) / area2.
+    edges = corners[..., 1:] - corners[..., :1]  # [2, N, F, 2]: x1 - x0, x2 - x0; y1 - y0, y2 - y0
+    (ex1, ex2), (ey1, ey2) = (plane.unbind(-1) for plane in edges)
+    area2 = ex1 * ey2 - ex2 * ey1
     usable = in_front & (area2.abs() > 1e-12)
-    count = torch.where(usable, width * height, 0.0).to(torch.int64).flatten()
+    count = torch.where(usable, extent[0] * extent[1], 0.0).to(torch.int64).flatten()
     candidates = count.nonzero().squeeze(1)
     zbuf = torch.full((n_views * size * size,), _NO_FACE, dtype=torch.int64, device=xy.device)
     if candidates.numel() == 0:
         return torch.full((n_views, size, size), -1, dtype=torch.int64, device=xy.device)
 
     inv_area = 1.0 / torch.where(usable, area2, 1.0)
-    coeffs = torch.stack(
+    coeffs = torch.cat(
         (
-            x0, y0,
-            (y2 - y0) * inv_area, (x0 - x2) * inv_area, (y0 - y1) * inv_area, (x1 - x0) * inv_area,
-            inv_z[..., 0], inv_z[..., 1], inv_z[..., 2],
-            x_lo, y_lo, width,
+            corners[..., 0],  # x0, y0
+            torch.stack((ey2, ex1, ex2, ey1)) * inv_area,  # b1 and b2 are rows 2-3 x (dx, dy) - rows 4-5 x (dy, dx)
+            inv_z.permute(2, 0, 1),
+            low,
+            extent[:1],
         ),
-        dim=-1,
-    ).reshape(-1, 12)  # per (view, face)
+    ).reshape(12, -1)  # [12, N * F]: each (view, face)'s coefficients, as planes
 
     for chunk, total in _chunks_by_total(candidates, count, max_pairs):
-        _rasterize_chunk(chunk, count[chunk], total, coeffs[chunk], n_faces, size, zbuf)
+        _rasterize_chunk(chunk, count[chunk], total, coeffs, n_faces, size, zbuf)
 
-    face_id = torch.where(zbuf == _NO_FACE, torch.full_like(zbuf, -1), zbuf & _LOW_32)
+    face_id = (zbuf & _LOW_32).masked_fill_(zbuf == _NO_FACE, -1)
     return face_id.view(n_views, size, size)
 
 
@@ -98,31 +97,31 @@ def _rasterize_chunk(
     zbuf: torch.Tensor,
 ) -> None:
     """Enumerate the pixel centres of these (view * F + face) ids and fold them into ``zbuf``;
-    ``total`` is ``counts.sum()``, known on the host (reading it again would wait for the device)."""
+    ``total`` is ``counts.sum()``, known on the host (reading it again would wait for the device);
+    ``coeffs`` [12, N * F] are ``rasterize``'s coefficient planes."""
     device = flat_ids.device
     owner = torch.repeat_interleave(torch.arange(flat_ids.numel(), device=device), counts, output_size=total)
     first = torch.cumsum(counts, 0) - counts
     local = torch.arange(total, device=device) - first[owner]
-    c = coeffs[owner]  # [P, 12]
-    w = c[:, 11].to(torch.int64)
-    px = c[:, 9].to(torch.int64) + local % w
-    py = c[:, 10].to(torch.int64) + local // w
-    dx = px.to(torch.float32) + 0.5 - c[:, 0]
-    dy = py.to(torch.float32) + 0.5 - c[:, 1]
-    b1 = c[:, 2] * dx + c[:, 3] * dy
-    b2 = c[:, 4] * dx + c[:, 5] * dy
-    b0 = 1.0 - b1 - b2
-    inside = (b0 >= 0) & (b1 >= 0) & (b2 >= 0)
-    inv_depth = b0 * c[:, 6] + b1 * c[:, 7] + b2 * c[:, 8]  # 1/z is affine in screen space
+    view_face = flat_ids[owner]  # [P] each candidate's view * F + face
+    c = coeffs.index_select(1, view_face)  # [12, P]
+    w = c[11].to(torch.int64)
+    pixel_xy = c[9:11].to(torch.int64) + torch.stack((local % w, local // w))  # [2, P]: px, py
+    offset = pixel_xy.to(torch.float32) + 0.5 - c[0:2]  # dx, dy
+    b12 = c[2:4] * offset - c[4:6] * offset.flip(0)  # [2, P]: b1, b2
+    b = torch.cat(((1.0 - b12[:1]) - b12[1:], b12))  # [3, P]: b0, b1, b2
+    inside = (b >= 0).all(0)
+    inv_depth = (b * c[6:9]).sum(0)  # 1/z is affine in screen space
     keep = inside.nonzero().squeeze(1)
     if keep.numel() == 0:
         return
     depth = (1.0 / inv_depth[keep]).contiguous()
-    view_face = flat_ids[owner[keep]]
+    view_face = view_face[keep]
     view = view_face // n_faces
     face = view_face - view * n_faces
     key = (depth.view(torch.int32).to(torch.int64) << 32) | face
-    pixel = (view * size + py[keep]) * size + px[keep]
+    px, py = pixel_xy[:, keep]
+    pixel = (view * size + py) * size + px
     zbuf.scatter_reduce_(0, pixel, key, reduce="amin")
 
 
