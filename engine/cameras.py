@@ -57,18 +57,20 @@ class Cameras:
             points: [V, 3] (shared by all views) or [N, V, 3], unit frame.
             resolution: image side in pixels (square images).
         Returns:
-            xy: [N, V, 2] pixel coordinates (x right, y down, top-left origin).
+            xy: [N, V, 2] pixel coordinates (x right, y down, top-left origin), laid out as x and y
+                planes ([2, N, V] permuted: ``xy.permute(2, 0, 1)`` is contiguous).
             depth: [N, V] distance along the viewing axis (positive in front of the camera).
         """
         rel = points.unsqueeze(0) - self.eye[:, None, :] if points.dim() == 2 else points - self.eye[:, None, :]
-        x = (rel * self.right[:, None, :]).sum(-1)
-        y = (rel * self.up[:, None, :]).sum(-1)
-        depth = (rel * self.forward[:, None, :]).sum(-1)
+        # The coordinates along right, -up (image y points down) and forward as planes [3, N, V]: one
+        # product and one sum for all three axes (few operations on a GPU, forward and backward).
+        axes = torch.stack((self.right, -self.up, self.forward))  # [3, N, 3]
+        coordinates = (rel * axes[:, :, None, :]).sum(-1)
+        depth = coordinates[2]
         focal = 1.0 / math.tan(self.fov_y / 2.0)
-        safe = depth.clamp(min=1e-6)
         half = resolution / 2.0
-        xy = torch.stack(((focal * x / safe + 1.0) * half, (1.0 - focal * y / safe) * half), dim=-1)
-        return xy, depth
+        xy = (focal * coordinates[:2] / depth.clamp(min=1e-6) + 1.0) * half  # [2, N, V]
+        return xy.permute(1, 2, 0), depth
 
 
 def up_axis_basis(up_axis: str, *, dtype=torch.float32, device=None) -> torch.Tensor:

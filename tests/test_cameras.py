@@ -192,6 +192,24 @@ def test_per_view_points_match_shared_points():
     assert_close(d_each, d_shared, rel=SAME_MATH)
 
 
+def test_projection_gives_coordinate_planes_in_few_operations():
+    """x and y come laid out as planes (what the rasterizer and the fragments gather from without a
+    copy), all three coordinates from one product and one sum: the projection and its backward take
+    33 operations when written (48 one axis at a time), each a kernel launch on a GPU."""
+    from engine.bench_operations import operations_of
+
+    cams = _random_orbit(n=3, seed=1)
+    points = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    xy, _ = cams.project(points, 64)
+    assert xy.shape == (3, 50, 2) and xy.permute(2, 0, 1).is_contiguous()
+
+    def project_and_back():
+        xy, depth = cams.project(points, 64)
+        (xy.sum() + depth.sum()).backward()
+
+    assert operations_of(project_and_back) < 40
+
+
 def test_points_behind_the_camera_have_negative_depth():
     cams = _front("y")
     xy, depth = cams.project(torch.tensor([[0.0, 0.0, 3.0]]), 64)
