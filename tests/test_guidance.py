@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tolerances import CHANGED, SAME_MATH, assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -60,6 +61,26 @@ def test_perspective_moves_corners_inwards_and_fills_white():
     # Output corners sample outside the source (white), the centre stays inside (black).
     assert float(warped[:, :, 0, 0].mean()) > 0.5
     assert float(warped[:, :, 24, 24].max()) < 1e-6
+
+
+def test_resampling_fills_outside_the_source_and_reads_its_own_image_without_a_source_index():
+    """Outside the source a pixel blends to ``fill`` by the share of it that falls outside (zero padding
+    itself where the fill is 0); ``source=None`` samples image i for output i, as the identity index does."""
+    from engine.guidance.augment import cycling_sources
+
+    generator = torch.Generator().manual_seed(5)
+    images = torch.rand(3, 4, 40, 40, generator=generator)
+    grid = perspective_grid(3, 40, p=1.0, distortion=0.6, generator=generator)
+    zero_padded = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    covered = F.grid_sample(torch.ones(3, 1, 40, 40), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    assert bool((covered < 0.5).any())  # the warp reaches outside the source
+    for fill in (0.0, 1.0, 0.25):
+        expected = zero_padded + (1.0 - covered) * fill
+        assert torch.equal(resample(images, None, grid, fill=fill), resample(images, torch.arange(3), grid, fill=fill))
+        assert_close(resample(images, None, grid, fill=fill), expected, rel=SAME_MATH)
+    assert cycling_sources(3, 3) is None
+    assert cycling_sources(6, 3).tolist() == [0, 1, 2, 0, 1, 2]
 
 
 def test_homography_maps_the_four_points_exactly():

@@ -82,24 +82,34 @@ def crop_boxes(count: int, *, area: float, generator: torch.Generator) -> torch.
     return torch.cat((centre, half_w[:, None], half_h[:, None]), dim=-1)
 
 
+def cycling_sources(count: int, renders: int) -> torch.Tensor | None:
+    """[count] int64: the render each of ``count`` outputs samples, cycling through ``renders``
+    (for :func:`resample`); None where each output samples the render of its own index (count ==
+    renders), which :func:`resample` then reads without copying them."""
+    return None if count == renders else torch.arange(count) % renders
+
+
 def resample(
-    images: torch.Tensor, source: torch.Tensor, grid: torch.Tensor, *, fill: float = 1.0
+    images: torch.Tensor, source: torch.Tensor | None, grid: torch.Tensor, *, fill: float = 1.0
 ) -> torch.Tensor:
     """Sample augmented images.
 
     Args:
         images: [N, C, H, W] source renders (differentiable).
-        source: [B] int64, which render each output samples.
+        source: [B] int64, which render each output samples; None: output i samples image i (B = N).
         grid: [B, S, S, 2] normalized source positions.
         fill: value for positions outside the source (white, as the render background).
     Returns:
         [B, C, S, S].
     """
-    ones = torch.ones_like(images[:, :1])
-    picked = torch.cat((images, ones), dim=1).index_select(0, source.to(images.device))  # deterministic backward
-    sampled = F.grid_sample(
-        picked, grid.to(images.device, images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+    grid = grid.to(images.device, images.dtype)
+    if fill != 0.0:  # a channel of ones tells the covered share of each output pixel
+        images = torch.cat((images, torch.ones_like(images[:, :1])), dim=1)
+    if source is not None:
+        images = images.index_select(0, source.to(images.device))  # deterministic backward
+    sampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if fill == 0.0:  # the zero padding is the fill
+        return sampled
     values, inside = sampled[:, :-1], sampled[:, -1:]
     return values + (1.0 - inside) * fill
 

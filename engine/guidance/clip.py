@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..config import GuidanceSettings
 from ..devices import bfloat16_autocast, use_bfloat16
 from ..models import ClipBundle
-from .augment import crop_boxes, grid_base, perspective_grid, resample
+from .augment import crop_boxes, cycling_sources, grid_base, perspective_grid, resample
 from .clip_image import image_embeddings
 from .preprocess import center_crop, normalize, resize_shortest_side
 
@@ -99,7 +99,7 @@ class ClipGuidance:
             whole = center_crop(resize_shortest_side(color, size), size)
             count = n * s.global_augmentations
             grid = self._perspective_grids(count, generator, color.device)
-            add("global", resample(whole, torch.arange(count) % n, grid))
+            add("global", resample(whole, cycling_sources(count, n), grid))
         if local and s.local_crops:
             add("local", self._crops(color, s.local_crops, generator))
         if geometry is not None and s.geometry_crops:
@@ -251,7 +251,7 @@ class ClipGuidance:
         on_device = views.to(color.device), parts.to(color.device)
         mask_channel = masks.detach().to(color.device)[on_device].unsqueeze(1)  # [B, 1, H, W]
         picked = torch.cat((color.index_select(0, on_device[0]), mask_channel.to(color.dtype)), 1)
-        sampled = resample(picked, torch.arange(count), grid, fill=0.0)
+        sampled = resample(picked, None, grid, fill=0.0)  # crop i samples picked image i
         rgb, alpha = sampled[:, :3], sampled[:, 3:].clamp(0.0, 1.0)
         return rgb * alpha + (1.0 - alpha), parts
 
@@ -272,7 +272,7 @@ class ClipGuidance:
         grid = self._perspective_grids(count, generator, images.device)
         boxes = boxes.to(images.device)
         grid = boxes[:, None, None, :2] + boxes[:, None, None, 2:] * grid
-        return resample(images, torch.arange(count) % images.shape[0], grid)
+        return resample(images, cycling_sources(count, images.shape[0]), grid)
 
 
 def segment_losses(embeddings: torch.Tensor, segments: list[slice], targets: torch.Tensor) -> torch.Tensor:

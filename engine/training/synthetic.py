@@ -182,7 +182,7 @@ class SyntheticBatches:
                 images, owner = found
                 return images, [scene.part_phrases[int(i)] for i in owner]
         grid = perspective_grid(n, IMAGE_SIZE, p=0.8, distortion=0.5, generator=g, device=out.color.device)
-        return resample(out.color, torch.arange(n), grid), [scene.caption] * n
+        return resample(out.color, None, grid), [scene.caption] * n
 
     def batch(self, size: int) -> tuple[torch.Tensor, list[str]]:
         images, captions = [], []
