@@ -204,6 +204,22 @@ def test_part_losses_read_each_parts_rows_and_skip_a_part_without_crops(tiny_cli
         guidance._per_part_losses(embeddings, torch.tensor([0, 2, 0, 2, 2]), texts)
 
 
+def test_mask_boxes_cover_each_masks_pixels_exactly():
+    """A part crop starts from its mask's box: (centre x, centre y, half width, half height) in
+    grid_sample's coordinates, from the first covered column and row to the last, both included."""
+    from engine.guidance.clip import _mask_boxes
+
+    masks = torch.zeros(2, 40, 40, dtype=torch.bool)
+    masks[0, 10:20, 4:36] = True  # rows 10-19, columns 4-35
+    masks[1, 39, 0] = True  # one pixel in the bottom-left corner
+    boxes = _mask_boxes(masks)
+    pixel = 2.0 / 40
+    expected = torch.tensor([[(4 + 36) / 2 * pixel - 1.0, (10 + 20) / 2 * pixel - 1.0, 16 * pixel, 5 * pixel],
+                             [0.5 * pixel - 1.0, 1.0 - 0.5 * pixel, 0.5 * pixel, 0.5 * pixel]])
+    assert boxes.dtype == torch.float32
+    assert_close(boxes, expected, rel=SAME_MATH)
+
+
 def test_crops_have_the_requested_area_and_stay_inside():
     boxes = crop_boxes(1000, area=0.1, generator=torch.Generator().manual_seed(0))
     area = (boxes[:, 2] * boxes[:, 3])  # half sides in [-1, 1] coordinates: fraction = (2w * 2h) / 4
