@@ -237,6 +237,33 @@ def test_proposals_give_the_library_image_gradient_without_running_its_decoder()
     assert_close(ours.grad, theirs.grad, rel=SAME_MATH, what="image gradient")
 
 
+def test_proposals_of_padded_images_are_the_library_forwards():
+    """Images of one batch are never padded here, so the encoder's layers are given no image mask (the
+    library's masking would change nothing: ``ImageLayout.padded`` is False). A layout with padding
+    still gets the library's masks and its values."""
+    from engine.grounding.proposals import encode_images, encode_text, encoder_proposals
+
+    detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))
+    caption = detector.caption(["base", "lamp shade"])
+    pixel_values, pixel_mask = detector.preprocess(random_images(2, 128, 160, seed=9))
+    pixel_mask = pixel_mask.clone()
+    pixel_mask[1, :, 96:] = 0  # the second image's right side is padding
+    input_ids = caption.input_ids.expand(2, -1)
+    with torch.no_grad():
+        out = detector.model(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=input_ids)
+        encoding = encode_images(detector.model.model, pixel_values, pixel_mask)
+        text = encode_text(detector.model.model, input_ids, torch.ones_like(input_ids))
+        coord_logits, token_logits = encoder_proposals(detector.model.model, encoding, text)
+        unpadded = encode_images(detector.model.model, pixel_values, torch.ones_like(pixel_mask))
+    assert encoding.layout.padded and not unpadded.layout.padded
+    valid = torch.isfinite(out.enc_outputs_coord_logits).all(-1)
+    assert not bool(valid.all())  # the padded positions' proposals are invalid
+    assert torch.equal(torch.isfinite(coord_logits).all(-1), valid)
+    assert_close(coord_logits[valid], out.enc_outputs_coord_logits[valid], rel=SAME_MATH, what="proposal boxes")
+    scored = torch.isfinite(out.enc_outputs_class)
+    assert_close(token_logits[scored], out.enc_outputs_class[scored], rel=SAME_MATH, what="proposal logits")
+
+
 def test_one_image_encoding_serves_several_captions():
     detector = GroundingDetector(ModelStore("tiny").grounding("cpu"))
     backbone_calls = count_calls(detector.model.model.backbone.conv_encoder.model)  # the image backbone (Swin)
@@ -314,6 +341,7 @@ def test_a_caption_encoded_once_gives_the_same_proposals():
     again = [detector.phrase_scores(images, caption, text=text) for _ in range(3)]
     assert text_calls == [2]  # the text backbone ran for none of them
     assert len(text._positions) == 1  # nor the text position embeddings, float32 in every fusion layer
+    assert len(text._blocked_scores) == 1  # nor the text enhancers' attention mask
     for boxes, scores in again:
         assert torch.equal(boxes, fresh[0]) and torch.equal(scores, fresh[1])
     gradients = [torch.autograd.grad(scores.sum(), images)[0] for scores in (fresh[1], again[0][1])]

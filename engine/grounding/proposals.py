@@ -51,6 +51,8 @@ class ImageLayout:
         level_start_index: [L] int64 where each level starts in S.
         reference_points: [N, S, L, 2] where each position's deformable attention samples around, in
             0..1 of each level (the library's ``GroundingDinoEncoder.get_reference_points``).
+        padded: whether :attr:`padding` is True anywhere. Where it is not, the encoder's layers are
+            given no image mask: the library's masking with it would change nothing.
     """
 
     padding: torch.Tensor
@@ -60,6 +62,7 @@ class ImageLayout:
     spatial_shapes: torch.Tensor
     level_start_index: torch.Tensor
     reference_points: torch.Tensor
+    padded: bool = True  # whether any position is padding (read once, when the layout is made)
     # encoder output dtype -> ([N, S, 4] anchors, [N, S, 1] bool True where a proposal is invalid)
     _anchors: dict = field(default_factory=dict, repr=False)
 
@@ -134,7 +137,8 @@ def _layout(model: nn.Module, masks: list[torch.Tensor], positions: list[torch.T
     sizes = spatial_shapes.prod(1)
     level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
     reference_points = model.encoder.get_reference_points(shapes, valid_ratios, padding.device)
-    return ImageLayout(padding, position, shapes, valid_ratios, spatial_shapes, level_start_index, reference_points)
+    return ImageLayout(padding, position, shapes, valid_ratios, spatial_shapes, level_start_index, reference_points,
+                       padded=bool(padding.any()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,6 +158,8 @@ class TextEncoding:
     position_ids: torch.Tensor
     # dtype of the text features a fusion layer reads -> their [N, T, D] sine position embeddings
     _positions: dict = field(default_factory=dict, repr=False)
+    # dtype of the text features the text enhancer reads -> its [N, heads, T, T] additive attention mask
+    _blocked_scores: dict = field(default_factory=dict, repr=False)
 
     @property
     def images(self) -> int:
@@ -169,6 +175,18 @@ class TextEncoding:
             with torch.no_grad():
                 self._positions[features.dtype] = layer.get_text_position_embeddings(features, None, self.position_ids)
         return self._positions[features.dtype]
+
+
+    def blocked_scores(self, enhancer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """[N, heads, T, T] what the fusion encoder's text ``enhancer`` (a ``GroundingDinoTextEnhancerLayer``)
+        adds to its attention scores over text ``features``: the dtype's lowest value where token i may not
+        read token j, 0 where it may. The library makes it from :attr:`self_attention` in every layer of
+        every forward (two inversions, a repeat over the heads, a cast and two products); it depends on
+        the caption alone, so it is made once per dtype, by the same arithmetic."""
+        if features.dtype not in self._blocked_scores:
+            readable = self.self_attention[:, None].repeat(1, enhancer.num_heads, 1, 1).to(features.dtype)
+            self._blocked_scores[features.dtype] = (1.0 - readable) * torch.finfo(features.dtype).min
+        return self._blocked_scores[features.dtype]
 
 
 def encode_text(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEncoding:
@@ -198,21 +216,29 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding,
     """
     layout = encoding.layout
     vision, words = encoding.features, text.features
-    text_padding, text_blocked = ~text.token_mask, ~text.self_attention  # the masks as the layers take them
-    for layer in model.encoder.layers:  # the library's GroundingDinoEncoder.forward, with the kept inputs
-        (vision, words), _ = layer(
-            vision_features=vision,
-            vision_position_embedding=layout.position,
+    text_padding = ~text.token_mask  # as the fusion layers take it
+    # Without padded images, the library's masking of padded positions (in the fusion layer's attention
+    # and on the deformable attention's values) changes nothing: no mask is handed in.
+    image_padding = layout.padding if layout.padded else None
+    image_valid = ~layout.padding if layout.padded else None
+    for layer in model.encoder.layers:  # GroundingDinoEncoder.forward's, each layer's forward written out
+        text_position = text.position_embedding(layer, words)
+        (vision, _), (words, _) = layer.fusion_layer(
+            vision_features=vision, text_features=words,
+            attention_mask_vision=image_padding, attention_mask_text=text_padding,
+        )
+        words, _ = layer.text_enhancer_layer(
+            hidden_states=words, attention_masks=text.blocked_scores(layer.text_enhancer_layer, words),
+            position_embeddings=text_position,
+        )
+        vision, _ = layer.deformable_layer(
+            hidden_states=vision,
+            attention_mask=image_valid,
+            position_embeddings=layout.position,
+            reference_points=layout.reference_points,
             spatial_shapes=layout.spatial_shapes,
             spatial_shapes_list=list(layout.shapes),
             level_start_index=layout.level_start_index,
-            key_padding_mask=layout.padding,
-            reference_points=layout.reference_points,
-            text_features=words,
-            text_attention_mask=text_padding,
-            text_position_embedding=text.position_embedding(layer, words),
-            text_self_attention_masks=text_blocked,
-            text_position_ids=text.position_ids,
         )
     # the library's generate_encoder_output_proposals, its anchors kept: each position is a query
     anchors, invalid = layout.anchors(model, vision.dtype)
