@@ -43,7 +43,7 @@ from .grounding.segmenter import BoxSegmenter
 from .guidance import ClipGuidance
 from .guidance.grounding_loss import GroundingPartLoss
 from .memory import peak_memory_mb
-from .model_kernels import BF16_COPIES_ON_CUDA, fuse_attention_projections, keep_bfloat16_weights
+from .model_kernels import BF16_COPIES_ON_CUDA, ON_EVERY_DEVICE, keep_bfloat16_weights
 from .models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -432,8 +432,8 @@ def like_cuda_gpu(model: torch.nn.Module, device: torch.device, role: str) -> to
     bf16: the library's kernels and the bf16 weight copies, so a CPU can count what such a GPU dispatches."""
     model = frozen_on_device(model, device, role, device_kernels=False)
     keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA.get(role, ()))  # none for the segmenter
-    if role == "clip":
-        fuse_attention_projections(model)  # after the copies, to stack them too (adapt_clip_to_device)
+    if role in ON_EVERY_DEVICE:
+        ON_EVERY_DEVICE[role](model)  # after the copies, as the adapters do
     return model
 
 

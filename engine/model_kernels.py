@@ -26,7 +26,9 @@ On every device, each CLIP vision layer's query, key and value projections, thre
 same input (under bf16 autocast also three casts of it, and of its gradient), become one product of
 the three weights stacked (:class:`FusedProjections`, :func:`fuse_attention_projections`): the same
 sum for every value, 123 of a bf16 part CLIP step's 1,601 operations fewer as a GPU dispatches them
-(kernel launches there), no time either way on a CPU.
+(kernel launches there), no time either way on a CPU. And each shifted-window layer of Grounding DINO's
+Swin backbone makes its attention mask once (:class:`KeptShiftMasks`): it depends on the feature
+map's size alone.
 """
 
 from __future__ import annotations
@@ -315,8 +317,10 @@ def adapt_grounding_to_device(model: nn.Module, device: torch.device | str) -> N
     attention (49 tokens a window) eager, as CLIP's. On a CUDA GPU with bf16, the linear layers of
     :data:`GROUNDING_IMAGE_PATH` keep bf16 copies of their weights, as CLIP's image path does (the
     estimate counts them, ``footprint.ModelFootprint.grounding_bf16_copies``). Elsewhere the model
-    is left as it is."""
+    is left as it is. On every device the backbone's shifted-window masks are made once
+    (:func:`keep_shift_masks`)."""
     device = torch.device(device)
+    keep_shift_masks(model)  # every device: fewer operations, the same masks
     if device.type == "cuda" and native_bfloat16(device):
         keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA["grounding"])
     if device.type != "cpu":
@@ -327,6 +331,49 @@ def adapt_grounding_to_device(model: nn.Module, device: torch.device | str) -> N
     backbone = swin_backbone(model)
     if backbone is not None:
         backbone.set_attn_implementation("eager")
+
+
+class KeptShiftMasks:
+    """A Swin layer's ``get_attn_mask`` that computes each mask once: the shifted windows' attention
+    mask ([windows, tokens, tokens], -100 between tokens of different regions of the cyclic shift)
+    depends only on the layer's window and shift sizes, the padded feature map's size, the dtype and the
+    device, never on the pixels, yet the library makes it again in every shifted layer of every forward
+    (some 20 small operations each: about 120 of a Grounding DINO forward, each a kernel launch on a
+    GPU). The mask kept is the library's own, computed by its method the first time; it takes no
+    gradient. Set as the layer's instance attribute (:func:`keep_shift_masks`)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+        self.compute = layer.get_attn_mask  # the library's, bound to the layer
+        self.kept: dict[tuple, torch.Tensor | None] = {}
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor | None:
+        """The library's ``get_attn_mask(height, width, dtype=..., device=...)``, whatever its arguments."""
+        key = (int(self.layer.shift_size), int(self.layer.window_size), args, tuple(sorted(kwargs.items())))
+        if key not in self.kept:
+            with torch.no_grad():
+                self.kept[key] = self.compute(*args, **kwargs)
+        return self.kept[key]
+
+
+def keep_shift_masks(model: nn.Module) -> int:
+    """Give each shifted-window layer of a Grounding DINO's Swin backbone (:func:`swin_backbone`) a
+    :class:`KeptShiftMasks` (in place; nothing that holds parameters changes); returns how many layers
+    (0 where the backbone is not transformers' Swin, or is so already)."""
+    backbone = swin_backbone(model)
+    if backbone is None:
+        return 0
+    layers = [module for module in backbone.modules()
+              if callable(getattr(type(module), "get_attn_mask", None)) and hasattr(module, "shift_size")
+              and not isinstance(module.__dict__.get("get_attn_mask"), KeptShiftMasks)]
+    for layer in layers:
+        layer.get_attn_mask = KeptShiftMasks(layer)
+    return len(layers)
+
+
+#: Per role, what :func:`adapt_clip_to_device` and :func:`adapt_grounding_to_device` apply on every device
+#: (after any bf16 copies, which the fused projections then stack too).
+ON_EVERY_DEVICE = {"clip": fuse_attention_projections, "grounding": keep_shift_masks}
 
 
 def swin_backbone(model: nn.Module) -> nn.Module | None:

@@ -15,12 +15,14 @@ from engine.guidance.clip_image import image_embeddings
 from engine.model_kernels import (
     DeformableBags,
     FusedProjections,
+    KeptShiftMasks,
     LinearWithBfloat16Copy,
     PatchMatmul,
     adapt_clip_to_device,
     adapt_grounding_to_device,
     fuse_attention_projections,
     is_patch_embedding,
+    keep_shift_masks,
     swin_backbone,
 )
 from engine.models import ModelStore
@@ -201,6 +203,8 @@ def test_a_gpu_with_bf16_keeps_bf16_copies_of_the_grounding_models_image_path(mo
             value.backward()
         return value.detach(), pixels.grad, counter.total
 
+    for bfloat16 in (True, False):
+        step(bfloat16)  # the Swin layers' shift masks are made once per dtype (KeptShiftMasks): before counting
     expected = {bfloat16: step(bfloat16) for bfloat16 in (True, False)}
     keys = model.state_dict().keys()
     adapt_grounding_to_device(model, "cuda")  # only the device's type is read: no GPU needed
@@ -288,14 +292,15 @@ def test_deformable_bags_return_float32_under_cpu_autocast_as_the_library_does()
 
 
 def _with_the_librarys_kernel(model):
-    """A copy of an adapted Grounding DINO with the library's deformable attention and its Swin
-    backbone's default attention (``sdpa``) back in place."""
+    """A copy of an adapted Grounding DINO with the library's deformable attention, its Swin
+    backbone's default attention (``sdpa``) and shifted-window masks made at every forward back in place."""
     from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
 
     restored = copy.deepcopy(model)
     for module in restored.modules():
         if isinstance(getattr(module, "attn", None), DeformableBags):
             module.attn = MultiScaleDeformableAttention()
+        module.__dict__.pop("get_attn_mask", None)  # the class's method again
     swin_backbone(restored).set_attn_implementation("sdpa")
     return restored
 
@@ -336,6 +341,33 @@ def test_an_adapted_grounding_dino_gives_the_same_detections_and_image_gradients
     for name, got, want in zip(("proposal logits", "image gradient", "boxes", "scores"), actual, expected,
                                strict=True):
         assert_close(got, want, rel=MODEL_REORDERED, what=name)
+
+
+def test_the_swin_backbones_shift_masks_are_the_librarys_made_once_per_size():
+    """Each shifted-window layer's attention mask depends on the feature map's size alone: it is made
+    once (by the library's method) and handed back after, on every device."""
+    model = copy.deepcopy(ModelStore("tiny").grounding("cpu").model)  # the shipped tiny model has shifted windows
+    for module in model.modules():
+        module.__dict__.pop("get_attn_mask", None)  # as the library made it, before any adaptation
+    backbone = swin_backbone(model)
+    library = copy.deepcopy(model)
+    assert keep_shift_masks(model) > 0 and keep_shift_masks(model) == 0  # once: kept masks stay kept
+    layers = [m for m in backbone.modules() if isinstance(m.__dict__.get("get_attn_mask"), KeptShiftMasks)]
+    shifted = next(layer for layer in layers if layer.shift_size > 0)
+    made = shifted.get_attn_mask(16, 16, dtype=torch.float32, device=torch.device("cpu"))
+    assert torch.equal(made, type(shifted).get_attn_mask(shifted, 16, 16, dtype=torch.float32, device="cpu"))
+    assert bool((made == -100.0).any()) and bool((made == 0.0).any())
+    assert shifted.get_attn_mask(16, 16, dtype=torch.float32, device=torch.device("cpu")) is made
+    assert shifted.get_attn_mask(24, 16, dtype=torch.float32, device=torch.device("cpu")) is not made
+    images = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        for _ in range(2):  # the second forward reads the kept masks
+            kept = backbone(images).feature_maps
+            made_each_time = swin_backbone(library)(images).feature_maps
+            assert all(torch.equal(a, b) for a, b in zip(kept, made_each_time, strict=True))
+    adapted, _ = build_tiny_grounding_dino()
+    adapt_grounding_to_device(adapted, "cuda")  # only the device's type is read: no GPU needed
+    assert any(isinstance(m.__dict__.get("get_attn_mask"), KeptShiftMasks) for m in adapted.modules())
 
 
 def test_grounding_dino_on_other_devices_keeps_the_librarys_kernel():
