@@ -176,7 +176,6 @@ class TextEncoding:
                 self._positions[features.dtype] = layer.get_text_position_embeddings(features, None, self.position_ids)
         return self._positions[features.dtype]
 
-
     def blocked_scores(self, enhancer: nn.Module, features: torch.Tensor) -> torch.Tensor:
         """[N, heads, T, T] what the fusion encoder's text ``enhancer`` (a ``GroundingDinoTextEnhancerLayer``)
         adds to its attention scores over text ``features``: the dtype's lowest value where token i may not
