@@ -199,7 +199,7 @@ def adapt_clip_to_device(model: nn.Module, device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda" and native_bfloat16(device):
         keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA["clip"])
-    fuse_attention_projections(model)  # every device: fewer operations, the same sums
+    ON_EVERY_DEVICE["clip"](model)  # the projections fused, after the copies to stack them too
     if device.type != "cpu":
         return
     embeddings = model.vision_model.embeddings
@@ -320,7 +320,7 @@ def adapt_grounding_to_device(model: nn.Module, device: torch.device | str) -> N
     is left as it is. On every device the backbone's shifted-window masks are made once
     (:func:`keep_shift_masks`)."""
     device = torch.device(device)
-    keep_shift_masks(model)  # every device: fewer operations, the same masks
+    ON_EVERY_DEVICE["grounding"](model)  # the backbone's shift masks made once
     if device.type == "cuda" and native_bfloat16(device):
         keep_bfloat16_weights(model, BF16_COPIES_ON_CUDA["grounding"])
     if device.type != "cpu":

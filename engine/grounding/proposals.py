@@ -29,6 +29,7 @@ Images are never padded here (a batch shares one size), so every pixel is valid.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +52,6 @@ class ImageLayout:
         level_start_index: [L] int64 where each level starts in S.
         reference_points: [N, S, L, 2] where each position's deformable attention samples around, in
             0..1 of each level (the library's ``GroundingDinoEncoder.get_reference_points``).
-        padded: whether :attr:`padding` is True anywhere. Where it is not, the encoder's layers are
-            given no image mask: the library's masking with it would change nothing.
     """
 
     padding: torch.Tensor
@@ -62,9 +61,14 @@ class ImageLayout:
     spatial_shapes: torch.Tensor
     level_start_index: torch.Tensor
     reference_points: torch.Tensor
-    padded: bool = True  # whether any position is padding (read once, when the layout is made)
     # encoder output dtype -> ([N, S, 4] anchors, [N, S, 1] bool True where a proposal is invalid)
     _anchors: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def padded(self) -> bool:
+        """Whether :attr:`padding` is True anywhere (read from the device once). Where it is not, the
+        encoder's layers are given no image mask: the library's masking with it would change nothing."""
+        return bool(self.padding.any())
 
     def anchors(self, model: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Each position's anchor box, ``(cx, cy, w, h)`` before the sigmoid ([N, S, 4], ``inf`` where
@@ -137,8 +141,7 @@ def _layout(model: nn.Module, masks: list[torch.Tensor], positions: list[torch.T
     sizes = spatial_shapes.prod(1)
     level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
     reference_points = model.encoder.get_reference_points(shapes, valid_ratios, padding.device)
-    return ImageLayout(padding, position, shapes, valid_ratios, spatial_shapes, level_start_index, reference_points,
-                       padded=bool(padding.any()))
+    return ImageLayout(padding, position, shapes, valid_ratios, spatial_shapes, level_start_index, reference_points)
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,7 +161,7 @@ class TextEncoding:
     position_ids: torch.Tensor
     # dtype of the text features a fusion layer reads -> their [N, T, D] sine position embeddings
     _positions: dict = field(default_factory=dict, repr=False)
-    # dtype of the text features the text enhancer reads -> its [N, heads, T, T] additive attention mask
+    # dtype of the text features the text enhancer reads -> its [N, 1, T, T] additive attention mask
     _blocked_scores: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -176,14 +179,14 @@ class TextEncoding:
                 self._positions[features.dtype] = layer.get_text_position_embeddings(features, None, self.position_ids)
         return self._positions[features.dtype]
 
-    def blocked_scores(self, enhancer: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        """[N, heads, T, T] what the fusion encoder's text ``enhancer`` (a ``GroundingDinoTextEnhancerLayer``)
-        adds to its attention scores over text ``features``: the dtype's lowest value where token i may not
-        read token j, 0 where it may. The library makes it from :attr:`self_attention` in every layer of
-        every forward (two inversions, a repeat over the heads, a cast and two products); it depends on
-        the caption alone, so it is made once per dtype, by the same arithmetic."""
+    def blocked_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, 1, T, T] what the fusion encoder's text enhancers add to their attention scores (every
+        head alike) over text ``features``: the dtype's lowest value where token i may not read token j,
+        0 where it may. The library makes it from :attr:`self_attention` in every layer of every forward
+        (two inversions, a repeat over the heads, a cast and two products); it depends on the caption
+        alone, so it is made once per dtype, by the same arithmetic."""
         if features.dtype not in self._blocked_scores:
-            readable = self.self_attention[:, None].repeat(1, enhancer.num_heads, 1, 1).to(features.dtype)
+            readable = self.self_attention[:, None].to(features.dtype)
             self._blocked_scores[features.dtype] = (1.0 - readable) * torch.finfo(features.dtype).min
         return self._blocked_scores[features.dtype]
 
@@ -227,7 +230,7 @@ def encoder_proposals(model: nn.Module, encoding: ImageEncoding,
             attention_mask_vision=image_padding, attention_mask_text=text_padding,
         )
         words, _ = layer.text_enhancer_layer(
-            hidden_states=words, attention_masks=text.blocked_scores(layer.text_enhancer_layer, words),
+            hidden_states=words, attention_masks=text.blocked_scores(words),
             position_embeddings=text_position,
         )
         vision, _ = layer.deformable_layer(
